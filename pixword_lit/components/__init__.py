@@ -1,0 +1,60 @@
+"""Component registries, one per family, each a plain dict at the bottom of its module.
+
+`validate_components` checks a config's `model.folding / attention / embedding` mappings
+against the registries (names and params) and the combinations that make no sense, before
+any data is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from pixword_lit.components.attention import ATTENTIONS
+from pixword_lit.components.embedding import EMBEDDINGS
+from pixword_lit.components.folding import FOLDINGS
+
+REGISTRIES = {"folding": FOLDINGS, "attention": ATTENTIONS, "embedding": EMBEDDINGS}
+
+
+def component_params(family: str, spec) -> tuple[str, dict]:
+    """(name, params) of a `{name: ..., <params>}` mapping, params filled with defaults."""
+    from pixword_lit.config import ConfigError
+
+    key = f"model.{family}"
+    registry = REGISTRIES[family]
+    spec = dict(spec or {})
+    name = spec.pop("name", None)
+    if name not in registry:
+        raise ConfigError(
+            f"{key}.name: unknown {family} {name!r}; valid names: {', '.join(sorted(registry))}"
+        )
+    allowed = {f.name: f.default for f in fields(registry[name].Params)}
+    unknown = sorted(set(spec) - set(allowed))
+    if unknown:
+        valid = ", ".join(sorted(allowed)) or "none"
+        raise ConfigError(f"{key}.{unknown[0]}: not a parameter of {family} {name!r} (valid: {valid})")
+    return name, {**allowed, **spec}
+
+
+def validate_components(cfg) -> None:
+    from pixword_lit.config import ConfigError, is_power_of_two
+
+    fold, fp = component_params("folding", cfg.model.folding)
+    attn, _ = component_params("attention", cfg.model.attention)
+    emb, _ = component_params("embedding", cfg.model.embedding)
+    if fold == "uniform" and not (is_power_of_two(fp["factor"]) and fp["factor"] <= 128):
+        raise ConfigError(
+            f"model.folding.factor: fold factor must be a power of two in 1..128, got {fp['factor']}"
+        )
+    if fold == "palette" and not 2 <= fp["colors"] <= 65536:
+        raise ConfigError(f"model.folding.colors: must be in 2..65536, got {fp['colors']}")
+    if emb == "factorized" and not FOLDINGS[fold].has_channel_levels:
+        raise ConfigError(
+            "model.embedding.name: 'factorized' needs per-channel levels, which folding "
+            f"{fold!r} does not have; use pix_table or linear_rgb with a palette"
+        )
+    if emb == "patch_linear" and attn != "global_conditional":
+        raise ConfigError(
+            f"model.attention.name: {attn!r} needs per-pixel tokens, but embedding 'patch_linear' "
+            "embeds whole windows; use attention global_conditional with patch_linear"
+        )

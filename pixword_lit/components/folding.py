@@ -1,0 +1,112 @@
+"""Color folding schemes (spec section 2 and 8): 8-bit RGB pixels -> pix token ids.
+
+A folding maps uint8 arrays (..., 3) to int64 ids in [0, n_pix) and back to display colors.
+Both run in DataLoader workers on whole images at once (no per-pixel Python loop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class UniformParams:
+    factor: int = 16  # f: power of two in 1..128; L = 256 / f levels per channel
+
+
+class UniformFolding:
+    """The paper's scheme: v -> v // f per channel, t = r' + g'L + b'L^2."""
+
+    Params = UniformParams
+    has_channel_levels = True
+
+    def __init__(self, factor: int = 16):
+        self.factor = factor
+        self.levels = 256 // factor
+        self.n_pix = self.levels**3
+
+    def fold(self, rgb: np.ndarray) -> np.ndarray:
+        q = rgb.astype(np.int64) // self.factor  # (..., 3) levels
+        return q[..., 0] + q[..., 1] * self.levels + q[..., 2] * self.levels**2
+
+    def channel_levels(self) -> np.ndarray:
+        """(n_pix, 3) per-channel level of every pix id."""
+        t = np.arange(self.n_pix)
+        L = self.levels
+        return np.stack([t % L, (t // L) % L, t // (L * L)], axis=-1)
+
+    def colors(self) -> np.ndarray:
+        """(n_pix, 3) uint8 display color: the bin centre v' * f + f // 2."""
+        return (self.channel_levels() * self.factor + self.factor // 2).astype(np.uint8)
+
+    def state(self) -> dict:
+        return {"name": "uniform", "factor": self.factor}
+
+
+@dataclass
+class PaletteParams:
+    colors: int = 512  # K palette entries = pix vocabulary
+    sample_pixels: int = 200_000  # pixels sampled from the training shards for k-means
+    iters: int = 25  # Lloyd iterations
+
+
+class PaletteFolding:
+    """A learned palette of K colors (Image GPT style); a pixel becomes its nearest color."""
+
+    Params = PaletteParams
+    has_channel_levels = False  # palette colors are not a grid of per-channel levels
+
+    def __init__(self, palette: np.ndarray):
+        self.palette = np.asarray(palette, dtype=np.uint8)  # (K, 3)
+        self.n_pix = len(self.palette)
+        self._pal = self.palette.astype(np.float32)
+        self._pal_sq = (self._pal**2).sum(-1)
+
+    def fold(self, rgb: np.ndarray) -> np.ndarray:
+        flat = rgb.reshape(-1, 3).astype(np.float32)
+        out = np.empty(len(flat), dtype=np.int64)
+        for start in range(0, len(flat), 65536):  # chunks bound the (N, K) distance matrix
+            x = flat[start : start + 65536]
+            d = self._pal_sq[None, :] - 2.0 * x @ self._pal.T  # |x|^2 is constant per row
+            out[start : start + 65536] = d.argmin(1)
+        return out.reshape(rgb.shape[:-1])
+
+    def colors(self) -> np.ndarray:
+        return self.palette
+
+    def state(self) -> dict:
+        return {"name": "palette", "palette": self.palette.tolist()}
+
+
+def fit_palette(pixels: np.ndarray, k: int, iters: int = 25, seed: int = 0) -> np.ndarray:
+    """k-means (k-means++ init, Lloyd steps) on (N, 3) uint8 pixels -> (k, 3) uint8 palette."""
+    rng = np.random.default_rng(seed)
+    x = pixels.reshape(-1, 3).astype(np.float32)
+    if len(x) < k:
+        raise ValueError(f"palette of {k} colors needs at least {k} sample pixels, got {len(x)}")
+    centers = np.empty((k, 3), np.float32)
+    centers[0] = x[rng.integers(len(x))]
+    d2 = ((x - centers[0]) ** 2).sum(-1)
+    for i in range(1, k):  # k-means++: sample proportional to squared distance
+        p = d2 / d2.sum() if d2.sum() > 0 else None
+        centers[i] = x[rng.choice(len(x), p=p)]
+        d2 = np.minimum(d2, ((x - centers[i]) ** 2).sum(-1))
+    x_sq = (x**2).sum(-1)
+    for _ in range(iters):
+        d = x_sq[:, None] - 2.0 * x @ centers.T + (centers**2).sum(-1)[None]
+        assign = d.argmin(1)
+        counts = np.bincount(assign, minlength=k)
+        sums = np.stack([np.bincount(assign, x[:, c], minlength=k) for c in range(3)], 1)
+        moved = counts > 0  # empty clusters keep their centre
+        centers[moved] = (sums[moved] / counts[moved, None]).astype(np.float32)
+    pal = np.clip(np.rint(centers), 0, 255).astype(np.uint8)
+    return pal[np.lexsort(pal.T[::-1])]  # sorted so ids are stable for a given palette
+
+
+def psnr(mse: float) -> float:
+    return float("inf") if mse <= 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+FOLDINGS = {"uniform": UniformFolding, "palette": PaletteFolding}

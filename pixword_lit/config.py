@@ -1,0 +1,222 @@
+"""Typed config schema and loading: schema <- base.yaml <- experiment <- CLI dotlist.
+
+Every YAML key must exist in these dataclasses, so a misspelled key fails at load time with
+OmegaConf's message naming it. Component mappings (`model.folding`, `model.attention`,
+`model.embedding`) are checked against their registry's params dataclass in `validate`.
+Derived values (vocabulary sizes, number of windows) are computed, never written in YAML.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BASE_YAML = REPO_ROOT / "experiments" / "base.yaml"
+
+
+class ConfigError(ValueError):
+    """An invalid config; the message names the offending key."""
+
+
+@dataclass
+class RopeScaling:
+    factor: float = 8.0  # LLaMA-3.1 frequency scaling (spec section 4)
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_context: int = 8192
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 768
+    n_heads: int = 12
+    n_kv_heads: int = 6
+    image_layers: int = 5
+    decoder_layers: int = 12
+    image_size: int = 224  # S: longer image side after resize, pixels
+    window_size: int = 16  # w: side of a square window; S % w == 0
+    vocab_size: Optional[int] = None  # word vocabulary V; null = 6 (image_only) or tokenizer size
+    norm_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    rope_scaling: Optional[RopeScaling] = field(default_factory=RopeScaling)
+    ffn_multiple_of: int = 128
+    folding: dict = field(default_factory=lambda: {"name": "uniform", "factor": 16})
+    attention: dict = field(default_factory=lambda: {"name": "global_conditional"})
+    embedding: dict = field(default_factory=lambda: {"name": "pix_table"})
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # shard URLs: a folder with index.json, a brace pattern, a pipe: command
+    val: str = ""
+    train_index: Optional[str] = None  # index.json; default: beside the shards
+    val_index: Optional[str] = None
+    mode: str = "image_only"  # image_only | mixed
+    tokenizer: Optional[str] = None  # tokenizer.json; default: the one index.json points to
+    max_seq_len: int = 1024  # decoder inputs per sample; an image counts as its windows
+    batch_size: int = 2  # per process
+    num_workers: int = 0
+    small_images: str = "upscale"  # upscale | skip: images whose both sides are below S
+    resample: str = "bicubic"  # nearest | bilinear | bicubic | lanczos | box
+    shuffle: bool = True
+    val_limit: Optional[int] = None  # use only the first N validation units
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 6e-4
+    weight_decay: float = 0.01
+    betas: list = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1  # cosine decays to min_lr_ratio * lr
+    decay_steps: Optional[int] = None  # null = trainer.max_steps
+
+
+@dataclass
+class TrainerConfig:
+    """Keys are Lightning Trainer arguments of the same names."""
+
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | fsdp
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
+    max_steps: int = 1000
+    max_epochs: int = -1
+    val_check_interval: Optional[Any] = None
+    check_val_every_n_epoch: Optional[int] = 1
+    limit_val_batches: Optional[Any] = None
+    log_every_n_steps: int = 10
+    gradient_clip_val: Optional[float] = 1.0
+    accumulate_grad_batches: int = 1
+    enable_progress_bar: bool = True
+    num_sanity_val_steps: int = 0
+    deterministic: bool = False
+    default_root_dir: str = "runs"
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    dir: Optional[str] = None  # null = trainer.default_root_dir/name
+    seed: int = 2026
+    ckpt_every_n_steps: Optional[int] = None  # periodic checkpoints besides last and best
+    pictures: int = 4  # validation images drawn in the prediction picture
+    baseline_batches: int = 50  # train batches counted for the color-frequency baseline
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """schema <- base.yaml <- `path` (with its `defaults:` chain) <- dotted overrides; validated."""
+    cfg = OmegaConf.structured(Config)
+    layers = [BASE_YAML] if BASE_YAML.exists() else []
+    if path is not None:
+        layers += _yaml_chain(Path(path))
+    try:
+        for layer in layers:
+            cfg = OmegaConf.merge(cfg, _read_yaml(layer))
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    except ConfigError:
+        raise
+    except Exception as e:  # OmegaConf names the key and the file position
+        raise ConfigError(f"{e}") from None
+    if path is not None and cfg.run.name == "run":
+        cfg.run.name = Path(path).stem
+    validate(cfg)
+    return cfg
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    raw = OmegaConf.load(path)
+    raw.pop("defaults", None)
+    return raw
+
+
+def _yaml_chain(path: Path) -> list[Path]:
+    """Follow `defaults: [other.yaml]` (relative to the file) so experiments hold only deltas."""
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    parents = OmegaConf.load(path).get("defaults") or []
+    chain: list[Path] = []
+    for p in parents:
+        parent = (path.parent / str(p)).resolve()
+        if parent != BASE_YAML.resolve():
+            chain += _yaml_chain(parent)
+    return chain + [path]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that need more than types; each error names the key. Reads no data."""
+    from pixword_lit.components import validate_components
+
+    m, d, t = cfg.model, cfg.data, cfg.trainer
+    _check(m.image_size > 0, "model.image_size", f"must be positive, got {m.image_size}")
+    _check(m.window_size > 0, "model.window_size", f"must be positive, got {m.window_size}")
+    _check(
+        m.image_size % m.window_size == 0,
+        "model.window_size",
+        f"{m.window_size} does not divide model.image_size {m.image_size}",
+    )
+    _check(m.dim % m.n_heads == 0, "model.dim", f"{m.dim} is not divisible by n_heads {m.n_heads}")
+    _check(
+        m.n_heads % m.n_kv_heads == 0,
+        "model.n_kv_heads",
+        f"{m.n_kv_heads} does not divide n_heads {m.n_heads}",
+    )
+    _check((m.dim // m.n_heads) % 2 == 0, "model.dim", "head size dim/n_heads must be even (RoPE)")
+    _check(d.mode in ("image_only", "mixed"), "data.mode", f"must be image_only or mixed, got {d.mode!r}")
+    _check(d.small_images in ("upscale", "skip"), "data.small_images", f"got {d.small_images!r}")
+    _check(
+        d.resample in ("nearest", "bilinear", "bicubic", "lanczos", "box"),
+        "data.resample",
+        f"got {d.resample!r}",
+    )
+    _check(d.batch_size >= 1, "data.batch_size", "must be >= 1")
+    n_windows = (m.image_size // m.window_size) ** 2
+    _check(
+        d.max_seq_len >= n_windows + 3,
+        "data.max_seq_len",
+        f"{d.max_seq_len} cannot hold one image of {n_windows} windows plus <s> <|image|> <|/image|>",
+    )
+    _check(t.strategy in ("auto", "ddp", "fsdp", "ddp_spawn"), "trainer.strategy", f"got {t.strategy!r}")
+    _check(
+        t.precision in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"),
+        "trainer.precision",
+        f"got {t.precision!r}",
+    )
+    _check(cfg.optim.lr > 0, "optim.lr", "must be positive")
+    _check(0.0 <= cfg.optim.min_lr_ratio <= 1.0, "optim.min_lr_ratio", "must be in [0, 1]")
+    validate_components(cfg)
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def is_power_of_two(x: int) -> bool:
+    return x >= 1 and 2 ** int(round(math.log2(x))) == x
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

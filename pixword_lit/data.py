@@ -1,0 +1,318 @@
+"""Shards -> batches: a deterministic, resumable WebDataset stream and the DataModule.
+
+Data order (documented guarantee, tested): for epoch e the unit order is a function of
+(seed, e) alone: shards are permuted, then the units inside each shard (a unit is an image
+in `image_only` mode, a packed document in `mixed` mode). With world size W each rank takes
+a contiguous block of ceil(N/W) units; ranks whose block is short get placeholder samples
+that score nothing, so every rank runs the same number of batches and every unit is scored
+exactly once per epoch. Batch b of a rank is built whole by DataLoader worker
+(b - start) % K, which is the order in which the DataLoader collects batches from its
+workers, so the batches do not depend on the number of workers; only W changes them.
+Resuming at batch b skips the units before it without decoding them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from pixword_lit.image import SkipImage, build_sample, collate, empty_sample, image_windows
+from pixword_lit.image import resize_longer_side
+from pixword_lit.tokens import Vocab
+
+
+class DataError(ValueError):
+    """Unusable data settings; the message names the config key or file."""
+
+
+@dataclass
+class ShardSet:
+    urls: list[str]
+    units: list[int]  # units per shard in the current mode
+    index_path: str
+    index: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.units))
+
+
+def resolve_shards(spec: str, index_path: str | None, mode: str, key: str) -> ShardSet:
+    """Shard URLs (folder, brace pattern, pipe: command) + their index.json -> ShardSet."""
+    if not spec:
+        raise DataError(f"{key}: no shards given (a folder made by `pixword prep`, or URLs)")
+    local = Path(spec)
+    if local.is_dir():
+        index_path = index_path or str(local / "index.json")
+        urls = None
+    else:
+        urls = wds.shardlists.expand_urls(spec)
+        if index_path is None:
+            first = Path(urls[0])
+            if urls[0].startswith("pipe:") or not first.parent.exists():
+                raise DataError(f"{key}_index: give the index.json of {spec!r} (it is not local)")
+            index_path = str(first.parent / "index.json")
+    if not Path(index_path).exists():
+        raise DataError(f"{key}: no index.json at {index_path} (was `pixword prep` completed?)")
+    index = json.loads(Path(index_path).read_text())
+    counts = {s["name"]: s["images" if mode == "image_only" else "samples"] for s in index["shards"]}
+    if urls is None:
+        urls = [str(local / s["name"]) for s in index["shards"]]
+    units = []
+    for url in urls:
+        names = [n for n in counts if n in url]
+        if len(names) != 1:
+            raise DataError(f"{key}: shard {url!r} is not listed in {index_path}")
+        units.append(counts[names[0]])
+    if sum(units) == 0:
+        raise DataError(f"{key}: the shards of {index_path} hold no {mode} units")
+    return ShardSet(urls, units, index_path, index)
+
+
+def read_shard(url: str):
+    """Raw samples of one tar shard, in file order: dicts of bytes keyed by extension."""
+    stream = wds.gopen(url)
+    try:
+        yield from group_by_keys(tar_file_iterator(stream))
+    finally:
+        stream.close()
+
+
+class SampleBuilder:
+    """Raw shard sample -> model-ready sample arrays (runs in DataLoader workers)."""
+
+    def __init__(self, mcfg, dcfg, vocab: Vocab, folding, tokenizer=None):
+        self.size, self.window = mcfg.image_size, mcfg.window_size
+        self.mode, self.max_seq_len = dcfg.mode, dcfg.max_seq_len
+        self.small_images, self.resample = dcfg.small_images, dcfg.resample
+        self.vocab, self.folding, self.tokenizer = vocab, folding, tokenizer
+
+    def rgb(self, data: bytes) -> np.ndarray:
+        img = Image.open(io.BytesIO(data))
+        img = img.convert("RGB")  # shards hold 8-bit RGB already; this only guards the type
+        img = resize_longer_side(img, self.size, self.small_images, self.resample)
+        return np.asarray(img, dtype=np.uint8)
+
+    def windows(self, data: bytes):
+        return image_windows(self.rgb(data), self.size, self.window, self.folding, self.vocab)
+
+    def units(self, raw: dict) -> list[dict]:
+        """Split a raw sample into the units of this mode (images, or the whole document)."""
+        meta = json.loads(raw["json"])
+        if self.mode == "image_only":
+            return [{"image": raw[el["file"]]} for el in meta["elements"] if el["type"] == "image"]
+        return [{"elements": meta["elements"], "raw": raw}]
+
+    def build(self, unit: dict) -> dict:
+        if "image" in unit:
+            return build_sample([self.windows(unit["image"])], self.vocab, self.max_seq_len)
+        elements = []
+        for el in unit["elements"]:
+            if el["type"] == "text":
+                elements.append(np.array(self.tokenizer.encode(el["text"], add_special_tokens=False).ids))
+            else:
+                try:
+                    elements.append(self.windows(unit["raw"][el["file"]]))
+                except SkipImage:
+                    continue
+        return build_sample(elements, self.vocab, self.max_seq_len)
+
+
+class ShardStream(IterableDataset):
+    """Yields whole collated batches for one rank; see the module docstring for the order."""
+
+    def __init__(self, shards: ShardSet, builder: SampleBuilder, batch_size: int, seed: int,
+                 shuffle: bool, rank: int = 0, world_size: int = 1, limit: int | None = None):
+        self.shards, self.builder, self.batch_size = shards, builder, batch_size
+        self.seed, self.shuffle, self.rank, self.world_size = seed, shuffle, rank, world_size
+        self.limit = limit
+        self.epoch, self.start_batch = 0, 0
+
+    def order(self, epoch: int) -> np.ndarray:
+        """(N, 2) array of (shard, unit-in-shard) in this epoch's global order."""
+        rng = np.random.default_rng([self.seed, epoch])
+        n = len(self.shards.units)
+        perm = rng.permutation(n) if self.shuffle else np.arange(n)
+        parts = []
+        for s in perm:  # one step per shard
+            u = self.shards.units[s]
+            local = rng.permutation(u) if self.shuffle else np.arange(u)
+            parts.append(np.stack([np.full(u, s), local], 1))
+        order = np.concatenate(parts)
+        return order[: self.limit] if self.limit else order
+
+    def _per_rank(self) -> int:
+        n = min(self.shards.total, self.limit or self.shards.total)
+        return math.ceil(n / self.world_size)
+
+    def __len__(self) -> int:
+        return math.ceil(self._per_rank() / self.batch_size)
+
+    def rank_units(self, epoch: int) -> np.ndarray:
+        """This rank's units; rows of -1 are placeholders that score nothing."""
+        per = self._per_rank()
+        mine = self.order(epoch)[self.rank * per : (self.rank + 1) * per]
+        pad = np.full((per - len(mine), 2), -1)
+        return np.concatenate([mine, pad]) if len(pad) else mine
+
+    def __iter__(self):
+        info = get_worker_info()
+        k, j = (info.num_workers, info.id) if info else (1, 0)
+        units = self.rank_units(self.epoch)
+        b = self.batch_size
+        batches = [i for i in range(self.start_batch, len(self)) if (i - self.start_batch) % k == j]
+        wanted: dict[int, set] = {}
+        last_use: dict[int, int] = {}
+        for i in batches:
+            for s, u in units[i * b : (i + 1) * b]:
+                if s >= 0:
+                    wanted.setdefault(int(s), set()).add(int(u))
+                    last_use[int(s)] = i
+        cache: dict[int, dict] = {}
+        for i in batches:
+            rows = units[i * b : (i + 1) * b]
+            samples, skipped = [], 0
+            for s, u in rows:
+                if s < 0:
+                    samples.append(empty_sample())
+                    continue
+                if int(s) not in cache:
+                    cache[int(s)] = self._load(int(s), wanted[int(s)])
+                sample = self._build(cache[int(s)].get(int(u)), int(s), int(u))
+                skipped += sample is None
+                samples.append(sample if sample is not None else empty_sample())
+            for s in [s for s, last in last_use.items() if last == i and s in cache]:
+                del cache[s]  # no later batch of this worker needs this shard
+            batch = collate(samples, self.builder.vocab.pix_pad, self.builder.window**2)
+            batch["n_skipped"] = torch.tensor(skipped)
+            batch["batch_index"] = torch.tensor(i)
+            yield batch
+
+    def _load(self, s: int, wanted: set) -> dict:
+        """Raw units of shard s that this worker needs, by unit index; one pass over the tar."""
+        found, n = {}, 0
+        url = self.shards.urls[s]
+        try:
+            for raw in read_shard(url):
+                try:
+                    units = self.builder.units(raw)
+                except Exception as e:  # broken json: its units cannot even be counted
+                    _warn(f"{url}: sample {raw.get('__key__')}: unreadable metadata ({e})")
+                    continue
+                for unit in units:
+                    if n in wanted:
+                        found[n] = unit
+                    n += 1
+        except Exception as e:
+            _warn(f"{url}: cannot read shard ({e}); its remaining units are skipped")
+        return found
+
+    def _build(self, unit, s: int, u: int):
+        if unit is None:
+            return None
+        try:
+            return self.builder.build(unit)
+        except SkipImage:
+            return None
+        except Exception as e:
+            _warn(f"{self.shards.urls[s]}: unit {u}: skipped ({type(e).__name__}: {e})")
+            return None
+
+
+def _warn(msg: str) -> None:
+    print(f"pixword data: {msg}", file=sys.stderr, flush=True)
+
+
+class PixLoader(DataLoader):
+    """A DataLoader whose position in the epoch is saved in checkpoints (Lightning calls
+    state_dict/load_state_dict on stateful loaders), so a resumed run continues with the
+    next unseen batch instead of restarting the epoch."""
+
+    def __init__(self, stream: ShardStream, num_workers: int, progress=None):
+        super().__init__(stream, batch_size=None, num_workers=num_workers,
+                         persistent_workers=False, pin_memory=torch.cuda.is_available())
+        self.progress = progress  # () -> (epoch, batches done in it); from the trainer
+        self._resume: tuple[int, int] | None = None
+
+    def __iter__(self):
+        epoch = self.progress()[0] if self.progress else self.dataset.epoch
+        start = 0
+        if self._resume is not None and self._resume[0] == epoch:
+            start = self._resume[1]
+        self._resume = None
+        self.dataset.epoch, self.dataset.start_batch = epoch, start
+        return super().__iter__()
+
+    def state_dict(self) -> dict:
+        epoch, done = self.progress() if self.progress else (self.dataset.epoch, 0)
+        return {"epoch": int(epoch), "batches_done": int(done), "world_size": self.dataset.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("world_size", self.dataset.world_size) != self.dataset.world_size:
+            _warn("resuming with a different world size: the data order of this epoch changes")
+        epoch, done = state["epoch"], state["batches_done"]
+        self._resume = (epoch + 1, 0) if done >= len(self.dataset) else (epoch, done)
+
+
+def sample_pixels(shards: ShardSet, builder: SampleBuilder, n: int, seed: int) -> np.ndarray:
+    """n RGB pixels sampled from the first images of the shards (as the loader resizes them)."""
+    rng = np.random.default_rng(seed)
+    pixels, total = [], 0
+    for url in shards.urls:
+        for raw in read_shard(url):
+            meta = json.loads(raw["json"])
+            for el in meta["elements"]:
+                if el["type"] != "image":
+                    continue
+                try:
+                    px = builder.rgb(raw[el["file"]]).reshape(-1, 3)
+                except Exception:
+                    continue
+                pixels.append(px[rng.choice(len(px), min(len(px), 256), replace=False)])
+                total += len(pixels[-1])
+            if total >= n:
+                return np.concatenate(pixels)[:n]
+    if not pixels:
+        raise DataError(f"no readable images in {shards.urls[0]} to fit a palette")
+    return np.concatenate(pixels)
+
+
+class PixDataModule(L.LightningDataModule):
+    def __init__(self, cfg, builder: SampleBuilder, train: ShardSet, val: ShardSet):
+        super().__init__()
+        self.cfg, self.builder, self.train_set, self.val_set = cfg, builder, train, val
+
+    def _rank(self) -> tuple[int, int]:
+        t = self.trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def _progress(self):
+        t = self.trainer
+        return t.current_epoch, t.fit_loop.epoch_loop.batch_progress.current.processed
+
+    def train_dataloader(self):
+        d = self.cfg.data
+        rank, world = self._rank()
+        stream = ShardStream(self.train_set, self.builder, d.batch_size, self.cfg.run.seed,
+                             d.shuffle, rank, world)
+        return PixLoader(stream, d.num_workers, self._progress)
+
+    def val_dataloader(self):
+        d = self.cfg.data
+        rank, world = self._rank()
+        stream = ShardStream(self.val_set, self.builder, d.batch_size, self.cfg.run.seed,
+                             False, rank, world, limit=d.val_limit)
+        return PixLoader(stream, min(d.num_workers, os.cpu_count() or 1))

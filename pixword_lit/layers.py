@@ -1,0 +1,142 @@
+"""LLaMA-style building blocks shared by the image block and the decoder (spec section 4).
+
+RMSNorm, rotary embedding with LLaMA-3.1 frequency scaling applied at arbitrary integer
+positions (padding and masked elements get no position), grouped-query attention on
+scaled_dot_product_attention, SwiGLU, and the pre-norm block.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling=None) -> torch.Tensor:
+    """Inverse frequencies (head_dim/2,), with LLaMA-3.1 scaling when `scaling` is given."""
+    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    if scaling is None:
+        return inv.float()
+    factor, low, high = scaling.factor, scaling.low_freq_factor, scaling.high_freq_factor
+    old = scaling.original_context
+    wavelen = 2 * math.pi / inv
+    low_wavelen, high_wavelen = old / low, old / high
+    smooth = (old / wavelen - low) / (high - low)
+    mid = (1 - smooth) * inv / factor + smooth * inv
+    scaled = torch.where(wavelen > low_wavelen, inv / factor, mid)  # long wavelengths: scaled
+    return torch.where(wavelen < high_wavelen, inv, scaled).float()  # short: kept
+
+
+class Rope(nn.Module):
+    """cos/sin tables computed from explicit positions; position -1 (masked) is mapped to 0."""
+
+    def __init__(self, head_dim: int, theta: float, scaling=None):
+        super().__init__()
+        self.register_buffer("inv_freq", rope_inv_freq(head_dim, theta, scaling), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # positions (N, T) -> cos, sin (N, 1, T, head_dim/2), broadcast over heads
+        angles = positions.clamp(min=0).float()[..., None] * self.inv_freq
+        return angles.cos()[:, None], angles.sin()[:, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x (N, H, T, hd); rotate pairs (first half, second half) of the head dimension
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.type_as(x)
+
+
+def attention_mask(valid: torch.Tensor) -> torch.Tensor:
+    """Causal mask over keys that are valid; (N, T) bool -> (N, 1, T, T) bool, True = attend.
+
+    The diagonal is always allowed so that a fully masked row (padding) stays finite; such
+    rows are never read.
+    """
+    t = valid.shape[-1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=valid.device).tril()
+    eye = torch.eye(t, dtype=torch.bool, device=valid.device)
+    return ((causal & valid[:, None, :]) | eye)[:, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, n_heads: int, n_kv_heads: int):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, dim // n_heads
+        self.wq = nn.Linear(dim, n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(dim, n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(dim, n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(n_heads * self.head_dim, dim, bias=False)
+
+    def forward(self, x, cos, sin, mask):
+        n, t, _ = x.shape
+        q = self.wq(x).view(n, t, self.n_heads, self.head_dim).transpose(1, 2)  # (N, H, T, hd)
+        k = self.wk(x).view(n, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (N, Hkv, T, hd)
+        v = self.wv(x).view(n, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv_heads
+        )
+        return self.wo(y.transpose(1, 2).reshape(n, t, -1))  # (N, T, dim)
+
+
+def ffn_hidden(dim: int, multiple_of: int) -> int:
+    """round_up(1.5 * 2/3 * 3 * dim, multiple_of) = 3*dim rounded up (spec section 4)."""
+    hidden = int(1.5 * (2 * (3 * dim) / 3))
+    return multiple_of * math.ceil(hidden / multiple_of)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + ffn(norm(x))."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg.dim, cfg.n_heads, cfg.n_kv_heads)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn = SwiGLU(cfg.dim, ffn_hidden(cfg.dim, cfg.ffn_multiple_of))
+
+    def forward(self, x, cos, sin, mask):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class Stack(nn.Module):
+    """Blocks sharing one RoPE table; input (N, T, dim), positions (N, T), valid (N, T)."""
+
+    def __init__(self, cfg, n_layers: int):
+        super().__init__()
+        self.rope = Rope(cfg.dim // cfg.n_heads, cfg.rope_theta, cfg.rope_scaling)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(n_layers))
+
+    def forward(self, x, positions, valid):
+        cos, sin = self.rope(positions)
+        mask = attention_mask(valid)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask)
+        return x
