@@ -1,0 +1,1 @@
+"""Raw data -> WebDataset shards of pixels (8-bit RGB PNG) for pixword; see README.md."""

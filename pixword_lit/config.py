@@ -108,7 +108,6 @@ class RunConfig:
     seed: int = 2026
     ckpt_every_n_steps: Optional[int] = None  # periodic checkpoints besides last and best
     pictures: int = 4  # validation images drawn in the prediction picture
-    baseline_batches: int = 50  # train batches counted for the color-frequency baseline
 
 
 @dataclass
@@ -128,12 +127,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         layers += _yaml_chain(Path(path))
     try:
         for layer in layers:
-            cfg = OmegaConf.merge(cfg, _read_yaml(layer))
+            cfg = _merge(cfg, _read_yaml(layer))
         if overrides:
             bad = [o for o in overrides if "=" not in o]
             if bad:
                 raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+            cfg = _merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except ConfigError:
         raise
     except Exception as e:  # OmegaConf names the key and the file position
@@ -142,6 +141,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg.run.name = Path(path).stem
     validate(cfg)
     return cfg
+
+
+def _merge(cfg: DictConfig, layer: DictConfig) -> DictConfig:
+    """Merge one layer; a component whose name changes starts from that component's defaults
+    (so `model.folding.name=palette` does not inherit the uniform folding's `factor`)."""
+    for family in ("folding", "attention", "embedding"):
+        name = OmegaConf.select(layer, f"model.{family}.name", default=None)
+        if name is not None and name != cfg.model[family].get("name"):
+            cfg.model[family] = {"name": name}
+    return OmegaConf.merge(cfg, layer)
 
 
 def _read_yaml(path: Path) -> DictConfig:

@@ -86,7 +86,8 @@ def read_shard(url: str):
     """Raw samples of one tar shard, in file order: dicts of bytes keyed by extension."""
     stream = wds.gopen(url)
     try:
-        yield from group_by_keys(tar_file_iterator(stream))
+        files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
+        yield from group_by_keys(files)
     finally:
         stream.close()
 

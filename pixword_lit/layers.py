@@ -91,7 +91,7 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv_heads
         )
-        return self.wo(y.transpose(1, 2).reshape(n, t, -1))  # (N, T, dim)
+        return self.wo(y.transpose(1, 2).reshape(n, t, self.n_heads * self.head_dim))  # (N, T, dim)
 
 
 def ffn_hidden(dim: int, multiple_of: int) -> int:

@@ -1,0 +1,45 @@
+"""Word tokenizer: byte-level BPE with NFKC, as the paper's (method.md section 6).
+
+The six special tokens are added first so that they get ids 0-5; the model's vocabulary
+layout depends on those exact ids, so training checks them instead of trusting order.
+"""
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|image|>", "<|/image|>"]
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Train a byte-level BPE on `texts`; the result may be smaller than `vocab_size`."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
+    if ids != list(range(len(SPECIAL_TOKENS))):
+        raise RuntimeError(f"special tokens got ids {ids}, expected 0-5")
+    return tok
+
+
+def save_tokenizer(tokenizer: Tokenizer, out: Path) -> Path:
+    """Write OUT/tokenizer.json atomically (via a .tmp file), like every prep output."""
+    path, tmp = out / "tokenizer.json", out / "tokenizer.json.tmp"
+    tokenizer.save(str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Load a tokenizer.json written by `train_tokenizer(...).save()`."""
+    return Tokenizer.from_file(str(path))

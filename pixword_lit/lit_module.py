@@ -1,0 +1,185 @@
+"""LightningModule: loss split into word and pix parts, torchmetrics, AdamW + cosine schedule,
+throughput in pix tokens/s, the color-frequency baseline and the validation picture.
+The model itself (`PixWordModel`) knows nothing of Lightning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torchmetrics import SumMetric
+
+from pixword_lit.components.folding import psnr
+from pixword_lit.model import PixWordModel, loss_terms
+from pixword_lit.pictures import prediction_picture
+from pixword_lit.tokens import IGNORE, Vocab
+
+VAL_SUMS = ["sum", "n", "pix_sum", "pix_n", "word_sum", "word_n", "pix_correct",
+            "fold_se", "fold_n", "baseline_sum", "pixel_all_sum", "pixel_all_n"]
+
+
+class PixWordLit(L.LightningModule):
+    def __init__(self, config: dict, n_words: int, folding_state: dict):
+        super().__init__()
+        self.save_hyperparameters()  # config, vocab size and palette travel with checkpoints
+        from pixword_lit.build import folding_from_state
+
+        self.cfg = OmegaConf.create(config)
+        self.folding = folding_from_state(folding_state)
+        self.vocab = Vocab(n_words, self.folding.n_pix)
+        self.model = PixWordModel(self.cfg.model, self.vocab, self.folding)
+        self.val_sums = torch.nn.ModuleDict({k: SumMetric() for k in VAL_SUMS})
+        # training-set pix target frequencies, for the baseline that predicts them always
+        self.register_buffer("color_counts", torch.zeros(self.folding.n_pix, dtype=torch.float64))
+        # elements and pix tokens trained on, and this process's training seconds
+        self.register_buffer("seen", torch.zeros(3, dtype=torch.float64))
+        self.run_dir: Path | None = None
+        self._rate = [0.0, 0.0, None]  # pix tokens, seconds, last batch start
+        self.last_val: dict = {}
+
+    # ---- training ---------------------------------------------------------------------
+    def forward(self, batch):
+        return self.model(batch)
+
+    def training_step(self, batch, batch_idx):
+        logits, _ = self.model(batch)
+        t = loss_terms(logits, batch["targets"], self.vocab.n_words)
+        loss = t["sum"] / t["n"].clamp(min=1)
+        pix_t = batch["targets"][batch["targets"] >= self.vocab.n_words] - self.vocab.n_words
+        self.color_counts += torch.bincount(pix_t, minlength=self.vocab.n_pix).double()
+        self.seen[:2] += torch.stack([batch["elem_valid"].sum(), batch["n_pixels"].sum()]).double()
+        self._rate[0] += float(batch["n_pixels"].sum())
+        log = dict(on_step=True, on_epoch=False, batch_size=batch["targets"].shape[0])
+        self.log("train/loss", loss, prog_bar=True, **log)
+        self.log("train/pix_loss", t["pix_sum"] / t["pix_n"].clamp(min=1), **log)
+        self.log("train/word_loss", t["word_sum"] / t["word_n"].clamp(min=1), **log)
+        self.log("train/pix_acc", t["pix_correct"] / t["pix_n"].clamp(min=1), **log)
+        if int(batch["n_skipped"]):
+            self.log("data/skipped", batch["n_skipped"].float(), reduce_fx="sum", **log)
+        return loss
+
+    def on_train_batch_start(self, batch, batch_idx):
+        now = time.perf_counter()
+        if self._rate[2] is not None:
+            self._rate[1] += now - self._rate[2]
+            self.seen[2] += now - self._rate[2]
+        self._rate[2] = now
+        if self._rate[1] > 0 and self.global_step % self.cfg.trainer.log_every_n_steps == 0:
+            # pix tokens of this process over wall time between batch starts (data included),
+            # times the world size: the global rate when ranks are balanced
+            rate = self._rate[0] / self._rate[1] * self.trainer.world_size
+            self.log("train/pix_tokens_per_s", rate, on_step=True, on_epoch=False)
+            self._rate[:2] = [0.0, 0.0]
+
+    def on_validation_start(self):
+        self._rate[2] = None  # validation time is not training throughput
+
+    def configure_model(self):
+        if self.device_mesh is not None:  # fsdp (ModelParallelStrategy): shard the finished model
+            from pixword_lit.parallel import apply_fsdp
+
+            apply_fsdp(self.model, self.device_mesh["data_parallel"])
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+        )
+        total = o.decay_steps or max(self.cfg.trainer.max_steps, 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o.warmup_steps, total, o.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- validation -------------------------------------------------------------------
+    def validation_step(self, batch, batch_idx):
+        logits, extras = self.model(batch)
+        t = loss_terms(logits, batch["targets"], self.vocab.n_words)
+        t["fold_se"] = batch["fold_se"].sum()
+        t["fold_n"] = batch["n_pixels"].sum() * 3
+        t["baseline_sum"] = self._baseline_sum(batch["targets"])
+        if "pixel_targets" in extras:  # full_causal: loss of every pixel predicting the next
+            pt = extras["pixel_targets"]
+            pl = extras["pixel_logits"].float()
+            ce = torch.nn.functional.cross_entropy(
+                pl.reshape(-1, pl.shape[-1]), pt.reshape(-1), ignore_index=IGNORE, reduction="sum"
+            )
+            t["pixel_all_sum"], t["pixel_all_n"] = ce, (pt != IGNORE).sum()
+        for k, v in t.items():
+            self.val_sums[k].update(v.detach().double())
+        if batch_idx == 0 and self.global_rank == 0 and self.run_dir is not None:
+            self._save_picture(batch, logits)
+
+    def on_validation_epoch_start(self):
+        counts = self.color_counts
+        if self.trainer.world_size > 1:
+            counts = self.all_gather(counts).reshape(-1, counts.shape[-1]).sum(0)
+        # add-one smoothing: a color never seen in training keeps a finite loss
+        self._baseline_logp = torch.log((counts + 1) / (counts.sum() + len(counts)))
+
+    def _baseline_sum(self, targets):
+        pix = targets[targets >= self.vocab.n_words] - self.vocab.n_words
+        return -self._baseline_logp[pix].sum()
+
+    def on_validation_epoch_end(self):
+        s = {k: float(m.compute()) for k, m in self.val_sums.items()}
+        for m in self.val_sums.values():
+            m.reset()
+        out = {
+            "val/loss": s["sum"] / max(s["n"], 1),
+            "val/pix_loss": s["pix_sum"] / max(s["pix_n"], 1),
+            "val/word_loss": s["word_sum"] / max(s["word_n"], 1),
+            "val/pix_acc": s["pix_correct"] / max(s["pix_n"], 1),
+            "val/fold_psnr": psnr(s["fold_se"] / max(s["fold_n"], 1)),
+            "baseline/pix_loss": s["baseline_sum"] / max(s["pix_n"], 1),
+        }
+        if s["pixel_all_n"] > 0:
+            out["val/pix_loss_all"] = s["pixel_all_sum"] / s["pixel_all_n"]
+        if s["word_n"] == 0:
+            out["val/word_loss"] = float("nan")  # image-only data has no word targets
+        self.last_val = out
+        for k, v in out.items():
+            if math.isfinite(v):
+                self.log(k, v, sync_dist=False)  # already reduced over ranks
+        if self.global_rank == 0 and self.run_dir is not None and not self.trainer.sanity_checking:
+            rec = {"step": int(self.global_step), "epoch": int(self.current_epoch), **out}
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def _save_picture(self, batch, logits):
+        n = self.cfg.run.pictures
+        if n <= 0 or self.trainer.sanity_checking:
+            return
+        img = prediction_picture(batch, logits, self.vocab, self.folding, self.cfg.model, n)
+        if img is None:
+            return
+        out = self.run_dir / "pictures"
+        out.mkdir(parents=True, exist_ok=True)
+        from PIL import Image
+
+        Image.fromarray(img).save(out / f"val_step{self.global_step:07d}.png")
+        Image.fromarray(img).save(out / "val_latest.png")
+        logger = self.logger
+        if logger is not None and hasattr(logger, "experiment") and hasattr(logger.experiment, "add_image"):
+            logger.experiment.add_image("val/prediction", np.transpose(img, (2, 0, 1)), self.global_step)
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float):
+    """Linear warm-up to 1, then cosine decay to min_ratio at `total` steps, flat after."""
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f

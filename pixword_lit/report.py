@@ -1,0 +1,30 @@
+"""Human-readable end-of-run report: the metrics table and where the outputs are."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+ROWS = ["val/loss", "val/pix_loss", "baseline/pix_loss", "val/word_loss", "val/pix_acc",
+        "val/fold_psnr", "val/pix_loss_all"]
+
+
+def print_table(summary: dict) -> None:
+    run_dir = Path(summary["config"]["run"]["dir"] or Path(
+        summary["config"]["trainer"]["default_root_dir"]) / summary["config"]["run"]["name"])
+    width = max(len(r) for r in ROWS) + 2
+    print("\n" + "metric".ljust(width) + "value")
+    print("-" * (width + 12))
+    for r in ROWS:
+        if r in summary and summary[r] is not None and not (isinstance(summary[r], float) and math.isnan(summary[r])):
+            print(r.ljust(width) + f"{summary[r]:.4f}")
+    for k in ("params", "steps", "pix_tokens_seen", "pix_tokens_per_s", "wall_s"):
+        print(k.ljust(width) + str(summary.get(k)))
+    if "val/pix_loss" in summary and "baseline/pix_loss" in summary:
+        better = summary["val/pix_loss"] < summary["baseline/pix_loss"]
+        print(f"\nval/pix_loss is {'below' if better else 'NOT below'} the color-frequency baseline")
+    print(f"\nrun folder      {run_dir}")
+    print(f"summary         {run_dir / 'summary.json'}")
+    print(f"checkpoints     {run_dir / 'checkpoints'} (last.ckpt, best.ckpt)")
+    print(f"pictures        {run_dir / 'pictures' / 'val_latest.png'}")
+    print(f"tensorboard     tensorboard --logdir {run_dir / 'tb'}")
