@@ -114,6 +114,8 @@ class PixWordLit(L.LightningModule):
                 pl.reshape(-1, pl.shape[-1]), pt.reshape(-1), ignore_index=IGNORE, reduction="sum"
             )
             t["pixel_all_sum"], t["pixel_all_n"] = ce, (pt != IGNORE).sum()
+        else:  # keep every sum updated so all ranks sync the same metric set
+            t["pixel_all_sum"] = t["pixel_all_n"] = torch.zeros((), device=logits.device)
         for k, v in t.items():
             self.val_sums[k].update(v.detach().double())
         if batch_idx == 0 and self.global_rank == 0 and self.run_dir is not None:

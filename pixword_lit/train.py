@@ -12,6 +12,7 @@ import platform
 import shutil
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -24,6 +25,10 @@ from pixword_lit import parallel
 from pixword_lit.build import build_datamodule, build_module, build_parts
 from pixword_lit.config import ConfigError
 from pixword_lit.parallel import AtomicCheckpointIO, find_resume_checkpoint
+
+
+# each DataLoader worker builds whole, distinct batches (data.py), so __len__ is exact
+warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined")
 
 
 def run_dir_of(cfg: DictConfig) -> Path:

@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny shards built in temporary folders, tiny configs. No network."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_prep.glyphs import build_glyphs
+from data_prep.images import build_images
+from pixword_lit.config import load_config
+
+TINY_MODEL = [
+    "model.dim=32", "model.n_heads=4", "model.n_kv_heads=2", "model.image_layers=1",
+    "model.decoder_layers=2", "model.image_size=16", "model.window_size=4",
+    "model.folding.factor=64",
+]
+
+
+@pytest.fixture(scope="session")
+def glyph_shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("glyphs")
+    build_glyphs(out, num_train=96, num_val=16, seed=0)
+    return out
+
+
+def tiny_config(shards, tmp_path, *extra, mode="mixed"):
+    return load_config(None, [
+        *TINY_MODEL, f"data.train={shards}/train", f"data.val={shards}/val", f"data.mode={mode}",
+        "data.batch_size=4", "data.num_workers=0", "data.max_seq_len=64",
+        "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.check_val_every_n_epoch=null",
+        "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
+        f"run.dir={tmp_path}/run", "optim.lr=3e-3", *extra,
+    ])
+
+
+def worked_example_rgb(rows: int = 4) -> np.ndarray:
+    """Spec section 5: pixel (r, c) has pix token (4r + c) % 8 under fold 128."""
+    r, c = np.mgrid[0:rows, 0:4]
+    t = (4 * r + c) % 8
+    rgb = np.stack([(t & 1) * 128 + 17, ((t >> 1) & 1) * 128 + 3, ((t >> 2) & 1) * 128 + 90], -1)
+    return rgb.astype(np.uint8)
+
+
+@pytest.fixture
+def worked_example_shards(tmp_path):
+    src = tmp_path / "imgs"
+    src.mkdir()
+    Image.fromarray(worked_example_rgb(4)).save(src / "square.png")
+    Image.fromarray(worked_example_rgb(2)).save(src / "wide.png")
+    out = tmp_path / "shards"
+    build_images(src, out, val_fraction=0.0)
+    return out
