@@ -42,12 +42,14 @@ class PixWordModel(nn.Module):
         x_words = self.word_embed(batch["input_ids"])  # (B, T, dim)
         x, positions, valid, gather, extras = self.pixels(batch, x_words)  # (B, T', dim)
         h = self.norm(self.decoder(x, positions, valid))
-        if "pixel_targets" in extras:  # full_causal: per-pixel logits for its extra metric
-            extras["pixel_logits"] = self.head(h)
+        if "pixel_targets" in extras and not self.training:
+            # full_causal in evaluation: logits at every pixel token for val/pix_loss_all
+            extras["pixel_logits"] = self.head(h)  # (B, T', C)
             logits = extras["pixel_logits"].gather(
                 1, gather[..., None].expand(-1, -1, self.vocab.n_classes)
             )
         else:
+            extras.pop("pixel_targets", None)  # training scores only the paper's targets
             h = h.gather(1, gather[..., None].expand(-1, -1, h.shape[-1]))  # (B, T, dim)
             logits = self.head(h)
         return logits, extras

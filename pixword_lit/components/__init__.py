@@ -2,7 +2,13 @@
 
 `validate_components` checks a config's `model.folding / attention / embedding` mappings
 against the registries (names and params) and the combinations that make no sense, before
-any data is read.
+any data is read. Every other combination works. The ones refused, and why:
+
+- embedding `factorized` needs folding `uniform` (a palette has no per-channel levels);
+- embedding `patch_linear` needs attention `global_conditional` (it makes one vector per
+  window, so there are no per-pixel tokens to pool over or to attend to exactly);
+- attention `full_causal` needs image_size^2 <= its `max_pixels` (exact attention is
+  quadratic in the pixels of an image).
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ def validate_components(cfg) -> None:
     from pixword_lit.config import ConfigError, is_power_of_two
 
     fold, fp = component_params("folding", cfg.model.folding)
-    attn, _ = component_params("attention", cfg.model.attention)
+    attn, ap = component_params("attention", cfg.model.attention)
     emb, _ = component_params("embedding", cfg.model.embedding)
     if fold == "uniform" and not (is_power_of_two(fp["factor"]) and fp["factor"] <= 128):
         raise ConfigError(
@@ -57,4 +63,10 @@ def validate_components(cfg) -> None:
         raise ConfigError(
             f"model.attention.name: {attn!r} needs per-pixel tokens, but embedding 'patch_linear' "
             "embeds whole windows; use attention global_conditional with patch_linear"
+        )
+    if attn == "full_causal" and cfg.model.image_size**2 > ap["max_pixels"]:
+        raise ConfigError(
+            f"model.attention.max_pixels: full_causal attends over every pixel token, and "
+            f"image_size {cfg.model.image_size} gives {cfg.model.image_size**2} per image "
+            f"(limit {ap['max_pixels']}); use a smaller model.image_size or raise the limit"
         )

@@ -85,10 +85,17 @@ class Pooled(GlobalConditional):
         return (h * w).sum(1) / w.sum(1).clamp(min=1.0)
 
 
+@dataclass
+class FullCausalParams:
+    # exact attention costs (pixels per image)^2 per layer; larger images are refused at config
+    # time instead of running out of memory mid-run
+    max_pixels: int = 9216  # image_size^2 limit (96 x 96)
+
+
 class FullCausal(nn.Module):
     """Every pixel a decoder token (window-major); exact causal attention, no image block."""
 
-    Params = NoParams
+    Params = FullCausalParams
 
     def __init__(self, cfg, embed: nn.Module, vocab):
         super().__init__()

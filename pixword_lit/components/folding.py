@@ -41,6 +41,10 @@ class UniformFolding:
         """(n_pix, 3) uint8 display color: the bin centre v' * f + f // 2."""
         return (self.channel_levels() * self.factor + self.factor // 2).astype(np.uint8)
 
+    def unfold(self, ids: np.ndarray) -> np.ndarray:
+        """(...) pix ids -> (..., 3) uint8 display colors."""
+        return self.colors()[ids]
+
     def state(self) -> dict:
         return {"name": "uniform", "factor": self.factor}
 
@@ -65,19 +69,31 @@ class PaletteFolding:
         self._pal_sq = (self._pal**2).sum(-1)
 
     def fold(self, rgb: np.ndarray) -> np.ndarray:
-        flat = rgb.reshape(-1, 3).astype(np.float32)
-        out = np.empty(len(flat), dtype=np.int64)
-        for start in range(0, len(flat), 65536):  # chunks bound the (N, K) distance matrix
-            x = flat[start : start + 65536]
-            d = self._pal_sq[None, :] - 2.0 * x @ self._pal.T  # |x|^2 is constant per row
-            out[start : start + 65536] = d.argmin(1)
-        return out.reshape(rgb.shape[:-1])
+        """(..., 3) uint8 -> (...) index of the nearest palette color (squared RGB distance)."""
+        return nearest(rgb.reshape(-1, 3), self._pal, self._pal_sq).reshape(rgb.shape[:-1])
 
     def colors(self) -> np.ndarray:
         return self.palette
 
+    def unfold(self, ids: np.ndarray) -> np.ndarray:
+        return self.palette[ids]
+
     def state(self) -> dict:
         return {"name": "palette", "palette": self.palette.tolist()}
+
+
+def nearest(x: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray | None = None,
+            chunk: int = 16384) -> np.ndarray:
+    """(N, 3) points -> (N,) index of the nearest of (K, 3) centers, vectorized in chunks that
+    bound the (chunk, K) distance matrix (K = 512: 32 MB per chunk)."""
+    c = centers.astype(np.float32)
+    c_sq = (c**2).sum(-1) if centers_sq is None else centers_sq
+    out = np.empty(len(x), dtype=np.int64)
+    for start in range(0, len(x), chunk):
+        xs = x[start : start + chunk].astype(np.float32)
+        d = c_sq[None, :] - 2.0 * xs @ c.T  # |x|^2 is the same for every center of a row
+        out[start : start + chunk] = d.argmin(1)
+    return out
 
 
 def fit_palette(pixels: np.ndarray, k: int, iters: int = 25, seed: int = 0) -> np.ndarray:
@@ -93,10 +109,8 @@ def fit_palette(pixels: np.ndarray, k: int, iters: int = 25, seed: int = 0) -> n
         p = d2 / d2.sum() if d2.sum() > 0 else None
         centers[i] = x[rng.choice(len(x), p=p)]
         d2 = np.minimum(d2, ((x - centers[i]) ** 2).sum(-1))
-    x_sq = (x**2).sum(-1)
     for _ in range(iters):
-        d = x_sq[:, None] - 2.0 * x @ centers.T + (centers**2).sum(-1)[None]
-        assign = d.argmin(1)
+        assign = nearest(x, centers)
         counts = np.bincount(assign, minlength=k)
         sums = np.stack([np.bincount(assign, x[:, c], minlength=k) for c in range(3)], 1)
         moved = counts > 0  # empty clusters keep their centre
@@ -106,7 +120,14 @@ def fit_palette(pixels: np.ndarray, k: int, iters: int = 25, seed: int = 0) -> n
 
 
 def psnr(mse: float) -> float:
+    """Peak signal-to-noise ratio in dB of 8-bit images with mean squared error `mse`."""
     return float("inf") if mse <= 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def fold_psnr(folding, rgb: np.ndarray) -> float:
+    """PSNR of unfold(fold(rgb)) against rgb: what folding alone loses, before any training."""
+    err = folding.unfold(folding.fold(rgb)).astype(np.float64) - rgb.astype(np.float64)
+    return psnr(float((err**2).mean()))
 
 
 FOLDINGS = {"uniform": UniformFolding, "palette": PaletteFolding}
