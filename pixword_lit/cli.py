@@ -15,7 +15,8 @@ def _fit(a) -> int:
 
     cfg = load_config(a.config, a.overrides)
     summary = fit(cfg, resume=a.resume, overwrite=a.overwrite)
-    print_table(summary)
+    if summary is not None:  # rank 0 only
+        print_table(summary)
     return 0
 
 

@@ -63,6 +63,11 @@ class PixWordLit(L.LightningModule):
         self.log("train/pix_acc", t["pix_correct"] / t["pix_n"].clamp(min=1), **log)
         if int(batch["n_skipped"]):
             self.log("data/skipped", batch["n_skipped"].float(), reduce_fx="sum", **log)
+        step = self.global_step + 1  # the optimizer step this batch completes
+        if self.global_rank == 0 and self.run_dir and step % self.cfg.trainer.log_every_n_steps == 0:
+            with open(self.run_dir / "train_log.jsonl", "a") as f:  # rank 0's loss, for comparing runs
+                f.write(json.dumps({"step": step, "epoch": int(self.current_epoch),
+                                    "batch": int(batch["batch_index"]), "loss": float(loss)}) + "\n")
         return loss
 
     def on_train_batch_start(self, batch, batch_idx):
@@ -82,9 +87,10 @@ class PixWordLit(L.LightningModule):
         self._rate[2] = None  # validation time is not training throughput
 
     def configure_model(self):
-        if self.device_mesh is not None:  # fsdp (ModelParallelStrategy): shard the finished model
-            from pixword_lit.parallel import apply_fsdp
+        from pixword_lit.parallel import apply_fsdp, is_sharded
 
+        # fsdp (ModelParallelStrategy): shard the finished model, once (fit, then validate)
+        if self.device_mesh is not None and not is_sharded(self.model):
             apply_fsdp(self.model, self.device_mesh["data_parallel"])
 
     def configure_optimizers(self):

@@ -23,9 +23,13 @@ from pixword_lit.config import ConfigError
 METADATA = "meta.pt"  # Lightning's name for the non-tensor part of a sharded checkpoint
 
 
-def make_strategy(name: str):
+def make_strategy(name: str, devices, num_nodes: int):
     if name == "fsdp":
-        return AtomicModelParallelStrategy(data_parallel_size="auto", tensor_parallel_size=1)
+        if not isinstance(devices, int) or devices < 1:
+            raise ConfigError("trainer.devices: fsdp needs an integer number of devices per node")
+        # every process is one data-parallel shard (no tensor parallelism)
+        return AtomicModelParallelStrategy(data_parallel_size=devices * num_nodes,
+                                           tensor_parallel_size=1)
     return name  # "auto" | "ddp" | "ddp_spawn": Lightning's own
 
 

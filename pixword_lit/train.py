@@ -58,7 +58,7 @@ def prepare_run_dir(run_dir: Path, resume: str | None, overwrite: bool) -> None:
 def make_trainer(cfg: DictConfig, run_dir: Path, logger=True) -> L.Trainer:
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     t.pop("default_root_dir")
-    strategy = parallel.make_strategy(t.pop("strategy"))
+    strategy = parallel.make_strategy(t.pop("strategy"), t["devices"], t["num_nodes"])
     callbacks = [ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor="val/loss", mode="min",
         save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
@@ -67,7 +67,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, logger=True) -> L.Trainer:
         callbacks.append(ModelCheckpoint(
             dirpath=run_dir / "checkpoints", filename="step{step:07d}", save_top_k=-1,
             every_n_train_steps=cfg.run.ckpt_every_n_steps, save_last=True,
-            auto_insert_metric_name=False,
+            auto_insert_metric_name=False, enable_version_counter=False,
         ))
     tb = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
     if logger:
@@ -94,11 +94,12 @@ def fit(cfg: DictConfig, resume: str | None = None, overwrite: bool = False) -> 
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     trainer.validate(module, datamodule=dm, verbose=False)  # the final weights, whole val set
     summary = make_summary(cfg, module, trainer, time.perf_counter() - start, ckpt_path)
-    if trainer.is_global_zero:
-        write_json(run_dir / "summary.json", summary)
-        tb = trainer.logger
-        hp = {k: v for k, v in flatten(summary["config"]).items() if isinstance(v, (int, float, str, bool))}
-        tb.log_hyperparams(hp, {k: v for k, v in summary.items() if k.startswith(("val/", "baseline/"))})
+    if not trainer.is_global_zero:
+        return None
+    write_json(run_dir / "summary.json", summary)
+    hp = {k: v for k, v in flatten(summary["config"]).items() if isinstance(v, (int, float, str, bool))}
+    metrics = {k: v for k, v in summary.items() if k.startswith(("val/", "baseline/"))}
+    trainer.logger.log_hyperparams(hp, metrics)  # TensorBoard's HParams view
     return summary
 
 

@@ -1,0 +1,166 @@
+"""DDP / FSDP on 2 CPU processes (gloo), exact resume, SIGKILL, uneven shards.
+
+Each run is a real `pixword fit` subprocess, as a user would start it. Exactness: a run
+stopped at step k and resumed to n ends with the same parameters as one run to n.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_MODEL
+
+from pixword_lit.config import REPO_ROOT
+
+pytestmark = pytest.mark.multiproc
+
+BASE = [
+    *TINY_MODEL, "data.batch_size=4", "data.num_workers=1", "data.max_seq_len=64",
+    "data.val_limit=16", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+    "trainer.val_check_interval=4", "trainer.check_val_every_n_epoch=null",
+    "trainer.log_every_n_steps=1", "optim.decay_steps=12", "optim.warmup_steps=2",
+    "run.ckpt_every_n_steps=3",
+]
+
+
+def pixword_fit(shards, run_dir, *extra, resume=None, check=True, **popen):
+    cmd = [sys.executable, "-m", "pixword_lit.cli", "fit",
+           str(REPO_ROOT / "experiments" / "quickstart.yaml"), *BASE,
+           f"data.train={shards}/train", f"data.val={shards}/val", f"run.dir={run_dir}", *extra]
+    if resume:
+        cmd += ["--resume", resume]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if popen:
+        return subprocess.Popen(cmd, env=env, **popen)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)}\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}")
+    return res
+
+
+def losses(run_dir) -> dict[int, float]:
+    out = {}
+    for line in (Path(run_dir) / "train_log.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["step"]] = rec["loss"]
+    return out
+
+
+def summary(run_dir) -> dict:
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_process_resume_is_exact(strategy, glyph_shards, tmp_path):
+    dist = [f"trainer.strategy={strategy}", "trainer.devices=2"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    pixword_fit(glyph_shards, full, *dist, "trainer.max_steps=12")
+    pixword_fit(glyph_shards, part, *dist, "trainer.max_steps=6")
+    # (max_steps=6 ends the first run at a checkpoint; the second continues it to 12)
+    res = pixword_fit(glyph_shards, part, *dist, "trainer.max_steps=12", resume="last")
+    assert "resuming from" in res.stdout and "step 6" in res.stdout
+    a, b = summary(full), summary(part)
+    assert a["world_size"] == b["world_size"] == 2 and a["steps"] == b["steps"] == 12
+    assert abs(a["param_checksum"] - b["param_checksum"]) < 1e-6 * max(1.0, abs(a["param_checksum"]))
+    la, lb = losses(full), losses(part)
+    assert [la[s] for s in range(7, 13)] == pytest.approx([lb[s] for s in range(7, 13)], abs=1e-6)
+    ckpt = part / "checkpoints" / "last.ckpt"
+    if strategy == "fsdp":  # sharded: one file per rank, plus Lightning's metadata
+        assert ckpt.is_dir() and len(list(ckpt.glob("*.distcp"))) == 2
+        _fsdp_checkpoint_in_one_process(glyph_shards, part, tmp_path)
+    else:
+        assert ckpt.is_file()
+
+
+def _fsdp_checkpoint_in_one_process(shards, part, tmp_path):
+    sharded = part / "checkpoints" / "last.ckpt"
+    # validate accepts the sharded folder directly
+    val = subprocess.run([sys.executable, "-m", "pixword_lit.cli", "validate", str(sharded)],
+                         capture_output=True, text=True, timeout=300)
+    assert val.returncode == 0, val.stderr[-3000:]
+    metrics = json.loads(val.stdout[val.stdout.index("{"):])
+    assert metrics["val/loss"] == pytest.approx(summary(part)["val/loss"], rel=1e-5)
+    # convert-ckpt writes a single-file checkpoint that a plain torch.load reads
+    out = tmp_path / "single.ckpt"
+    conv = subprocess.run([sys.executable, "-m", "pixword_lit.cli", "convert-ckpt", str(sharded),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert conv.returncode == 0, conv.stderr[-3000:]
+    state = torch.load(out, map_location="cpu", weights_only=False)
+    total = sum(v.double().sum().item() for k, v in state["state_dict"].items()
+                if k.startswith("model.") and v.is_floating_point())
+    assert total == pytest.approx(summary(part)["param_checksum"], rel=1e-9)
+    # further training on 1 process from the 2-process sharded checkpoint
+    one = pixword_fit(shards, part, "trainer.strategy=fsdp", "trainer.devices=1",
+                      "trainer.max_steps=14", resume=str(sharded))
+    assert one.returncode == 0 and summary(part)["steps"] == 14 and summary(part)["world_size"] == 1
+
+
+def test_sigkill_between_checkpoints_resumes(glyph_shards, tmp_path):
+    run = tmp_path / "killed"
+    proc = pixword_fit(glyph_shards, run, "trainer.max_steps=400", "trainer.val_check_interval=400",
+                       "run.ckpt_every_n_steps=5", stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+    ckpts = run / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (ckpts / "step0000010.ckpt").exists():
+        time.sleep(0.2)
+    time.sleep(0.5)  # somewhere after step 10, before or while writing the next one
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (ckpts / "step0000010.ckpt").exists()
+    done = pixword_fit(glyph_shards, run, "trainer.max_steps=25", resume="last")
+    assert "resuming from" in done.stdout
+    assert summary(run)["steps"] == 25 and summary(run)["resumed_from"] is not None
+    assert not list(ckpts.glob("*.tmp"))
+
+
+def test_uneven_shards_two_ranks_do_not_hang(tmp_path):
+    from data_prep.glyphs import build_glyphs
+
+    shards = tmp_path / "g"
+    build_glyphs(shards, num_train=90, num_val=10, seed=1)
+    index = json.loads((shards / "train" / "index.json").read_text())
+    # re-cut 90 samples as 3 shards of 30 (2 ranks x 2 workers read them)
+    _reshard(shards / "train", 30)
+    assert len(json.loads((shards / "train" / "index.json").read_text())["shards"]) == 3
+    run = tmp_path / "uneven"
+    pixword_fit(shards, run, "trainer.strategy=ddp", "trainer.devices=2", "data.num_workers=2",
+                "data.batch_size=4", "trainer.max_steps=12", "trainer.val_check_interval=12",
+                "data.shuffle=false")
+    seen = [json.loads(x)["batch"] for x in (run / "train_log.jsonl").read_text().splitlines()]
+    # 90 units / 2 ranks = 45 each -> 12 batches of 4 per rank (the last one partly padding)
+    assert seen == list(range(12))
+    assert index["num_samples"] == 90
+
+
+def _reshard(folder: Path, per_shard: int) -> None:
+    import tarfile
+
+    index = json.loads((folder / "index.json").read_text())
+    members = []
+    for s in index["shards"]:
+        with tarfile.open(folder / s["name"]) as tar:
+            members += [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+        (folder / s["name"]).unlink()
+    keys = sorted({m.name.split(".")[0] for m, _ in members})
+    import io
+
+    shards = []
+    for i in range(0, len(keys), per_shard):
+        chunk = set(keys[i : i + per_shard])
+        name = f"shard-{len(shards):06d}.tar"
+        with tarfile.open(folder / name, "w") as tar:
+            for m, data in members:
+                if m.name.split(".")[0] in chunk:
+                    tar.addfile(m, io.BytesIO(data))
+        shards.append({"name": name, "samples": len(chunk), "images": len(chunk)})
+    index["shards"] = shards
+    (folder / "index.json").write_text(json.dumps(index))
