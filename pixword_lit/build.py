@@ -5,6 +5,7 @@ sample builder, data module and LightningModule. Shared by fit, validate, inspec
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,9 +67,11 @@ def make_folding_state(cfg: DictConfig, train: ShardSet | None, run_dir: Path | 
     tmp_builder = SampleBuilder(cfg.model, cfg.data, Vocab(N_SPECIAL, 1), None)
     pixels = sample_pixels(train, tmp_builder, params["sample_pixels"], cfg.run.seed)
     palette = fit_palette(pixels, params["colors"], params["iters"], cfg.run.seed).tolist()
-    if saved is not None:
+    if saved is not None:  # atomic: under torchrun/SLURM every rank may fit (identically)
         saved.parent.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(palette))
+        tmp = saved.with_name(f"{saved.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(palette))
+        os.replace(tmp, saved)
     return {"name": "palette", "palette": palette}
 
 

@@ -158,7 +158,9 @@ class PixWordLit(L.LightningModule):
         for k, v in out.items():
             if math.isfinite(v):
                 self.log(k, v, sync_dist=False)  # already reduced over ranks
-        if self.global_rank == 0 and self.run_dir is not None and not self.trainer.sanity_checking:
+        fresh = self.global_step != getattr(self, "_last_val_step", None)  # final re-validation
+        self._last_val_step = self.global_step
+        if self.global_rank == 0 and self.run_dir and fresh and not self.trainer.sanity_checking:
             rec = {"step": int(self.global_step), "epoch": int(self.current_epoch), **out}
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
