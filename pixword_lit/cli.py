@@ -55,8 +55,8 @@ def _convert(a) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pixword", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("prep", help="build WebDataset shards (images | mixed | glyphs); see `pixword prep --help`",
-                   add_help=False)
+    sub.add_parser("prep", add_help=False,
+                   help="build WebDataset shards (images | mixed | glyphs); see `pixword prep --help`")
 
     f = sub.add_parser("fit", help="train an experiment",
                        description="Train from an experiment YAML; dotted overrides follow it, "
@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("config")
     f.add_argument("overrides", nargs="*", help="key=value (dotted config keys)")
     f.add_argument("--resume", help="'last' (newest complete checkpoint of the run) or a checkpoint path")
-    f.add_argument("--overwrite", action="store_true", help="start again in a run folder that has checkpoints")
+    f.add_argument("--overwrite", action="store_true",
+                   help="start again in a run folder that has checkpoints")
     f.set_defaults(fn=_fit)
 
     v = sub.add_parser("validate", help="evaluate a checkpoint (.ckpt file or sharded fsdp folder)")

@@ -29,8 +29,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from pixword_lit.image import SkipImage, build_sample, collate, empty_sample, image_windows
-from pixword_lit.image import resize_longer_side
+from pixword_lit.image import (
+    SkipImage,
+    build_sample,
+    collate,
+    empty_sample,
+    image_windows,
+    resize_longer_side,
+)
 from pixword_lit.tokens import Vocab
 
 

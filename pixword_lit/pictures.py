@@ -8,7 +8,6 @@ and the model's predicted first-pixel color of every window. Pad is drawn mid-gr
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 GRAY = np.array([128, 128, 128], np.uint8)
 

@@ -16,8 +16,9 @@ def print_table(summary: dict) -> None:
     print("\n" + "metric".ljust(width) + "value")
     print("-" * (width + 12))
     for r in ROWS:
-        if r in summary and summary[r] is not None and not (isinstance(summary[r], float) and math.isnan(summary[r])):
-            print(r.ljust(width) + f"{summary[r]:.4f}")
+        value = summary.get(r)
+        if isinstance(value, (int, float)) and not math.isnan(value):
+            print(r.ljust(width) + f"{value:.4f}")
     for k in ("params", "steps", "pix_tokens_seen", "pix_tokens_per_s", "wall_s"):
         print(k.ljust(width) + str(summary.get(k)))
     if "val/pix_loss" in summary and "baseline/pix_loss" in summary:

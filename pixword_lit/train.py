@@ -26,7 +26,6 @@ from pixword_lit.build import build_datamodule, build_module, build_parts
 from pixword_lit.config import ConfigError
 from pixword_lit.parallel import AtomicCheckpointIO, find_resume_checkpoint
 
-
 # each DataLoader worker builds whole, distinct batches (data.py), so __len__ is exact
 warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined")
 
@@ -132,8 +131,8 @@ def make_summary(cfg, module, trainer, wall_s: float, resumed_from) -> dict:
 
 def validate(ckpt: str, overrides: list[str]) -> dict:
     """Evaluate a checkpoint (a .ckpt file, or a sharded fsdp checkpoint folder)."""
-    from pixword_lit.config import load_config, validate as check
-
+    from pixword_lit.config import load_config
+    from pixword_lit.config import validate as check
     from pixword_lit.lit_module import PixWordLit
 
     path = parallel.single_file_checkpoint(Path(ckpt))

@@ -10,7 +10,7 @@ from conftest import tiny_config
 
 from pixword_lit import data as data_mod
 from pixword_lit.build import build_parts
-from pixword_lit.data import PixLoader, ShardStream, ShardSet
+from pixword_lit.data import PixLoader, ShardSet, ShardStream
 from pixword_lit.tokens import IGNORE
 
 
@@ -24,7 +24,8 @@ def _run(stream, workers, monkeypatch):
     """Iterate as a DataLoader would: worker j yields its batches, collected round-robin."""
     per_worker = []
     for j in range(workers):
-        monkeypatch.setattr(data_mod, "get_worker_info", lambda j=j: SimpleNamespace(num_workers=workers, id=j))
+        info = SimpleNamespace(num_workers=workers, id=j)
+        monkeypatch.setattr(data_mod, "get_worker_info", lambda info=info: info)
         per_worker.append(list(stream))
     out = []
     for i in range(max(len(w) for w in per_worker)):
