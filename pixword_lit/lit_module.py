@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from omegaconf import OmegaConf
 from torchmetrics import SumMetric
 
@@ -105,6 +106,15 @@ class PixWordLit(L.LightningModule):
         total = o.decay_steps or max(self.cfg.trainer.max_steps, 1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o.warmup_steps, total, o.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint):
+        # rank 0's RNG states (torch, numpy, python; cuda where present): every rank is seeded
+        # alike and the model draws no random numbers in training, so they agree across ranks
+        checkpoint["rng_states"] = _collect_rng_states()
+
+    def on_load_checkpoint(self, checkpoint):
+        if "rng_states" in checkpoint:
+            _set_rng_states(checkpoint["rng_states"])
 
     # ---- validation -------------------------------------------------------------------
     def validation_step(self, batch, batch_idx):
