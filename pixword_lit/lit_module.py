@@ -110,11 +110,18 @@ class PixWordLit(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         # rank 0's RNG states (torch, numpy, python; cuda where present): every rank is seeded
         # alike and the model draws no random numbers in training, so they agree across ranks
-        checkpoint["rng_states"] = _collect_rng_states()
+        states = _collect_rng_states()
+        kind, keys, pos, has_gauss, cached = states["numpy"]
+        # plain lists, so the checkpoint stays loadable with torch.load(weights_only=True)
+        states["numpy"] = [kind, keys.tolist(), pos, has_gauss, cached]
+        checkpoint["rng_states"] = states
 
     def on_load_checkpoint(self, checkpoint):
         if "rng_states" in checkpoint:
-            _set_rng_states(checkpoint["rng_states"])
+            states = dict(checkpoint["rng_states"])
+            kind, keys, pos, has_gauss, cached = states["numpy"]
+            states["numpy"] = (kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
+            _set_rng_states(states)
 
     # ---- validation -------------------------------------------------------------------
     def validation_step(self, batch, batch_idx):

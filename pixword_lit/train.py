@@ -90,8 +90,7 @@ def fit(cfg: DictConfig, resume: str | None = None, overwrite: bool = False) -> 
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     trainer = make_trainer(cfg, run_dir)
     start = time.perf_counter()
-    # our own checkpoints hold numpy RNG states and the config: not weights-only pickles
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=False)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     trainer.validate(module, datamodule=dm, verbose=False)  # the final weights, whole val set
     summary = make_summary(cfg, module, trainer, time.perf_counter() - start, ckpt_path)
     if not trainer.is_global_zero:
@@ -137,7 +136,7 @@ def validate(ckpt: str, overrides: list[str]) -> dict:
     from pixword_lit.lit_module import PixWordLit
 
     path = parallel.single_file_checkpoint(Path(ckpt))
-    module = PixWordLit.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    module = PixWordLit.load_from_checkpoint(path, map_location="cpu")
     cfg = OmegaConf.merge(load_config(), module.hparams.config, OmegaConf.from_dotlist(overrides))
     cfg.trainer.strategy, cfg.trainer.devices, cfg.trainer.num_nodes = "auto", 1, 1
     check(cfg)

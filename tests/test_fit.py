@@ -64,3 +64,4 @@ def test_checkpoint_restores_rng_states(glyph_shards, tmp_path):
     torch.manual_seed(123)
     module.on_load_checkpoint(ckpt)
     assert torch.equal(first, torch.rand(4))
+    torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)  # plain types only
