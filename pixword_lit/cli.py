@@ -52,6 +52,32 @@ def _convert(a) -> int:
     return 0
 
 
+def _grid(a) -> int:
+    from pathlib import Path
+
+    from pixword_lit.grid import list_grids, load_grid, run_grid
+
+    if a.list:
+        list_grids()
+        return 0
+    if not a.grid:
+        print("pixword grid: error: give a grid file or name, or --list", file=sys.stderr)
+        return 2
+    counts = run_grid(load_grid(a.grid), Path(a.root) if a.root else None, dry_run=a.dry_run)
+    return 1 if counts.get("failed") or counts.get("invalid") else 0
+
+
+def _compare(a) -> int:
+    from pathlib import Path
+
+    from pixword_lit.compare import collect, write_results
+
+    col = collect(a.targets)
+    for f in write_results(col, Path(a.out or Path("results") / col.name), a.power_law)["files"]:
+        print(f"wrote {f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pixword", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -88,6 +114,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("config")
     c.add_argument("overrides", nargs="*")
     c.set_defaults(fn=_print_config)
+
+    g = sub.add_parser("grid", help="run a grid of experiments, one process per run; see experiments/grids",
+                       description="Run every run of a grid in turn; finished runs are skipped, failed "
+                       "ones retried. State and logs in the grid root (default runs/grids/NAME).")
+    g.add_argument("grid", nargs="?", help="a grid YAML, or the name of a predefined grid")
+    g.add_argument("--dry-run", action="store_true", help="print the runs and their exact commands")
+    g.add_argument("--list", action="store_true", help="list the predefined grids")
+    g.add_argument("--root", help="grid root folder (default runs/grids/NAME)")
+    g.set_defaults(fn=_grid)
+
+    m = sub.add_parser("compare", help="summarize runs: results/GRID/summary.csv, summary.md, plots")
+    m.add_argument("targets", nargs="+", help="run folders, a grid root, or a grid YAML / name")
+    m.add_argument("--out", help="output folder (default results/NAME)")
+    m.add_argument("--power-law", help="fit METRIC = a * params^-alpha (default: the grid's power_law)")
+    m.set_defaults(fn=_compare)
 
     k = sub.add_parser("convert-ckpt", help="sharded fsdp checkpoint folder -> single .ckpt file")
     k.add_argument("checkpoint")
