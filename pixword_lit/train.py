@@ -99,6 +99,7 @@ def fit(cfg: DictConfig, resume: str | None = None, overwrite: bool = False) -> 
     hp = {k: v for k, v in flatten(summary["config"]).items() if isinstance(v, (int, float, str, bool))}
     metrics = {k: v for k, v in summary.items() if k.startswith(("val/", "baseline/"))}
     trainer.logger.log_hyperparams(hp, metrics)  # TensorBoard's HParams view
+    trainer.logger.finalize("success")  # the writer log_hyperparams reopened: flush it before exit
     return summary
 
 
