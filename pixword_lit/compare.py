@@ -58,6 +58,7 @@ class Collection:
     runs: list[RunRecord]
     source: str  # what was compared, for the report
     spec: dict | None = None  # the grid spec, when the runs are a grid's
+    root: Path | None = None  # the grid root
 
 
 def collect(targets: list[str]) -> Collection:
@@ -96,7 +97,7 @@ def _from_root(root: Path, name: str, source: str) -> Collection:
             problem = rec.get("status")
         error = (rec.get("error") or problem) if problem else None
         runs.append(RunRecord(run_name, root / run_name, s, error, axes_of.get(run_name, {})))
-    return Collection(name, runs, source, state.get("spec"))
+    return Collection(name, runs, source, state.get("spec"), root)
 
 
 def _axes_by_run(spec: dict) -> dict:
@@ -148,10 +149,16 @@ def cell_rows(col: Collection) -> list[dict]:
         for k in COUNTS:
             row[k] = mean_std([_num(r.summary.get(k)) for r in ok])[0]
         row["git_commit"] = ";".join(sorted({str(r.summary.get("git_commit")) for r in ok}))
-        errors = [f"{r.name}: {r.error.splitlines()[0]}" for r in runs if r.error]
+        errors = [f"{r.name}: {_short_error(r.error)}" for r in runs if r.error]
         row["errors"] = " | ".join(errors)
         rows.append(row)
     return rows
+
+
+def _short_error(error: str) -> str:
+    """`why` (first line) and the last line of the log tail, which names the error."""
+    lines = [ln.strip() for ln in error.splitlines() if ln.strip()]
+    return lines[0] if len(lines) == 1 else f"{lines[0]}: {lines[-1]}"
 
 
 def _fmt_axis(v) -> str:
@@ -192,7 +199,9 @@ def _write_csv(rows: list[dict], path: Path) -> None:
 
 def _csv(v):
     if isinstance(v, float):
-        return "" if not math.isfinite(v) else f"{v:.6g}"
+        if not math.isfinite(v):
+            return ""
+        return str(int(v)) if v.is_integer() else f"{v:.6g}"
     return "" if v is None else v
 
 
@@ -226,7 +235,7 @@ def markdown(col: Collection, rows: list[dict], fit: dict | None, plots: list[st
               f"- wall time of the finished runs, summed: {total / 60:.1f} min", "",
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["cell"], str(r["seeds"])]
+        cells = [r["cell"], str(r["seeds"]) + ("" if r["status"] == "finished" else f" ({r['status']})")]
         cells += [_pm(r[f"{m}_mean"], r[f"{m}_std"], 2 if m == "val/fold_psnr" else 4) for m in shown]
         cells += [_int(r["params"]), _int(r["tokens_seen"]), _int(r["pix_tokens_seen"]),
                   _int(r["wall_s"]), _int(r["pix_tokens_per_s"])]
@@ -240,10 +249,15 @@ def markdown(col: Collection, rows: list[dict], fit: dict | None, plots: list[st
         lines += ["", "Failed or missing runs (not in the means):", ""]
         lines += [f"- {e}" for r in failed for e in r["errors"].split(" | ")]
     lines += ["", "Plots: " + ", ".join(f"[{p}]({p})" for p in plots), ""]
-    if col.spec:
+    if col.root:
         lines += ["The same final metrics are in TensorBoard's HParams view: "
-                  f"`tensorboard --logdir {os.path.relpath(col.runs[0].dir.parent)}`.", ""]
+                  f"`tensorboard --logdir {_show_path(col.root)}`.", ""]
     return "\n".join(lines)
+
+
+def _show_path(p: Path) -> str:
+    rel = os.path.relpath(p)
+    return str(p) if rel.startswith("..") else rel
 
 
 def _plt():
