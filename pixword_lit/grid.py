@@ -122,6 +122,8 @@ def _fmt(v) -> str:
         return "true" if v else "false"
     if isinstance(v, (list, tuple)):
         return "[" + ",".join(_fmt(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items()) + "}"
     return str(v)
 
 
@@ -130,8 +132,10 @@ def override(key: str, value) -> str:
 
 
 def axis_override(key: str, value) -> list[str]:
-    if isinstance(value, dict):  # several keys under the axis key; `label` only names the cell
-        return [override(f"{key}.{k}", v) for k, v in value.items() if k != "label"]
+    """Dotted overrides of one axis value; a mapping sets the keys under the axis key (nested
+    mappings too), and its `label` only names the cell."""
+    if isinstance(value, dict):
+        return [o for k, v in value.items() if k != "label" for o in axis_override(f"{key}.{k}", v)]
     return [override(key, value)]
 
 

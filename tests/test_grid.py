@@ -54,6 +54,13 @@ seeds: [0, 1]
     assert runs[1].overrides == ["trainer.max_steps=5", "model.window_size=4",
                                  "model.folding.name=palette", "model.folding.colors=64"]
     assert [r.seed for r in runs] == [0] * 4 + [1] * 4
+    nested = load_grid(write_grid(tmp_path, f"""
+base: {QUICKSTART}
+axes:
+  model: [{{dim: 64, attention: {{name: full_causal}}}}]
+""")).runs()[0]
+    assert nested.overrides == ["model.dim=64", "model.attention.name=full_causal"]
+    assert nested.name == "model-dim64-attention-name-full_causal_s0"
     assert g.name == "g" and g.default_root() == Path("runs/grids/g")
 
 
