@@ -37,9 +37,11 @@ class PixWordLit(L.LightningModule):
         self.vocab = Vocab(n_words, self.folding.n_pix)
         self.model = PixWordModel(self.cfg.model, self.vocab, self.folding)
         self.val_sums = torch.nn.ModuleDict({k: SumMetric() for k in VAL_SUMS})
-        # training-set pix target frequencies, for the baseline that predicts them always
+        # global totals, identical on every rank (increments are summed over ranks each step,
+        # so the rank-0 checkpoint holds the whole run's counts): the training set's pix
+        # target frequencies (for the baseline that always predicts them), then elements
+        # and pix tokens trained on; and rank 0's training seconds
         self.register_buffer("color_counts", torch.zeros(self.folding.n_pix, dtype=torch.float64))
-        # elements and pix tokens trained on, and this process's training seconds
         self.register_buffer("seen", torch.zeros(3, dtype=torch.float64))
         self.run_dir: Path | None = None
         self._rate = [0.0, 0.0, None]  # pix tokens, seconds, last batch start
@@ -54,8 +56,12 @@ class PixWordLit(L.LightningModule):
         t = loss_terms(logits, batch["targets"], self.vocab.n_words)
         loss = t["sum"] / t["n"].clamp(min=1)
         pix_t = batch["targets"][batch["targets"] >= self.vocab.n_words] - self.vocab.n_words
-        self.color_counts += torch.bincount(pix_t, minlength=self.vocab.n_pix).double()
-        self.seen[:2] += torch.stack([batch["elem_valid"].sum(), batch["n_pixels"].sum()]).double()
+        inc = torch.cat([torch.bincount(pix_t, minlength=self.vocab.n_pix),
+                         torch.stack([batch["elem_valid"].sum(), batch["n_pixels"].sum()])]).double()
+        if self.trainer.world_size > 1:
+            inc = self.trainer.strategy.reduce(inc, reduce_op="sum")
+        self.color_counts += inc[:-2]
+        self.seen[:2] += inc[-2:]
         self._rate[0] += float(batch["n_pixels"].sum())
         log = dict(on_step=True, on_epoch=False, batch_size=batch["targets"].shape[0])
         self.log("train/loss", loss, prog_bar=True, **log)
@@ -145,9 +151,7 @@ class PixWordLit(L.LightningModule):
             self._save_picture(batch, logits)
 
     def on_validation_epoch_start(self):
-        counts = self.color_counts
-        if self.trainer.world_size > 1:
-            counts = self.all_gather(counts).reshape(-1, counts.shape[-1]).sum(0)
+        counts = self.color_counts  # already summed over ranks
         # add-one smoothing: a color never seen in training keeps a finite loss
         self._baseline_logp = torch.log((counts + 1) / (counts.sum() + len(counts)))
 

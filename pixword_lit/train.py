@@ -104,10 +104,8 @@ def fit(cfg: DictConfig, resume: str | None = None, overwrite: bool = False) -> 
 
 
 def make_summary(cfg, module, trainer, wall_s: float, resumed_from) -> dict:
-    seen = module.seen.clone()
-    if trainer.world_size > 1:
-        seen = trainer.strategy.reduce(seen.to(module.device), reduce_op="sum").cpu()
-    train_s = float(module.seen[2])  # this process's time between batch starts
+    seen = module.seen.cpu()  # totals over all ranks (see PixWordLit)
+    train_s = float(seen[2])  # rank 0's time between batch starts, validation excluded
     return {
         "status": "finished",
         "config": OmegaConf.to_container(cfg, resolve=True),

@@ -78,6 +78,12 @@ def test_two_process_resume_is_exact(strategy, glyph_shards, tmp_path):
         _fsdp_checkpoint_in_one_process(glyph_shards, part, tmp_path)
     else:
         assert ckpt.is_file()
+        # one epoch (96 units) on 1 process x batch 8 sees exactly what 2 x batch 4 saw
+        one = tmp_path / "one"
+        pixword_fit(glyph_shards, one, "trainer.max_steps=12", "data.batch_size=8")
+        c = summary(one)
+        assert (c["tokens_seen"], c["pix_tokens_seen"]) == (a["tokens_seen"], a["pix_tokens_seen"])
+        assert c["baseline/pix_loss"] == pytest.approx(a["baseline/pix_loss"], rel=1e-9)
 
 
 def _fsdp_checkpoint_in_one_process(shards, part, tmp_path):
