@@ -100,3 +100,17 @@ def test_resume_continues_with_the_next_unseen_batch(parts, monkeypatch):
     loader.load_state_dict({"epoch": 0, "batches_done": len(stream), "world_size": 1})
     loader.progress = lambda: (1, 0)
     assert int(next(iter(loader))["batch_index"]) == 0 and stream.epoch == 1
+
+
+def test_shards_by_folder_brace_pattern_and_pipe(glyph_shards):
+    from pixword_lit.data import read_shard, resolve_shards
+
+    folder = resolve_shards(str(glyph_shards / "val"), None, "mixed", "data.val")
+    brace = resolve_shards(str(glyph_shards / "val" / "shard-{000000..000000}.tar"), None, "mixed",
+                           "data.val")
+    piped = resolve_shards(f"pipe:cat {glyph_shards}/val/shard-000000.tar", 
+                           str(glyph_shards / "val" / "index.json"), "mixed", "data.val")
+    assert folder.units == brace.units == piped.units == [16]
+    assert len(list(read_shard(piped.urls[0]))) == 16  # read through a pipe: command
+    with pytest.raises(data_mod.DataError, match="data.val_index"):
+        resolve_shards(f"pipe:cat {glyph_shards}/val/shard-000000.tar", None, "mixed", "data.val")
