@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -92,6 +93,12 @@ class PixWordLit(L.LightningModule):
 
     def on_validation_start(self):
         self._rate[2] = None  # validation time is not training throughput
+
+    def setup(self, stage):
+        if self.device.type == "cpu" and self.trainer.num_devices > 1:
+            # CPU processes on one machine share its cores: more threads than cores spin and
+            # slow every process down
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.trainer.num_devices))
 
     def configure_model(self):
         from pixword_lit.parallel import apply_fsdp, is_sharded
