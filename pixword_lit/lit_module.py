@@ -63,7 +63,7 @@ class PixWordLit(L.LightningModule):
             inc = self.trainer.strategy.reduce(inc, reduce_op="sum")
         self.color_counts += inc[:-2]
         self.seen[:2] += inc[-2:]
-        self._rate[0] += float(batch["n_pixels"].sum())
+        self._rate[0] += float(inc[-1])  # pix tokens of this step on all ranks
         log = dict(on_step=True, on_epoch=False, batch_size=batch["targets"].shape[0])
         self.log("train/loss", loss, prog_bar=True, **log)
         self.log("train/pix_loss", t["pix_sum"] / t["pix_n"].clamp(min=1), **log)
@@ -85,9 +85,8 @@ class PixWordLit(L.LightningModule):
             self.seen[2] += now - self._rate[2]
         self._rate[2] = now
         if self._rate[1] > 0 and self.global_step % self.cfg.trainer.log_every_n_steps == 0:
-            # pix tokens of this process over wall time between batch starts (data included),
-            # times the world size: the global rate when ranks are balanced
-            rate = self._rate[0] / self._rate[1] * self.trainer.world_size
+            # pix tokens of all ranks over wall time between batch starts (data included)
+            rate = self._rate[0] / self._rate[1]
             self.log("train/pix_tokens_per_s", rate, on_step=True, on_epoch=False)
             self._rate[:2] = [0.0, 0.0]
 
