@@ -312,10 +312,6 @@ def plot_finals(col: Collection, rows: list[dict], path: Path) -> Path:
         for i, row in enumerate(rows):  # each seed's value, so the spread is visible
             vals = [_num(r.summary.get(m)) for r in col.runs if r.cell == row["cell"] and r.error is None]
             ax.scatter([i] * len(vals), vals, color="k", s=8, zorder=3)
-        finite = [v for v in means if math.isfinite(v)]
-        if finite and m != "val/pix_acc":
-            lo, hi = min(finite), max(finite)
-            ax.set_ylim(lo - 0.5 * (hi - lo + 0.05 * abs(hi)), hi + 0.5 * (hi - lo + 0.05 * abs(hi)))
         ax.set_xticks(x, [r["cell"] for r in rows], rotation=60, ha="right", fontsize=7)
         ax.set_title(m, fontsize=9)
         ax.grid(axis="y", alpha=0.3)

@@ -196,3 +196,24 @@ def hparams_metrics(tb: Path) -> dict:
                     last[v.tag] = v.tensor.float_val[0]
     assert "val/loss" in metrics and "val/pix_loss" in metrics
     return {"val/loss": last["val/loss"]}
+
+
+def test_compare_run_dirs_with_a_power_law(tmp_path, capsys):
+    """Run folders given directly (no grid): seeds grouped by name, the fit drawn and tabled."""
+    for params in (1e5, 4e5, 1.6e6):
+        for seed in (0, 1):
+            d = tmp_path / "runs" / f"d{int(params)}_s{seed}"
+            d.mkdir(parents=True)
+            loss = 3.0 * params**-0.25 * (1 + 0.001 * seed)
+            (d / "summary.json").write_text(json.dumps(
+                {"status": "finished", "seed": seed, "params": params, "val/loss": loss,
+                 "val/pix_loss": loss, "git_commit": "abc", "wall_s": 1.0}))
+            (d / "metrics.jsonl").write_text(json.dumps({"step": 5, "val/pix_loss": loss}) + "\n")
+    out = tmp_path / "res"
+    assert main(["compare", str(tmp_path / "runs"), "--out", str(out), "--power-law", "val/loss"]) == 0
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert [r["cell"] for r in rows] == ["d100000", "d1600000", "d400000"]  # folder order
+    assert all(r["seeds"] == "2" for r in rows)
+    assert float(rows[0]["power_law_alpha"]) == pytest.approx(0.25, abs=1e-3)
+    assert "alpha = 0.25" in (out / "summary.md").read_text()
+    assert (out / "power_law.png").stat().st_size > 0
