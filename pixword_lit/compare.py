@@ -335,6 +335,10 @@ def plot_power_law(col: Collection, fit: dict, path: Path) -> Path:
             label=f"fit {m} = {fit['a']:.3g} N^-{fit['alpha']:.3f} (R² {fit['r2']:.2f})")
     ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel=m,
            title=f"{col.name}: final {m} against parameters")
+    from matplotlib.ticker import FormatStrFormatter
+
+    for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        axis(FormatStrFormatter("%.2f"))  # plain numbers: the loss spans less than a decade
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
