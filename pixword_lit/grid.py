@@ -35,6 +35,7 @@ import re
 import shlex
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -301,6 +302,14 @@ def _spec(grid: Grid) -> dict:
 def list_grids(echo=print) -> None:
     for name in predefined():
         g = load_grid(GRID_DIR / f"{name}.yaml")
-        first = g.path.read_text().splitlines()[0].lstrip("# ").strip()
+        about = []  # the leading comment, without its command line
+        for line in g.path.read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            text = line.lstrip("# ").strip()
+            if not text.startswith("pixword "):
+                about.append(text)
         n = len(g.runs())
-        echo(f"{name:10s} {n:3d} runs ({n // len(g.seeds)} cells x {len(g.seeds)} seeds)  {first}")
+        where = os.path.relpath(g.path)
+        echo(f"{name}: {n} runs ({n // len(g.seeds)} cells x {len(g.seeds)} seeds), {where}")
+        echo(textwrap.fill(" ".join(about), 92, initial_indent="    ", subsequent_indent="    "))

@@ -77,7 +77,7 @@ def test_list_shows_the_five_grids(capsys):
     assert predefined() == PREDEFINED
     assert main(["grid", "--list"]) == 0
     out = capsys.readouterr().out
-    assert all(f"{name} " in out for name in PREDEFINED)
+    assert all(f"{name}: " in out for name in PREDEFINED)
 
 
 @pytest.mark.parametrize("name", PREDEFINED)
