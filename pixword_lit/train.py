@@ -44,6 +44,10 @@ def prepare_run_dir(run_dir: Path, resume: str | None, overwrite: bool) -> None:
     ckpts = run_dir / "checkpoints"
     if not is_launcher_rank0():
         return
+    if resume is not None and ckpts.exists():
+        for partial in ckpts.glob("*.tmp"):  # a write cut short by a killed run: never resumed
+            print(f"pixword: removing partial checkpoint {partial}", flush=True)
+            shutil.rmtree(partial) if partial.is_dir() else partial.unlink()
     if resume is None and ckpts.exists() and any(ckpts.iterdir()):
         if not overwrite:
             raise ConfigError(

@@ -110,22 +110,26 @@ def _fsdp_checkpoint_in_one_process(shards, part, tmp_path):
 
 
 def test_sigkill_between_checkpoints_resumes(glyph_shards, tmp_path):
+    from pixword_lit.parallel import checkpoint_step, find_resume_checkpoint
+
     run = tmp_path / "killed"
-    proc = pixword_fit(glyph_shards, run, "trainer.max_steps=400", "trainer.val_check_interval=400",
+    proc = pixword_fit(glyph_shards, run, "trainer.max_steps=100000", "trainer.val_check_interval=400",
                        "run.ckpt_every_n_steps=5", stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
     ckpts = run / "checkpoints"
     deadline = time.time() + 240
     while time.time() < deadline and not (ckpts / "step0000010.ckpt").exists():
-        time.sleep(0.2)
-    time.sleep(0.5)  # somewhere after step 10, before or while writing the next one
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere after step 10: between checkpoints or while writing one
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (ckpts / "step0000010.ckpt").exists()
-    done = pixword_fit(glyph_shards, run, "trainer.max_steps=25", resume="last")
-    assert "resuming from" in done.stdout
-    assert summary(run)["steps"] == 25 and summary(run)["resumed_from"] is not None
-    assert not list(ckpts.glob("*.tmp"))
+    newest = Path(find_resume_checkpoint(run, "last"))
+    k = checkpoint_step(newest)
+    assert k >= 10 and not newest.name.endswith(".tmp")
+    done = pixword_fit(glyph_shards, run, f"trainer.max_steps={k + 15}", resume="last")
+    assert f"resuming from {newest} (step {k})" in done.stdout
+    assert summary(run)["steps"] == k + 15 and summary(run)["resumed_from"] == str(newest)
+    assert not list(ckpts.glob("*.tmp"))  # a partial write of the killed run is cleared
 
 
 def test_uneven_shards_two_ranks_do_not_hang(tmp_path):
