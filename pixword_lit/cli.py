@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("convert-ckpt", help="sharded fsdp checkpoint folder -> single .ckpt file")
     k.add_argument("checkpoint")
-    k.add_argument("--out")
+    k.add_argument("--out", help="output file (default: next to the folder, NAME-single.ckpt; "
+                   "--resume never picks such copies, they hold no optimizer state)")
     k.set_defaults(fn=_convert)
     return p
 

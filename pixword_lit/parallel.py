@@ -118,8 +118,12 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
                 p.unlink()
 
 
+SINGLE_SUFFIX = "-single.ckpt"  # converted copies: weights without optimizer state, not resumable
+
+
 def is_complete(path: Path) -> bool:
-    if path.name.endswith((".tmp", ".old")):
+    """A checkpoint that `--resume` may use: fully written and holding the training state."""
+    if path.name.endswith((".tmp", ".old", SINGLE_SUFFIX)):
         return False
     if path.is_dir():
         return (path / METADATA).exists() and (path / ".metadata").exists()
@@ -154,7 +158,7 @@ def single_file_checkpoint(path: Path, out: Path | None = None) -> Path:
         return path
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-    out = out or path.with_name(path.stem + "-full.ckpt")
+    out = out or path.with_name(path.stem + SINGLE_SUFFIX)
     tmp = out.with_name(out.name + ".tmp")
     dcp_to_torch_save(path, tmp)
     ckpt = torch.load(tmp, map_location="cpu", weights_only=False)

@@ -11,6 +11,7 @@ import os
 import platform
 import shutil
 import subprocess
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -138,8 +139,11 @@ def validate(ckpt: str, overrides: list[str]) -> dict:
     from pixword_lit.config import validate as check
     from pixword_lit.lit_module import PixWordLit
 
-    path = parallel.single_file_checkpoint(Path(ckpt))
-    module = PixWordLit.load_from_checkpoint(path, map_location="cpu")
+    with tempfile.TemporaryDirectory() as tmp:  # a sharded folder is converted aside, not kept
+        path = Path(ckpt)
+        if path.is_dir():
+            path = parallel.single_file_checkpoint(path, Path(tmp) / "single.ckpt")
+        module = PixWordLit.load_from_checkpoint(path, map_location="cpu")
     cfg = OmegaConf.merge(load_config(), module.hparams.config, OmegaConf.from_dotlist(overrides))
     cfg.trainer.strategy, cfg.trainer.devices, cfg.trainer.num_nodes = "auto", 1, 1
     check(cfg)

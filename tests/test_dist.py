@@ -87,12 +87,16 @@ def test_two_process_resume_is_exact(strategy, glyph_shards, tmp_path):
 
 
 def _fsdp_checkpoint_in_one_process(shards, part, tmp_path):
+    from pixword_lit.parallel import find_resume_checkpoint
+
     sharded = part / "checkpoints" / "last.ckpt"
-    # validate accepts the sharded folder directly
+    before = sorted(p.name for p in sharded.parent.iterdir())
+    # validate accepts the sharded folder directly, converting it aside
     val = subprocess.run([sys.executable, "-m", "pixword_lit.cli", "validate", str(sharded)],
                          capture_output=True, text=True, timeout=300)
     assert val.returncode == 0, val.stderr[-3000:]
     metrics = json.loads(val.stdout[val.stdout.index("{"):])
+    assert sorted(p.name for p in sharded.parent.iterdir()) == before
     assert metrics["val/loss"] == pytest.approx(summary(part)["val/loss"], rel=1e-5)
     # convert-ckpt writes a single-file checkpoint that a plain torch.load reads
     out = tmp_path / "single.ckpt"
@@ -103,6 +107,11 @@ def _fsdp_checkpoint_in_one_process(shards, part, tmp_path):
     total = sum(v.double().sum().item() for k, v in state["state_dict"].items()
                 if k.startswith("model.") and v.is_floating_point())
     assert total == pytest.approx(summary(part)["param_checksum"], rel=1e-9)
+    # a converted copy next to the shards is never picked by --resume (no optimizer state)
+    default = subprocess.run([sys.executable, "-m", "pixword_lit.cli", "convert-ckpt", str(sharded)],
+                             capture_output=True, text=True, timeout=300)
+    assert default.returncode == 0 and (sharded.parent / "last-single.ckpt").exists()
+    assert Path(find_resume_checkpoint(part, "last")).name != "last-single.ckpt"
     # further training on 1 process from the 2-process sharded checkpoint
     one = pixword_fit(shards, part, "trainer.strategy=fsdp", "trainer.devices=1",
                       "trainer.max_steps=14", resume=str(sharded))
