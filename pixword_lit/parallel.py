@@ -33,6 +33,14 @@ def make_strategy(name: str, devices, num_nodes: int):
     return name  # "auto" | "ddp" | "ddp_spawn": Lightning's own
 
 
+def remove_path(path: Path) -> None:
+    """Delete a checkpoint file or sharded checkpoint folder, if it exists."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
 def is_fsdp(strategy) -> bool:
     return isinstance(strategy, ModelParallelStrategy)
 
@@ -95,8 +103,8 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
     def save_checkpoint(self, checkpoint, filepath, storage_options=None):
         path = Path(self.broadcast(str(filepath)))
         tmp = path.with_name(path.name + ".tmp")
-        if self.global_rank == 0 and tmp.exists():
-            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+        if self.global_rank == 0:
+            remove_path(tmp)
         self.barrier("pixword_ckpt_tmp")
         super().save_checkpoint(checkpoint, tmp, storage_options)
         self.barrier("pixword_ckpt_written")
@@ -105,17 +113,12 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
             if path.exists():
                 os.replace(path, old)
             os.replace(tmp, path)
-            if old.exists():
-                shutil.rmtree(old) if old.is_dir() else old.unlink()
+            remove_path(old)
         self.barrier("pixword_ckpt_swapped")
 
     def remove_checkpoint(self, filepath) -> None:
         if self.is_global_zero:
-            p = Path(filepath)
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+            remove_path(Path(filepath))
 
 
 SINGLE_SUFFIX = "-single.ckpt"  # converted copies: weights without optimizer state, not resumable

@@ -48,7 +48,7 @@ def prepare_run_dir(run_dir: Path, resume: str | None, overwrite: bool) -> None:
     if resume is not None and ckpts.exists():
         for partial in ckpts.glob("*.tmp"):  # a write cut short by a killed run: never resumed
             print(f"pixword: removing partial checkpoint {partial}", flush=True)
-            shutil.rmtree(partial) if partial.is_dir() else partial.unlink()
+            parallel.remove_path(partial)
     if resume is None and ckpts.exists() and any(ckpts.iterdir()):
         if not overwrite:
             raise ConfigError(
@@ -73,13 +73,14 @@ def make_trainer(cfg: DictConfig, run_dir: Path, logger=True) -> L.Trainer:
             every_n_train_steps=cfg.run.ckpt_every_n_steps, save_last=True,
             auto_insert_metric_name=False, enable_version_counter=False,
         ))
-    tb = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+        logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="",
+                                   default_hp_metric=False)
     plugins = [] if parallel.is_fsdp(strategy) else [AtomicCheckpointIO()]  # fsdp: see parallel
     return L.Trainer(
         **t, strategy=strategy, default_root_dir=str(run_dir), callbacks=callbacks,
-        logger=tb if logger else False, plugins=plugins,
+        logger=logger, plugins=plugins,
     )
 
 
@@ -116,8 +117,7 @@ def make_summary(cfg, module, trainer, wall_s: float, resumed_from) -> dict:
         "config": OmegaConf.to_container(cfg, resolve=True),
         "git_commit": git_commit(),
         "seed": cfg.run.seed,
-        "params": sum(p.numel() for p in module.model.parameters()) if not parallel.is_sharded(module)
-        else parallel.full_param_count(module.model),
+        "params": parallel.full_param_count(module.model),
         "param_checksum": parallel.param_checksum(module.model),
         "steps": int(trainer.global_step),
         "epochs": int(trainer.current_epoch),
