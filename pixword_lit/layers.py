@@ -82,12 +82,14 @@ class Attention(nn.Module):
         self.wv = nn.Linear(dim, n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(n_heads * self.head_dim, dim, bias=False)
 
-    def forward(self, x, cos, sin, mask):
+    def forward(self, x, cos, sin, mask, cache: KVCache | None = None, start: int = 0):
         n, t, _ = x.shape
         q = self.wq(x).view(n, t, self.n_heads, self.head_dim).transpose(1, 2)  # (N, H, T, hd)
         k = self.wk(x).view(n, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (N, Hkv, T, hd)
         v = self.wv(x).view(n, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:  # generation: keys/values of all slots so far, (N, Hkv, start+T, hd)
+            k, v = cache.write(start, k, v)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv_heads
         )
@@ -121,8 +123,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = SwiGLU(cfg.dim, ffn_hidden(cfg.dim, cfg.ffn_multiple_of))
 
-    def forward(self, x, cos, sin, mask):
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
+    def forward(self, x, cos, sin, mask, cache: KVCache | None = None, start: int = 0):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, start)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -134,9 +136,67 @@ class Stack(nn.Module):
         self.rope = Rope(cfg.dim // cfg.n_heads, cfg.rope_theta, cfg.rope_scaling)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(n_layers))
 
-    def forward(self, x, positions, valid):
+    def forward(self, x, positions, valid, cache: DecoderCache | None = None):
+        """With a cache (generation), x continues the cached sequence at slot cache.length."""
         cos, sin = self.rope(positions)
-        mask = attention_mask(valid)
-        for layer in self.layers:
-            x = layer(x, cos, sin, mask)
+        if cache is None:
+            mask, start, caches = attention_mask(valid), 0, [None] * len(self.layers)
+        else:
+            start, caches = cache.length, cache.layers
+            mask = cache.extend(valid)
+        for layer, kv in zip(self.layers, caches):
+            x = layer(x, cos, sin, mask, kv, start)
         return x
+
+    def make_cache(self, batch: int, max_len: int, device=None) -> DecoderCache:
+        attn = self.layers[0].attn
+        return DecoderCache(batch, max_len, [KVCache(attn.n_kv_heads) for _ in self.layers], device)
+
+
+class KVCache:
+    """Keys and values of one attention layer during generation (litgpt/gpt-fast style):
+    preallocated (B, n_kv_heads, max_len, head_dim), only the n_kv_heads of GQA, written at
+    cache slots. A slot is an element index; its RoPE position is applied before writing, so
+    a masked element can take a slot without taking a position (spec section 5)."""
+
+    def __init__(self, n_kv_heads: int, max_len: int = 0):
+        self.n_kv_heads, self.max_len = n_kv_heads, max_len
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def write(self, start: int, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v (N, Hkv, T, hd) at slots start..start+T-1; -> all keys/values so far."""
+        if self.k is None:  # allocated on first use, in the dtype the layer computes in
+            n, h, _, hd = k.shape
+            self.k = k.new_zeros(n, h, self.max_len, hd)
+            self.v = v.new_zeros(n, h, self.max_len, hd)
+        end = start + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache full: {end} slots needed, {self.k.shape[2]} allocated")
+        self.k[:, :, start:end] = k.to(self.k.dtype)
+        self.v[:, :, start:end] = v.to(self.v.dtype)
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class DecoderCache:
+    """Per-layer KV caches of one Stack plus which slots hold valid (attendable) elements."""
+
+    def __init__(self, batch: int, max_len: int, layers: list[KVCache], device=None):
+        for kv in layers:
+            kv.max_len = max_len
+        self.layers, self.max_len, self.length = layers, max_len, 0
+        self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)  # (B, max_len)
+
+    def extend(self, valid: torch.Tensor) -> torch.Tensor:
+        """Take T new slots whose validity is `valid` (B, T) -> attention mask (B, 1, T, length+T):
+        causal over slots, valid keys only, the diagonal always allowed (as attention_mask)."""
+        b, t = valid.shape
+        start, end = self.length, self.length + valid.shape[1]
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} slots needed, {self.max_len} allocated")
+        self.valid[:, start:end] = valid
+        q = torch.arange(start, end, device=valid.device)[:, None]  # (T, 1) query slots
+        k = torch.arange(end, device=valid.device)[None]  # (1, end) key slots
+        mask = ((k <= q)[None] & self.valid[:, None, :end]) | (k == q)[None]  # (B, T, end)
+        self.length = end
+        return mask[:, None]

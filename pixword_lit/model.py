@@ -54,6 +54,34 @@ class PixWordModel(nn.Module):
             logits = self.head(h)
         return logits, extras
 
+    # ---- generation (pixword_lit.generate): prefill once, then one decoder step per token ----
+    def prefill(self, batch: dict, cache) -> torch.Tensor:
+        """Run the prompt batch through the whole model once, filling `cache` (a
+        `layers.DecoderCache` of self.decoder) -> (B, C) logits after each sample's last element.
+
+        Samples are right-padded (`image.collate`); new tokens all continue at the common slot
+        cache.length, and the padding slots between stay invalid keys, so each sample attends
+        exactly to its own prompt. RoPE positions continue from each sample's own count.
+        """
+        x_words = self.word_embed(batch["input_ids"])  # (B, T, dim)
+        x, positions, valid, gather, _ = self.pixels(batch, x_words)  # (B, T', dim)
+        h = self.decoder(x, positions, valid, cache)  # (B, T', dim)
+        t = batch["elem_valid"].shape[1]
+        idx = torch.arange(t, device=valid.device)
+        last = torch.where(batch["elem_valid"], idx, -1).max(1).values  # (B,) last element
+        slot = gather.gather(1, last[:, None])  # (B, 1) decoder slot scoring it
+        cache.next_pos = valid.sum(1)  # (B,) positions taken so far
+        h_last = h.gather(1, slot[..., None].expand(-1, 1, h.shape[-1]))[:, 0]  # (B, dim)
+        return self.head(self.norm(h_last))
+
+    def step(self, ids: torch.Tensor, cache) -> torch.Tensor:
+        """(B,) word ids appended after the cached sequence -> (B, C) logits of the next one."""
+        x = self.word_embed(ids[:, None])  # (B, 1, dim)
+        pos = cache.next_pos[:, None]  # (B, 1)
+        h = self.decoder(x, pos, torch.ones_like(pos, dtype=torch.bool), cache)
+        cache.next_pos = cache.next_pos + 1
+        return self.head(self.norm(h[:, 0]))
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
