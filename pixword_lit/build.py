@@ -103,7 +103,8 @@ def build_module(parts: RunParts):
     from pixword_lit.lit_module import PixWordLit
 
     config = OmegaConf.to_container(parts.cfg, resolve=True)
-    return PixWordLit(config, parts.vocab.n_words, parts.folding_state)
+    tokenizer = parts.tokenizer.to_str() if parts.tokenizer is not None else None
+    return PixWordLit(config, parts.vocab.n_words, parts.folding_state, tokenizer)
 
 
 def build_datamodule(parts: RunParts) -> PixDataModule:

@@ -52,6 +52,41 @@ def _convert(a) -> int:
     return 0
 
 
+def _generate(a) -> int:
+    from pathlib import Path
+
+    from pixword_lit.generate import GenerateError, Sampling
+    from pixword_lit.inference import (
+        image_prompts,
+        images_in,
+        load_run,
+        run_prompts,
+        shard_prompts,
+        write_jsonl,
+    )
+
+    given = [x for x in (a.image, a.images, a.data) if x]
+    if len(given) != 1:
+        raise GenerateError("give exactly one of --image PATH, --images DIR, --data SHARDS")
+    if (a.images or a.data) and not a.out:
+        raise GenerateError("--images/--data write JSONL: give --out FILE")
+    sampling = Sampling(a.temperature, a.top_k, a.top_p, a.max_new_tokens, a.seed)
+    run = load_run(a.checkpoint, a.tokenizer)
+    if a.data:
+        prompts = shard_prompts(run, a.data, a.prompt)
+    else:
+        paths = [Path(a.image)] if a.image else images_in(a.images)
+        prompts = image_prompts(run, paths, a.before, a.prompt)
+    records = run_prompts(run, prompts, sampling, a.batch_size)
+    if a.out:
+        write_jsonl(Path(a.out), records)
+        print(f"wrote {a.out} ({len(records)} generations)")
+    else:
+        r = records[0]
+        print(r["output"] + ("" if r["stop"] == "eos" else f"  [stopped: {r['stop']}]"))
+    return 0
+
+
 def _grid(a) -> int:
     from pathlib import Path
 
@@ -130,6 +165,27 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--power-law", help="fit METRIC = a * params^-alpha (default: the grid's power_law)")
     m.set_defaults(fn=_compare)
 
+    gen = sub.add_parser(
+        "generate", help="continue text after an image (what does the image say?)",
+        description="KV-cached decoding from a checkpoint (file or sharded folder). The prompt is "
+        "[--before] IMAGE [--prompt]; for the glyph models: --before 'Read the text in the image.' "
+        "--prompt 'The text says \"'. With --data, each document up to its last image, then --prompt.")
+    gen.add_argument("checkpoint")
+    gen.add_argument("--image", help="one image: prints the continuation")
+    gen.add_argument("--images", help="a folder of images -> JSONL (--out)")
+    gen.add_argument("--data", help="shards of a mixed split (folder made by prep) -> JSONL (--out)")
+    gen.add_argument("--out", help="JSONL file: input, prompt, output, tokens, stop, seconds")
+    gen.add_argument("--before", default="", help="text before the image")
+    gen.add_argument("--prompt", default="", help="text after the image, continued by the model")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--top-p", type=float)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--batch-size", type=int, default=16)
+    gen.add_argument("--tokenizer", help="tokenizer.json, for checkpoints that do not hold one")
+    gen.set_defaults(fn=_generate)
+
     k = sub.add_parser("convert-ckpt", help="sharded fsdp checkpoint folder -> single .ckpt file")
     k.add_argument("checkpoint")
     k.add_argument("--out", help="output file (default: next to the folder, NAME-single.ckpt; "
@@ -152,10 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     from pixword_lit.config import ConfigError
     from pixword_lit.data import DataError
+    from pixword_lit.generate import GenerateError
 
     try:
         return args.fn(args)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, GenerateError) as e:
         print(f"pixword {args.cmd}: error: {e}", file=sys.stderr)
         return 2
 

@@ -28,9 +28,11 @@ VAL_SUMS = ["sum", "n", "pix_sum", "pix_n", "word_sum", "word_n", "pix_correct",
 
 
 class PixWordLit(L.LightningModule):
-    def __init__(self, config: dict, n_words: int, folding_state: dict):
+    def __init__(self, config: dict, n_words: int, folding_state: dict, tokenizer: str | None = None):
         super().__init__()
-        self.save_hyperparameters()  # config, vocab size and palette travel with checkpoints
+        # config, vocab size, palette and the word tokenizer (JSON text) travel with
+        # checkpoints, so a checkpoint alone is enough to generate from (pixword_lit.inference)
+        self.save_hyperparameters()
         from pixword_lit.build import folding_from_state
 
         self.cfg = OmegaConf.create(config)

@@ -1,0 +1,163 @@
+"""A trained run for inference: checkpoint -> model, vocabulary, folding, tokenizer, prompts.
+
+Everything comes from the checkpoint (config, word tokenizer, fold factor or palette), so a
+checkpoint copied alone to another machine still generates. Used by `pixword generate`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from data_prep.errors import BadInput
+from data_prep.imageio import IMAGE_EXTS, load_rgb, png_bytes
+from pixword_lit.data import SampleBuilder, read_shard, resolve_shards
+from pixword_lit.generate import GenerateError, Generation, Sampling, generate
+from pixword_lit.image import SkipImage
+from pixword_lit.tokens import N_SPECIAL
+
+
+@dataclass
+class Run:
+    model: torch.nn.Module  # PixWordModel, eval mode
+    cfg: DictConfig
+    vocab: object
+    tokenizer: object  # tokenizers.Tokenizer
+    builder: SampleBuilder
+
+    def text(self, s: str) -> np.ndarray:
+        return np.array(self.tokenizer.encode(s, add_special_tokens=False).ids, dtype=np.int64)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def image(self, data: bytes, name: str):
+        """Encoded image bytes -> Windows, exactly as the training loader builds them."""
+        try:
+            return self.builder.windows(data)
+        except SkipImage as e:
+            raise GenerateError(f"{name}: {e}, and this run skips such images "
+                                "(data.small_images: skip)") from e
+
+
+def load_run(ckpt: str, tokenizer: str | None = None) -> Run:
+    from pixword_lit.lit_module import PixWordLit
+    from pixword_lit.parallel import single_file_checkpoint
+
+    path = Path(ckpt)
+    if not path.exists():
+        raise GenerateError(f"{ckpt}: no such checkpoint")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:  # a sharded folder is converted aside
+            if path.is_dir():
+                path = single_file_checkpoint(path, Path(tmp) / "single.ckpt")
+            module = PixWordLit.load_from_checkpoint(path, map_location="cpu")
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise GenerateError(f"{ckpt}: not a readable pixword checkpoint ({type(e).__name__}: {first})") from e
+    cfg = module.cfg
+    if cfg.data.mode == "image_only" or module.vocab.n_words <= N_SPECIAL:
+        raise GenerateError(f"{ckpt}: this model was trained on images only (data.mode: "
+                            f"{cfg.data.mode}); it never learned words to generate")
+    tok = _tokenizer(module, tokenizer, ckpt)
+    builder = SampleBuilder(cfg.model, cfg.data, module.vocab, module.folding, tok)
+    return Run(module.model.eval(), cfg, module.vocab, tok, builder)
+
+
+def _tokenizer(module, override: str | None, ckpt: str):
+    from tokenizers import Tokenizer
+
+    if override:
+        if not Path(override).is_file():
+            raise GenerateError(f"--tokenizer: {override}: no such file")
+        tok = Tokenizer.from_file(override)
+    elif module.hparams.get("tokenizer"):
+        tok = Tokenizer.from_str(module.hparams["tokenizer"])
+    else:
+        raise GenerateError(f"{ckpt}: the checkpoint holds no word tokenizer (written before "
+                            "tokenizers were stored); pass --tokenizer PATH to the run's tokenizer.json")
+    if tok.get_vocab_size() > module.vocab.n_words:
+        raise GenerateError(f"tokenizer has {tok.get_vocab_size()} words, the model {module.vocab.n_words}")
+    return tok
+
+
+def read_image(path: str | Path) -> bytes:
+    """Any image file -> the 8-bit RGB PNG bytes `pixword prep` would have stored."""
+    try:
+        return png_bytes(load_rgb(path))
+    except BadInput as e:
+        raise GenerateError(f"{e}") from e
+
+
+def image_prompts(run: Run, paths: list[Path], before: str, after: str) -> list[dict]:
+    out = []
+    for p in paths:
+        elements = [run.text(before)] if before else []
+        elements += [run.image(read_image(p), str(p))]
+        if after:
+            elements.append(run.text(after))
+        out.append({"input": str(p), "prompt": after, "elements": elements})
+    return out
+
+
+def shard_prompts(run: Run, spec: str, after: str) -> list[dict]:
+    """Every document of a split whose text continues after its last image: the prompt is
+    everything up to and including that image, then `after`; `truth` is the rest."""
+    shards = resolve_shards(spec, None, "mixed", "--data")
+    out = []
+    for url in shards.urls:
+        for raw in read_shard(url):
+            els = json.loads(raw["json"])["elements"]
+            last = max((i for i, e in enumerate(els) if e["type"] == "image"), default=None)
+            if last is None or last == len(els) - 1:
+                continue
+            elements = [run.text(e["text"]) if e["type"] == "text" else
+                        run.image(raw[e["file"]], f"{url}:{raw['__key__']}") for e in els[: last + 1]]
+            if after:
+                elements.append(run.text(after))
+            truth = " ".join(e["text"] for e in els[last + 1 :] if e["type"] == "text")
+            out.append({"input": f"{url}:{raw['__key__']}", "prompt": after, "elements": elements,
+                        "truth": truth})
+    return out
+
+
+def run_prompts(run: Run, prompts: list[dict], sampling: Sampling, batch_size: int) -> list[dict]:
+    records = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i : i + batch_size]
+        t0 = time.perf_counter()
+        gens: list[Generation] = generate(run.model, [p["elements"] for p in chunk], run.vocab,
+                                          run.cfg.data.max_seq_len, sampling)
+        seconds = (time.perf_counter() - t0) / len(chunk)
+        for p, g in zip(chunk, gens):
+            rec = {k: v for k, v in p.items() if k != "elements"}
+            rec.update(output=run.decode(g.tokens), tokens=g.tokens, stop=g.stop,
+                       seconds=round(seconds, 4))
+            records.append(rec)
+    return records
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    """Written aside and renamed: an interrupted run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+def images_in(folder: str) -> list[Path]:
+    d = Path(folder)
+    if not d.is_dir():
+        raise GenerateError(f"--images: {folder}: not a folder")
+    files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise GenerateError(f"--images: {folder}: no image files")
+    return files

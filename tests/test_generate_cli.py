@@ -1,0 +1,100 @@
+"""`pixword generate` on checkpoints of tiny trained runs: outputs, JSONL, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+from PIL import Image
+
+from data_prep.glyphs import PROMPT
+from pixword_lit.cli import main
+from pixword_lit.generate import Sampling, generate_uncached
+from pixword_lit.inference import image_prompts, load_run
+from pixword_lit.train import fit
+
+AFTER = 'The text says "'
+
+
+@pytest.fixture(scope="module")
+def mixed_ckpt(glyph_shards, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gen_mixed")
+    fit(tiny_config(glyph_shards, tmp, "trainer.max_steps=4", "trainer.val_check_interval=4"))
+    return tmp / "run" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def plate(glyph_shards, tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "plate.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (10, 30, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_generate_one_image_prints_the_greedy_continuation(mixed_ckpt, plate, capsys):
+    code = main(["generate", str(mixed_ckpt), "--image", str(plate), "--before", PROMPT,
+                 "--prompt", AFTER, "--max-new-tokens", "5"])
+    assert code == 0
+    printed = capsys.readouterr().out.strip()
+    # the same prompt through the uncached reference, built from the checkpoint alone
+    run = load_run(str(mixed_ckpt))
+    (p,) = image_prompts(run, [plate], PROMPT, AFTER)
+    ref = generate_uncached(run.model, p["elements"], run.vocab, run.cfg.data.max_seq_len,
+                            Sampling(max_new_tokens=5))
+    assert printed.startswith(run.decode(ref.tokens))
+
+
+def test_generate_images_and_data_write_jsonl(mixed_ckpt, plate, glyph_shards, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.open(plate).rotate(90 * i, expand=True).save(folder / f"p{i}.png")
+    out = tmp_path / "gen.jsonl"
+    assert main(["generate", str(mixed_ckpt), "--images", str(folder), "--out", str(out),
+                 "--max-new-tokens", "3", "--batch-size", "2"]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["input"] for r in recs] == [str(folder / f"p{i}.png") for i in range(3)]
+    for r in recs:
+        assert set(r) >= {"input", "prompt", "output", "tokens", "stop", "seconds"}
+        assert len(r["tokens"]) <= 3 and r["stop"] in ("eos", "image", "max_new_tokens")
+    out2 = tmp_path / "val.jsonl"
+    assert main(["generate", str(mixed_ckpt), "--data", f"{glyph_shards}/val", "--out", str(out2),
+                 "--prompt", AFTER, "--max-new-tokens", "2"]) == 0
+    recs = [json.loads(line) for line in out2.read_text().splitlines()]
+    assert len(recs) == 16  # every glyph document continues after its image
+    assert all(r["truth"].startswith(AFTER) for r in recs)
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_bad_input_one_line_exit_2_nothing_written(mixed_ckpt, plate, glyph_shards, tmp_path, capsys):
+    out = tmp_path / "never.jsonl"
+    assert main(["generate", str(tmp_path / "missing.ckpt"), "--image", str(plate)]) == 2
+    assert "missing.ckpt: no such checkpoint" in _error_line(capsys)
+    text = tmp_path / "not_an_image.png"
+    text.write_text("hello")
+    assert main(["generate", str(mixed_ckpt), "--image", str(text)]) == 2
+    assert "not_an_image.png" in _error_line(capsys)
+    long_prompt = " ".join(["word"] * 200)  # data.max_seq_len is 64 in the tiny config
+    assert main(["generate", str(mixed_ckpt), "--images", str(plate.parent), "--out", str(out),
+                 "--prompt", long_prompt]) == 2
+    assert "max_seq_len" in _error_line(capsys)
+    assert not out.exists() and not out.with_name(out.name + ".tmp").exists()
+    not_ckpt = tmp_path / "x.ckpt"
+    not_ckpt.write_text("not a checkpoint")
+    assert main(["generate", str(not_ckpt), "--image", str(plate)]) == 2
+    assert "x.ckpt: not a readable pixword checkpoint" in _error_line(capsys)
+
+
+def test_image_only_checkpoint_refuses_to_generate_words(glyph_shards, plate, tmp_path, capsys):
+    fit(tiny_config(glyph_shards, tmp_path, "trainer.max_steps=1", "trainer.val_check_interval=1",
+                    "data.val_limit=4", mode="image_only"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert main(["generate", str(ckpt), "--image", str(plate)]) == 2
+    assert "trained on images only" in _error_line(capsys)
