@@ -76,8 +76,9 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return rgb @ np.array([0.299, 0.587, 0.114])
 
 
-def render(rng: np.random.Generator, drawn: str) -> Image.Image:
-    """Draw `drawn` on a small background with a contrasting colour and a small offset."""
+def render(rng: np.random.Generator, drawn: str) -> tuple[Image.Image, dict]:
+    """Draw `drawn` on a small background with a contrasting colour and a small offset
+    -> the image and what was drawn (string, font size, text box in pixels)."""
     size = int(rng.choice(FONT_SIZES))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     while True:  # shrink the font until the text fits the size limits
@@ -119,20 +120,24 @@ def render(rng: np.random.Generator, drawn: str) -> Image.Image:
         (x - box[0], y - box[1]), drawn, fill=tuple(int(c) for c in fg),
         font=font(size), spacing=1, align="center",
     )  # fmt: skip
-    return img
+    return img, {"drawn": drawn, "font_size": size, "text_width": tw, "text_height": th}
 
 
 def make_sample(seed: int, split: str, i: int) -> tuple[list[dict], Image.Image]:
     """Elements and image of sample i of `split`; depends only on (seed, split, i)."""
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], i])
     drawn, said = random_string(rng)
-    return _elements(split, i, said), render(rng, drawn)
+    img, glyph = render(rng, drawn)
+    return _elements(split, i, said, glyph), img
 
 
-def _elements(split: str, i: int, said: str) -> list[dict]:
+def _elements(split: str, i: int, said: str, glyph: dict | None = None) -> list[dict]:
+    image = {"type": "image", "name": f"glyph_{split}_{i:06d}.png"}
+    if glyph is not None:  # what was drawn, for the reading breakdown (data_prep/README.md)
+        image["glyph"] = glyph
     return [
         {"type": "text", "text": PROMPT},
-        {"type": "image", "name": f"glyph_{split}_{i:06d}.png"},
+        image,
         {"type": "text", "text": f'The text says "{said}".'},
     ]
 

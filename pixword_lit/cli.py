@@ -87,6 +87,19 @@ def _generate(a) -> int:
     return 0
 
 
+def _eval(a) -> int:
+    from pixword_lit.evaluate import eval_captions
+
+    r = eval_captions(a.checkpoint, a.data, a.prefix, a.end, a.out, a.batch_size, a.limit,
+                      a.max_new_tokens)
+    print(f"exact match {r['eval/exact_match']:.4f}  CER {r['eval/cer']:.4f}  "
+          f"answer NLL {r['eval/answer_nll']:.4f} nats/token  ({r['documents']} documents)")
+    for b, s in r["by_glyph_height_windows"].items():
+        print(f"  glyph height {b:>9} windows: n={s['n']:4d}  "
+              f"exact {s['exact_match']:.3f}  CER {s['cer']:.3f}")
+    return 0
+
+
 def _grid(a) -> int:
     from pathlib import Path
 
@@ -185,6 +198,23 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch-size", type=int, default=16)
     gen.add_argument("--tokenizer", help="tokenizer.json, for checkpoints that do not hold one")
     gen.set_defaults(fn=_generate)
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint by generation (captions)")
+    evs = ev.add_subparsers(dest="what", required=True)
+    cap = evs.add_parser(
+        "captions", help="greedy captions vs the truth: exact match, CER, answer NLL",
+        description="For every document whose text continues after its last image: prompt = the "
+        "document up to that image + --prefix; answer = the true text after the prefix, cut at "
+        "--end. Writes RUN/eval/captions.json, .md, .png and adds eval/* to RUN/summary.json.")
+    cap.add_argument("checkpoint")
+    cap.add_argument("--data", help="mixed shards (default: the run's data.val)")
+    cap.add_argument("--prefix", default='The text says "', help="text shared by all answers")
+    cap.add_argument("--end", default='"', help="answers are cut at this marker ('' = whole text)")
+    cap.add_argument("--out", help="output folder (default RUN/eval)")
+    cap.add_argument("--batch-size", type=int, default=16)
+    cap.add_argument("--limit", type=int, help="only the first N documents")
+    cap.add_argument("--max-new-tokens", type=int, help="default: longest true answer + 4")
+    cap.set_defaults(fn=_eval)
 
     k = sub.add_parser("convert-ckpt", help="sharded fsdp checkpoint folder -> single .ckpt file")
     k.add_argument("checkpoint")

@@ -22,7 +22,7 @@ from pixword_lit.config import ConfigError
 from pixword_lit.grid import load_grid, load_state, read_summary, summary_problem
 
 METRICS = ["val/loss", "val/pix_loss", "val/word_loss", "val/pix_acc", "val/fold_psnr",
-           "val/pix_loss_all", "baseline/pix_loss"]
+           "val/pix_loss_all", "baseline/pix_loss", "eval/exact_match", "eval/cer", "eval/answer_nll"]
 COUNTS = ["params", "steps", "tokens_seen", "pix_tokens_seen", "wall_s", "pix_tokens_per_s"]
 
 

@@ -98,3 +98,62 @@ def test_image_only_checkpoint_refuses_to_generate_words(glyph_shards, plate, tm
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert main(["generate", str(ckpt), "--image", str(plate)]) == 2
     assert "trained on images only" in _error_line(capsys)
+
+
+def _levenshtein(a: str, b: str) -> int:
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def test_eval_captions_numbers_by_hand_on_three_documents(mixed_ckpt, glyph_shards, tmp_path):
+    import torch
+
+    from pixword_lit.data import read_shard
+    from pixword_lit.evaluate import eval_captions
+
+    out = tmp_path / "eval"
+    r = eval_captions(str(mixed_ckpt), f"{glyph_shards}/val", out_dir=str(out), limit=3)
+    run = load_run(str(mixed_ckpt))
+    raws = list(read_shard(str(sorted((glyph_shards / "val").glob("*.tar"))[0])))[:3]
+    exact, edits, chars, nll, tokens = 0, 0, 0, 0.0, 0
+    for raw, rec in zip(raws, r["records"]):
+        els = json.loads(raw["json"])["elements"]
+        caption = els[2]["text"]
+        assert caption.startswith(AFTER)
+        rest = caption[len(AFTER):]
+        answer = rest.split('"')[0]
+        prompt = [run.text(els[0]["text"]), run.image(raw[els[1]["file"]], "x"), run.text(AFTER)]
+        ref = generate_uncached(run.model, prompt, run.vocab, 128, Sampling(max_new_tokens=32))
+        pred = run.decode(ref.tokens).split('"')[0].strip()
+        assert (rec["answer"], rec["prediction"]) == (answer, pred)
+        exact += pred == answer
+        edits, chars = edits + _levenshtein(pred, answer), chars + len(answer)
+        # teacher-forced NLL through the KV-cache path (the eval uses the full forward)
+        from pixword_lit.generate import prompt_sample
+        from pixword_lit.image import collate
+
+        cache = run.model.decoder.make_cache(1, 256)
+        batch = collate([prompt_sample(prompt, run.vocab, 128)], run.vocab.pix_pad, 16)
+        with torch.no_grad():
+            logits = run.model.prefill(batch, cache)
+            for t in run.text(rest):
+                nll -= float(torch.log_softmax(logits[0].double(), -1)[t])
+                tokens += 1
+                logits = run.model.step(torch.tensor([t]), cache)
+        # glyph height after resize, in windows, from the shard's own metadata
+        g = els[1]
+        want = g["glyph"]["text_height"] * 16 / max(g["width"], g["height"]) / 4
+        assert rec["height_windows"] == pytest.approx(want)
+    assert r["documents"] == 3
+    assert r["eval/exact_match"] == pytest.approx(exact / 3)
+    assert r["eval/cer"] == pytest.approx(edits / chars)
+    assert r["eval/answer_nll"] == pytest.approx(nll / tokens, rel=1e-5)
+    for f in ("captions.json", "captions.md", "captions.png"):
+        assert (out / f).stat().st_size > 0
+    summary = json.loads((mixed_ckpt.parent.parent / "summary.json").read_text())
+    assert summary["eval/exact_match"] == r["eval/exact_match"]
+    assert sum(b["n"] for b in r["by_glyph_height_windows"].values()) == 3
