@@ -100,6 +100,23 @@ def _eval(a) -> int:
     return 0
 
 
+def _bench(a) -> int:
+    from pathlib import Path
+
+    from pixword_lit import bench
+    from pixword_lit.train import git_commit, machine
+
+    rows = bench.decoding(a.config, a.new_tokens, threads=a.threads)
+    header = (f"`pixword bench decoding --config {a.config} --new-tokens {a.new_tokens}` at commit "
+              f"{git_commit()} on {machine()}")
+    for f in bench.write_table(rows, Path(a.out), "decoding", header):
+        print(f"wrote {f}")
+    for r in rows:
+        print(f"{r['decoding']:>9}: {r['tokens_per_s']:9.1f} tokens/s "
+              f"({r['seconds']} s for {r['new_tokens']})")
+    return 0
+
+
 def _grid(a) -> int:
     from pathlib import Path
 
@@ -215,6 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--limit", type=int, help="only the first N documents")
     cap.add_argument("--max-new-tokens", type=int, help="default: longest true answer + 4")
     cap.set_defaults(fn=_eval)
+
+    bn = sub.add_parser("bench", help="measure speed; writes CSV + Markdown (default results/bench)")
+    bns = bn.add_subparsers(dest="what", required=True)
+    dec = bns.add_parser("decoding", help="tokens/s of KV-cached vs uncached decoding")
+    dec.add_argument("--config", default="experiments/quickstart.yaml", help="model size to measure")
+    dec.add_argument("--new-tokens", type=int, default=64)
+    dec.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    dec.add_argument("--out", default="results/bench")
+    dec.set_defaults(fn=_bench)
 
     k = sub.add_parser("convert-ckpt", help="sharded fsdp checkpoint folder -> single .ckpt file")
     k.add_argument("checkpoint")

@@ -35,6 +35,7 @@ class Sampling:
     top_p: float | None = None  # keep the smallest set of words with probability >= top_p
     max_new_tokens: int = 64
     seed: int = 0
+    stop: bool = True  # False: never pick </s> or <|image|> (fixed-length runs, benchmarks)
 
 
 @dataclass
@@ -59,6 +60,8 @@ def choose(logits: torch.Tensor, n_words: int, s: Sampling, generator: torch.Gen
     """(B, C) logits -> (B,) word ids: greedy, or temperature / top-k / top-p sampling."""
     w = logits[:, :n_words].float().clone()  # word classes only: pix classes are never sampled
     w[:, [PAD, BOS]] = -float("inf")  # never a continuation
+    if not s.stop:
+        w[:, list(STOPS)] = -float("inf")
     if s.temperature <= 0:
         return w.argmax(-1)
     w = w / s.temperature

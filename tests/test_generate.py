@@ -107,6 +107,9 @@ def test_choose_masks_pix_classes_and_respects_top_k_and_top_p():
     assert picks == {7}
     picks = {int(choose(logits, n_words, Sampling(temperature=5.0), g)) for _ in range(400)}
     assert 20 not in picks and PAD not in picks and BOS not in picks and len(picks) > 3
+    logits[0, EOS] = logits[0, IMG_START] = 100.0
+    assert int(choose(logits, n_words, Sampling(), None)) == EOS
+    assert int(choose(logits, n_words, Sampling(stop=False), None)) == 7  # fixed-length runs
 
 
 @pytest.mark.parametrize("stop_id,reason", [(EOS, "eos"), (IMG_START, "image")])
