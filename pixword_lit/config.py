@@ -111,12 +111,23 @@ class RunConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Evaluation by generation after training (`pixword eval captions`, see evaluate.py)."""
+
+    captions: bool = False  # after fit: greedy answers on data.val -> RUN/eval, eval/* in summary
+    prefix: str = 'The text says "'  # prompt text after the last image, shared by all answers
+    end: str = '"'  # answers are cut at this marker ('' = the whole continuation)
+    limit: Optional[int] = None  # only the first N validation documents
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
@@ -213,6 +224,8 @@ def validate(cfg: DictConfig) -> None:
         "trainer.precision",
         f"got {t.precision!r}",
     )
+    _check(not cfg.eval.captions or d.mode == "mixed", "eval.captions",
+           "needs data.mode mixed (an image-only model has no words to answer with)")
     _check(cfg.optim.lr > 0, "optim.lr", "must be positive")
     _check(0.0 <= cfg.optim.min_lr_ratio <= 1.0, "optim.min_lr_ratio", "must be in [0, 1]")
     validate_components(cfg)

@@ -130,8 +130,18 @@ def _scores(pairs: list[tuple[str, str]]) -> dict:
 def eval_captions(ckpt: str, data: str | None = None, prefix: str = 'The text says "', end: str = '"',
                   out_dir: str | None = None, batch_size: int = 16, limit: int | None = None,
                   max_new_tokens: int | None = None) -> dict:
+    """Evaluate a checkpoint; outputs go to RUN/eval (or out_dir), numbers into RUN/summary.json."""
     run = load_run(ckpt)
-    spec = data or run.cfg.data.val
+    out = Path(out_dir) if out_dir else _run_dir(ckpt) / "eval"
+    result = evaluate_run(run, data or run.cfg.data.val, prefix, end, out, batch_size, limit,
+                          max_new_tokens, label=str(ckpt))
+    _update_summary(_run_dir(ckpt) / "summary.json", result)
+    return result
+
+
+def evaluate_run(run: Run, spec: str, prefix: str, end: str, out: Path, batch_size: int = 16,
+                 limit: int | None = None, max_new_tokens: int | None = None,
+                 label: str = "final model") -> dict:
     docs, skipped = load_docs(run, spec, prefix, end, limit)
     if not docs:
         raise GenerateError(f"--data {spec}: no document continues after its last image with {prefix!r}")
@@ -150,15 +160,13 @@ def eval_captions(ckpt: str, data: str | None = None, prefix: str = 'The text sa
     by_height = {b: _scores([(r["prediction"], r["answer"]) for r in records if r["bucket"] == b])
                  for b in sorted({r["bucket"] for r in records}, key=_bucket_order)}
     result = {
-        "checkpoint": str(ckpt), "data": spec, "prefix": prefix, "end": end,
+        "checkpoint": label, "data": spec, "prefix": prefix, "end": end,
         "eval/exact_match": overall["exact_match"], "eval/cer": overall["cer"],
         "eval/answer_nll": nll_sum / max(nll_n, 1), "documents": len(docs), "skipped": skipped,
         "window_size": run.cfg.model.window_size, "image_size": run.cfg.model.image_size,
         "by_glyph_height_windows": by_height, "records": records,
     }
-    out = Path(out_dir) if out_dir else _run_dir(ckpt) / "eval"
     write_outputs(out, result, docs)
-    _update_summary(_run_dir(ckpt) / "summary.json", result)
     return result
 
 

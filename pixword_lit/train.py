@@ -101,12 +101,29 @@ def fit(cfg: DictConfig, resume: str | None = None, overwrite: bool = False) -> 
     summary = make_summary(cfg, module, trainer, time.perf_counter() - start, ckpt_path)
     if not trainer.is_global_zero:
         return None
+    if cfg.eval.captions:
+        summary.update(eval_captions_after_fit(cfg, module, parts, run_dir))
     write_json(run_dir / "summary.json", summary)
     hp = {k: v for k, v in flatten(summary["config"]).items() if isinstance(v, (int, float, str, bool))}
     metrics = {k: v for k, v in summary.items() if k.startswith(("val/", "baseline/"))}
     trainer.logger.log_hyperparams(hp, metrics)  # TensorBoard's HParams view
     trainer.logger.finalize("success")  # the writer log_hyperparams reopened: flush it before exit
     return summary
+
+
+def eval_captions_after_fit(cfg, module, parts, run_dir: Path) -> dict:
+    """`eval.captions`: the reading eval of the in-memory final model on data.val (rank 0)."""
+    from pixword_lit.evaluate import evaluate_run
+    from pixword_lit.inference import Run
+
+    if parallel.is_sharded(module.model):  # rank 0 alone cannot run a sharded model
+        print("pixword: eval.captions skipped under fsdp; run `pixword eval captions "
+              f"{run_dir}/checkpoints/last` on the converted checkpoint", flush=True)
+        return {}
+    e = cfg.eval
+    run = Run(module.model, cfg, parts.vocab, parts.tokenizer, parts.builder)
+    r = evaluate_run(run, cfg.data.val, e.prefix, e.end, run_dir / "eval", limit=e.limit)
+    return {k: r[k] for k in ("eval/exact_match", "eval/cer", "eval/answer_nll")}
 
 
 def make_summary(cfg, module, trainer, wall_s: float, resumed_from) -> dict:

@@ -21,8 +21,12 @@ AFTER = 'The text says "'
 @pytest.fixture(scope="module")
 def mixed_ckpt(glyph_shards, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gen_mixed")
-    fit(tiny_config(glyph_shards, tmp, "trainer.max_steps=4", "trainer.val_check_interval=4"))
-    return tmp / "run" / "checkpoints" / "last.ckpt"
+    summary = fit(tiny_config(glyph_shards, tmp, "trainer.max_steps=4", "trainer.val_check_interval=4",
+                              "eval.captions=true", "eval.limit=3"))
+    ckpt = tmp / "run" / "checkpoints" / "last.ckpt"
+    # what fit reported, kept before any test rewrites summary.json
+    (tmp / "fit_summary.json").write_text(json.dumps(summary, default=str))
+    return ckpt
 
 
 @pytest.fixture(scope="module")
@@ -156,4 +160,8 @@ def test_eval_captions_numbers_by_hand_on_three_documents(mixed_ckpt, glyph_shar
         assert (out / f).stat().st_size > 0
     summary = json.loads((mixed_ckpt.parent.parent / "summary.json").read_text())
     assert summary["eval/exact_match"] == r["eval/exact_match"]
+    # fit with eval.captions evaluated its in-memory final model (= last.ckpt) the same way
+    for k in ("eval/exact_match", "eval/cer", "eval/answer_nll"):
+        fit_summary = json.loads((mixed_ckpt.parents[2] / "fit_summary.json").read_text())
+        assert fit_summary[k] == pytest.approx(r[k], rel=1e-6), k
     assert sum(b["n"] for b in r["by_glyph_height_windows"].values()) == 3
