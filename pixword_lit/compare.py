@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pixword_lit.config import ConfigError
+from pixword_lit.evaluate import plot_by_height
 from pixword_lit.grid import load_grid, load_state, read_summary, summary_problem
 
 METRICS = ["val/loss", "val/pix_loss", "val/word_loss", "val/pix_acc", "val/fold_psnr",
@@ -184,6 +185,9 @@ def write_results(col: Collection, out: Path, power_law: str | None = None) -> d
     plots = [plot_curves(col, out / "pix_loss_curves.png"), plot_finals(col, rows, out / "final_metrics.png")]
     if fit:
         plots.append(plot_power_law(col, fit, out / "power_law.png"))
+    reading = plot_by_height(col.runs, out)  # runs evaluated with eval.captions
+    if reading:
+        plots.append(reading)
     (out / "summary.md").write_text(markdown(col, rows, fit, [p.name for p in plots]))
     return {"rows": rows, "fit": fit, "files": [out / "summary.csv", out / "summary.md", *plots]}
 

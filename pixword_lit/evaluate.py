@@ -235,3 +235,42 @@ def _update_summary(path: Path, result: dict) -> None:
     summary = json.loads(path.read_text())
     summary.update({k: result[k] for k in ("eval/exact_match", "eval/cer", "eval/answer_nll")})
     _atomic_write(path, json.dumps(summary, indent=2, default=str))
+
+
+def plot_by_height(runs, out: Path) -> Path | None:
+    """Exact match and CER per glyph-height bucket, one line per cell (mean over seeds),
+    a dot per seed; from each run's eval/captions.json. None if no run has one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_cell: dict[str, list[dict]] = {}
+    for r in runs:
+        f = Path(r.dir) / "eval" / "captions.json"
+        if r.error is None and f.exists():
+            per_cell.setdefault(r.cell, []).append(json.loads(f.read_text())["by_glyph_height_windows"])
+    if not per_cell:
+        return None
+    buckets = sorted({b for seeds in per_cell.values() for s in seeds for b in s}, key=_bucket_order)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("exact_match", "cer")):
+        for i, (cell, seeds) in enumerate(sorted(per_cell.items())):
+            xs, means = [], []
+            for j, b in enumerate(buckets):
+                vals = [s[b][metric] for s in seeds if b in s and math.isfinite(s[b][metric])]
+                if vals:
+                    ax.scatter([j + 0.06 * (i - 1.5)] * len(vals), vals, s=12, color=f"C{i}")
+                    xs.append(j + 0.06 * (i - 1.5))
+                    means.append(sum(vals) / len(vals))
+            ax.plot(xs, means, "-", color=f"C{i}", label=cell)
+        ax.set_xticks(range(len(buckets)), buckets)
+        ax.set(xlabel="glyph height after resize (windows)", ylabel=metric.replace("_", " "))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("reading by glyph height (line: mean over seeds, dots: seeds)")
+    fig.tight_layout()
+    path = out / "reading_by_height.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

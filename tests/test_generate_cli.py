@@ -165,3 +165,14 @@ def test_eval_captions_numbers_by_hand_on_three_documents(mixed_ckpt, glyph_shar
         fit_summary = json.loads((mixed_ckpt.parents[2] / "fit_summary.json").read_text())
         assert fit_summary[k] == pytest.approx(r[k], rel=1e-6), k
     assert sum(b["n"] for b in r["by_glyph_height_windows"].values()) == 3
+
+
+def test_compare_draws_reading_by_height_and_shows_eval_columns(mixed_ckpt, tmp_path):
+    from pixword_lit.compare import collect, write_results
+
+    run_dir = mixed_ckpt.parent.parent  # fit ran eval.captions: run/eval/captions.json exists
+    res = write_results(collect([str(run_dir)]), tmp_path / "cmp")
+    names = [p.name for p in res["files"]]
+    assert "reading_by_height.png" in names
+    md = (tmp_path / "cmp" / "summary.md").read_text()
+    assert "eval/exact_match" in md and "eval/cer" in md
