@@ -23,7 +23,8 @@ from pixword_lit.evaluate import plot_by_height
 from pixword_lit.grid import load_grid, load_state, read_summary, summary_problem
 
 METRICS = ["val/loss", "val/pix_loss", "val/word_loss", "val/pix_acc", "val/fold_psnr",
-           "val/pix_loss_all", "baseline/pix_loss", "eval/exact_match", "eval/cer", "eval/answer_nll"]
+           "val/pix_loss_all", "val/pix_nll_all", "val/bpd_folded", "val/bpd_8bit", "val/bpd_palette",
+           "baseline/pix_loss", "eval/exact_match", "eval/cer", "eval/answer_nll"]
 COUNTS = ["params", "steps", "tokens_seen", "pix_tokens_seen", "wall_s", "pix_tokens_per_s"]
 
 

@@ -48,6 +48,7 @@ class ModelConfig:
     folding: dict = field(default_factory=lambda: {"name": "uniform", "factor": 16})
     attention: dict = field(default_factory=lambda: {"name": "global_conditional"})
     embedding: dict = field(default_factory=lambda: {"name": "pix_table"})
+    objective: dict = field(default_factory=lambda: {"name": "first_pixel"})
 
 
 @dataclass
@@ -157,7 +158,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def _merge(cfg: DictConfig, layer: DictConfig) -> DictConfig:
     """Merge one layer; a component whose name changes starts from that component's defaults
     (so `model.folding.name=palette` does not inherit the uniform folding's `factor`)."""
-    for family in ("folding", "attention", "embedding"):
+    for family in ("folding", "attention", "embedding", "objective"):
         name = OmegaConf.select(layer, f"model.{family}.name", default=None)
         if name is not None and name != cfg.model[family].get("name"):
             cfg.model[family] = {"name": name}

@@ -21,7 +21,7 @@ from torchmetrics import SumMetric
 from pixword_lit.components.folding import psnr
 from pixword_lit.model import PixWordModel, loss_terms
 from pixword_lit.pictures import prediction_picture
-from pixword_lit.tokens import IGNORE, Vocab
+from pixword_lit.tokens import Vocab
 
 VAL_SUMS = ["sum", "n", "pix_sum", "pix_n", "word_sum", "word_n", "pix_correct",
             "fold_se", "fold_n", "baseline_sum", "pixel_all_sum", "pixel_all_n"]
@@ -55,8 +55,8 @@ class PixWordLit(L.LightningModule):
         return self.model(batch)
 
     def training_step(self, batch, batch_idx):
-        logits, _ = self.model(batch)
-        t = loss_terms(logits, batch["targets"], self.vocab.n_words)
+        logits, extras = self.model(batch)
+        t = loss_terms(logits, batch["targets"], self.vocab.n_words, extras, self.model.dense)
         loss = t["sum"] / t["n"].clamp(min=1)
         pix_t = batch["targets"][batch["targets"] >= self.vocab.n_words] - self.vocab.n_words
         inc = torch.cat([torch.bincount(pix_t, minlength=self.vocab.n_pix),
@@ -139,20 +139,13 @@ class PixWordLit(L.LightningModule):
 
     # ---- validation -------------------------------------------------------------------
     def validation_step(self, batch, batch_idx):
-        logits, extras = self.model(batch)
-        t = loss_terms(logits, batch["targets"], self.vocab.n_words)
+        logits, extras = self.model(batch, every_pixel=True)
+        # every sum is updated on every rank (zeros where a variant has no such term), so all
+        # ranks sync the same metric set
+        t = loss_terms(logits, batch["targets"], self.vocab.n_words, extras, self.model.dense)
         t["fold_se"] = batch["fold_se"].sum()
         t["fold_n"] = batch["n_pixels"].sum() * 3
         t["baseline_sum"] = self._baseline_sum(batch["targets"])
-        if "pixel_targets" in extras:  # full_causal: loss of every pixel predicting the next
-            pt = extras["pixel_targets"]
-            pl = extras["pixel_logits"].float()
-            ce = torch.nn.functional.cross_entropy(
-                pl.reshape(-1, pl.shape[-1]), pt.reshape(-1), ignore_index=IGNORE, reduction="sum"
-            )
-            t["pixel_all_sum"], t["pixel_all_n"] = ce, (pt != IGNORE).sum()
-        else:  # keep every sum updated so all ranks sync the same metric set
-            t["pixel_all_sum"] = t["pixel_all_n"] = torch.zeros((), device=logits.device)
         for k, v in t.items():
             self.val_sums[k].update(v.detach().double())
         if batch_idx == 0 and self.global_rank == 0 and self.run_dir is not None:
@@ -179,8 +172,8 @@ class PixWordLit(L.LightningModule):
             "val/fold_psnr": psnr(s["fold_se"] / max(s["fold_n"], 1)),
             "baseline/pix_loss": s["baseline_sum"] / max(s["pix_n"], 1),
         }
-        if s["pixel_all_n"] > 0:
-            out["val/pix_loss_all"] = s["pixel_all_sum"] / s["pixel_all_n"]
+        if s["pixel_all_n"] > 0:  # every valid pixel predicted (dense; full_causal in evaluation)
+            out.update(image_likelihood(s["pixel_all_sum"] / s["pixel_all_n"], self.folding))
         if s["word_n"] == 0:
             out["val/word_loss"] = float("nan")  # image-only data has no word targets
         self.last_val = out
@@ -210,6 +203,21 @@ class PixWordLit(L.LightningModule):
         logger = self.logger
         if logger is not None and hasattr(logger, "experiment") and hasattr(logger.experiment, "add_image"):
             logger.experiment.add_image("val/prediction", np.transpose(img, (2, 0, 1)), self.global_step)
+
+
+def image_likelihood(nll: float, folding) -> dict:
+    """Mean nats per pixel token -> bits per sub-pixel (README "Image likelihood").
+
+    bpd_folded = nats / (3 ln 2): each pixel token holds 3 sub-pixels of the folded image.
+    Uniform folding: bpd_8bit = bpd_folded + log2(f), the bits/dim of 8-bit data under uniform
+    dequantization inside each bin (an upper bound on the 8-bit likelihood). A palette has
+    no per-channel bins: its bpd is on the palette alone, and named so.
+    """
+    bpd = nll / (3 * math.log(2))
+    if getattr(folding, "has_channel_levels", False):
+        return {"val/pix_nll_all": nll, "val/bpd_folded": bpd,
+                "val/bpd_8bit": bpd + math.log2(folding.factor)}
+    return {"val/pix_nll_all": nll, "val/bpd_palette": bpd}
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float):

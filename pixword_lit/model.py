@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pixword_lit.components import component_params
-from pixword_lit.components.attention import ATTENTIONS
+from pixword_lit.components.attention import ATTENTIONS, FullCausal
 from pixword_lit.components.embedding import build_embedding
+from pixword_lit.components.objective import LocalDecoder
 from pixword_lit.layers import RMSNorm, Stack
 from pixword_lit.tokens import IGNORE, Vocab
 
@@ -36,23 +37,52 @@ class PixWordModel(nn.Module):
         self.norm = RMSNorm(mcfg.dim, mcfg.norm_eps)
         self.head = nn.Linear(mcfg.dim, vocab.n_classes, bias=False)  # not tied (spec 4.3)
         self.apply(_init_weights)
+        obj_name, obj_params = component_params("objective", mcfg.objective)
+        self.dense = obj_name == "dense"
+        self.local = None
+        if self.dense and not isinstance(self.pixels, FullCausal):
+            # built and initialized last: the shared weights are drawn exactly as for the
+            # paper's objective (same seed, same initial model apart from the local decoder)
+            self.local = LocalDecoder(mcfg, obj_params, vocab.n_pix)
+            self.local.apply(_init_weights)
 
-    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        """-> logits (B, T, V + n_pix) at the batch's element positions, and extras."""
+    def forward(self, batch: dict, every_pixel: bool | None = None) -> tuple[torch.Tensor, dict]:
+        """-> logits (B, T, V + n_pix) at the batch's element positions, and extras.
+
+        extras (per objective, see components/objective.py):
+        - full_causal with `every_pixel` (default: in evaluation) or the dense objective:
+          `pixel_logits` (B, T', C) at every decoder token, `pixel_targets` (B, T') the class of
+          the next valid token when it is a pixel, else IGNORE;
+        - dense with an image block: `dense_logits` (n, P, n_pix) of the local decoder for each
+          window that is a target, `dense_targets` (n, P) its pixels (IGNORE at pad pixels).
+        """
+        every_pixel = (not self.training) if every_pixel is None else every_pixel
         x_words = self.word_embed(batch["input_ids"])  # (B, T, dim)
         x, positions, valid, gather, extras = self.pixels(batch, x_words)  # (B, T', dim)
         h = self.norm(self.decoder(x, positions, valid))
-        if "pixel_targets" in extras and not self.training:
-            # full_causal in evaluation: logits at every pixel token for val/pix_loss_all
-            extras["pixel_logits"] = self.head(h)  # (B, T', C)
+        if "pixel_targets" in extras and (every_pixel or self.dense):
+            extras["pixel_logits"] = self.head(h)  # (B, T', C): every pixel predicts the next
             logits = extras["pixel_logits"].gather(
                 1, gather[..., None].expand(-1, -1, self.vocab.n_classes)
             )
         else:
-            extras.pop("pixel_targets", None)  # training scores only the paper's targets
+            extras.pop("pixel_targets", None)  # the paper's targets only
             h = h.gather(1, gather[..., None].expand(-1, -1, h.shape[-1]))  # (B, T, dim)
             logits = self.head(h)
+            if self.local is not None:
+                extras.update(self.local_logits(batch, h))
         return logits, extras
+
+    def local_logits(self, batch: dict, h: torch.Tensor) -> dict:
+        """Dense objective: the local decoder over every window that is a target, conditioned
+        on the decoder output (B, T, dim) at the element that predicts it."""
+        b_idx, t_idx = (batch["targets"] >= self.vocab.n_words).nonzero(as_tuple=True)  # (n,)
+        win = next_window_slot(batch)[b_idx, t_idx]  # (n,) window predicted at each
+        pix = batch["pix"][b_idx, win]  # (n, P)
+        emb = self.pixels.embed(pix).to(h.dtype)  # (n, P, dim)
+        logits = self.local(h[b_idx, t_idx], emb)  # (n, P, n_pix)
+        ok = batch["pix_pos"][b_idx, win] >= 0
+        return {"dense_logits": logits, "dense_targets": torch.where(ok, pix, IGNORE)}
 
     # ---- generation (pixword_lit.generate): prefill once, then one decoder step per token ----
     def prefill(self, batch: dict, cache) -> torch.Tensor:
@@ -86,6 +116,19 @@ class PixWordModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def next_window_slot(batch: dict) -> torch.Tensor:
+    """(B, T) window slot of the next valid element after each element, -1 if it is no window
+    (the element whose output scores that window's pixels; spec section 5's targets)."""
+    valid, slot = batch["elem_valid"], batch["window_slot"]
+    b, t = valid.shape
+    idx = torch.arange(t, device=valid.device).expand(b, t)
+    cand = torch.where(valid, idx, t)  # valid indices, t elsewhere
+    nxt = cand.flip(1).cummin(1).values.flip(1)  # next valid at or after each position
+    nxt = torch.cat([nxt[:, 1:], torch.full((b, 1), t, device=valid.device)], 1)  # strictly after
+    found = nxt < t
+    return torch.where(found, slot.gather(1, nxt.clamp(max=t - 1)), -1)
+
+
 def _init_weights(m: nn.Module) -> None:
     if isinstance(m, nn.Linear):
         nn.init.normal_(m.weight, std=0.02)
@@ -95,22 +138,44 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.normal_(m.weight, std=0.02)
 
 
-def loss_terms(logits: torch.Tensor, targets: torch.Tensor, n_words: int) -> dict:
-    """Summed cross-entropy split into word and pix parts, with counts (for exact means)."""
+def loss_terms(logits: torch.Tensor, targets: torch.Tensor, n_words: int,
+               extras: dict | None = None, dense: bool = False) -> dict:
+    """Summed cross-entropies with counts (for exact means over any number of batches/ranks).
+
+    `pix_*`: the paper's first-pixel targets (every objective); `word_*`: word targets;
+    `pixel_all_*`: every valid pixel, where the model predicts them (dense, or full_causal in
+    evaluation); `sum`/`n`: what training minimizes (first_pixel: word + first-pixel targets;
+    dense: word + every pixel).
+    """
+    extras = extras or {}
     flat_t = targets.reshape(-1)
-    ce = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), flat_t, ignore_index=IGNORE, reduction="none"
-    )
+    flat_l = logits.reshape(-1, logits.shape[-1])
+    ce = F.cross_entropy(flat_l.float(), flat_t, ignore_index=IGNORE, reduction="none")
     scored = flat_t != IGNORE
     is_pix = scored & (flat_t >= n_words)
     is_word = scored & (flat_t < n_words)
-    correct = (logits.reshape(-1, logits.shape[-1]).argmax(-1) == flat_t) & is_pix
-    return {
-        "sum": ce.sum(),
-        "n": scored.sum(),
+    t = {
         "pix_sum": (ce * is_pix).sum(),
         "pix_n": is_pix.sum(),
         "word_sum": (ce * is_word).sum(),
         "word_n": is_word.sum(),
-        "pix_correct": correct.sum(),
+        "pix_correct": ((flat_l.argmax(-1) == flat_t) & is_pix).sum(),
     }
+    zero = ce.new_zeros(())
+    t["pixel_all_sum"], t["pixel_all_n"] = zero, is_pix.sum() * 0
+    if "dense_logits" in extras:  # local decoder: position 0 is the paper's first pixel
+        dl, dt = extras["dense_logits"].float(), extras["dense_targets"]  # (n, P, n_pix), (n, P)
+        dce = F.cross_entropy(dl.transpose(1, 2), dt, ignore_index=IGNORE, reduction="none")  # (n, P)
+        t["pix_sum"], t["pix_n"] = dce[:, 0].sum(), (dt[:, 0] != IGNORE).sum()
+        t["pix_correct"] = ((dl[:, 0].argmax(-1) == dt[:, 0]) & (dt[:, 0] != IGNORE)).sum()
+        t["pixel_all_sum"], t["pixel_all_n"] = dce.sum(), (dt != IGNORE).sum()
+    elif "pixel_logits" in extras:  # full_causal: every pixel token predicts the next
+        pl, pt = extras["pixel_logits"].float(), extras["pixel_targets"]  # (B, T', C), (B, T')
+        t["pixel_all_sum"] = F.cross_entropy(pl.transpose(1, 2), pt, ignore_index=IGNORE,
+                                             reduction="sum")
+        t["pixel_all_n"] = (pt != IGNORE).sum()
+    if dense:
+        t["sum"], t["n"] = t["word_sum"] + t["pixel_all_sum"], t["word_n"] + t["pixel_all_n"]
+    else:
+        t["sum"], t["n"] = ce.sum(), scored.sum()
+    return t

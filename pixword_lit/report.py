@@ -6,7 +6,8 @@ import math
 from pathlib import Path
 
 ROWS = ["val/loss", "val/pix_loss", "baseline/pix_loss", "val/word_loss", "val/pix_acc",
-        "val/fold_psnr", "val/pix_loss_all"]
+        "val/fold_psnr", "val/pix_nll_all", "val/bpd_folded", "val/bpd_8bit", "val/bpd_palette",
+        "eval/exact_match", "eval/cer", "eval/answer_nll"]
 
 
 def print_table(summary: dict) -> None:

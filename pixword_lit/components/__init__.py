@@ -8,7 +8,9 @@ any data is read. Every other combination works. The ones refused, and why:
 - embedding `patch_linear` needs attention `global_conditional` (it makes one vector per
   window, so there are no per-pixel tokens to pool over or to attend to exactly);
 - attention `full_causal` needs image_size^2 <= its `max_pixels` (exact attention is
-  quadratic in the pixels of an image).
+  quadratic in the pixels of an image);
+- objective `dense` needs a per-pixel embedding (the local decoder reads the previous pixels
+  of the window, which `patch_linear` never embeds one by one).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from dataclasses import fields
 from pixword_lit.components.attention import ATTENTIONS
 from pixword_lit.components.embedding import EMBEDDINGS
 from pixword_lit.components.folding import FOLDINGS
+from pixword_lit.components.objective import OBJECTIVES
 
-REGISTRIES = {"folding": FOLDINGS, "attention": ATTENTIONS, "embedding": EMBEDDINGS}
+REGISTRIES = {"folding": FOLDINGS, "attention": ATTENTIONS, "embedding": EMBEDDINGS,
+              "objective": OBJECTIVES}
 
 
 def component_params(family: str, spec) -> tuple[str, dict]:
@@ -48,6 +52,17 @@ def validate_components(cfg) -> None:
     fold, fp = component_params("folding", cfg.model.folding)
     attn, ap = component_params("attention", cfg.model.attention)
     emb, _ = component_params("embedding", cfg.model.embedding)
+    obj, op = component_params("objective", cfg.model.objective)
+    if obj == "dense" and emb == "patch_linear":
+        raise ConfigError(
+            "model.objective.name: 'dense' predicts every pixel from the previous ones, which "
+            "needs per-pixel embeddings; embedding 'patch_linear' embeds whole windows only"
+        )
+    if obj == "dense" and op["local_layers"] < 1:
+        raise ConfigError(f"model.objective.local_layers: must be >= 1, got {op['local_layers']}")
+    if obj == "dense" and op["local_dim"] is not None and op["local_dim"] % cfg.model.n_heads:
+        raise ConfigError(f"model.objective.local_dim: {op['local_dim']} is not divisible by "
+                          f"model.n_heads {cfg.model.n_heads}")
     if fold == "uniform" and not (is_power_of_two(fp["factor"]) and fp["factor"] <= 128):
         raise ConfigError(
             f"model.folding.factor: fold factor must be a power of two in 1..128, got {fp['factor']}"

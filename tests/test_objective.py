@@ -1,0 +1,178 @@
+"""The dense objective beside the paper's: what is scored, causality, likelihood, config errors;
+and the golden loss curve that shows the paper's objective still trains bit for bit as before."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+from pixword_lit.components.folding import UniformFolding
+from pixword_lit.config import ConfigError, load_config
+from pixword_lit.image import build_sample, collate, image_windows
+from pixword_lit.lit_module import image_likelihood
+from pixword_lit.model import PixWordModel, loss_terms, next_window_slot
+from pixword_lit.tokens import IGNORE, Vocab
+from pixword_lit.train import fit
+
+SIZE, WINDOW, N_WORDS = 8, 4, 12
+TINY = ["model.dim=16", "model.n_heads=2", "model.n_kv_heads=1", "model.image_layers=1",
+        "model.decoder_layers=1", f"model.image_size={SIZE}", f"model.window_size={WINDOW}",
+        "model.ffn_multiple_of=16", "model.folding.factor=64"]
+DENSE = [("global_conditional", "pix_table"), ("global_conditional", "factorized"),
+         ("global_conditional", "linear_rgb"), ("pooled", "pix_table"), ("pooled", "linear_rgb"),
+         ("full_causal", "pix_table"), ("full_causal", "factorized")]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make(attn: str, emb: str, objective: str = "dense", seed: int = 0):
+    cfg = load_config(None, TINY + [f"model.attention.name={attn}", f"model.embedding.name={emb}",
+                                    f"model.objective.name={objective}"])
+    folding = UniformFolding(64)
+    vocab = Vocab(N_WORDS, folding.n_pix)
+    torch.manual_seed(seed)
+    return PixWordModel(cfg.model, vocab, folding), vocab, folding
+
+
+def batch_of(folding, vocab):
+    """A square image after text, and a short wide image (masked and partly padded windows)."""
+    rng = np.random.default_rng(1)
+    sq = image_windows(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8), SIZE, WINDOW, folding, vocab)
+    wide = image_windows(rng.integers(0, 256, (3, 6, 3), dtype=np.uint8), SIZE, WINDOW, folding, vocab)
+    s1 = build_sample([np.array([6, 7]), sq, np.array([8])], vocab, 64)
+    s2 = build_sample([wide, np.array([9, 10])], vocab, 64)
+    return collate([s1, s2], vocab.pix_pad, WINDOW * WINDOW)
+
+
+def test_golden_losses_of_the_paper_objective():
+    """The first 20 losses of a seeded tiny fit, stored from the code before the dense
+    objective existed (regenerate with tests/golden_losses.py only for a meant change)."""
+    import golden_losses
+
+    want = json.loads(golden_losses.ASSET.read_text())
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        got = golden_losses.golden_run(Path(d))
+    assert len(got) == want["steps"]
+    np.testing.assert_allclose(got, want["losses"], rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("attn,emb", [c for c in DENSE if c[0] != "full_causal"])
+def test_local_decoder_scores_every_valid_pixel_of_every_target_window(attn, emb):
+    model, vocab, folding = make(attn, emb)
+    batch = batch_of(folding, vocab)
+    logits, extras = model(batch)
+    dl, dt = extras["dense_logits"], extras["dense_targets"]
+    is_pix = batch["targets"] >= N_WORDS
+    # one local sequence per window that is a target, in batch order
+    assert dl.shape == (int(is_pix.sum()), WINDOW * WINDOW, folding.n_pix)
+    # position 0 is the paper's target: the first pixel of the window
+    assert torch.equal(dt[:, 0], batch["targets"][is_pix] - N_WORDS)
+    # the targets are exactly the valid pixels of the predicted windows, written out by hand:
+    # sample 0 predicts its 4 windows after <|image|> and windows 0..2; sample 1's wide image
+    # (3 x 6 px -> rows 0-2 valid; windows 0, 1 valid, 2, 3 masked)
+    wins = [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1)]
+    assert len(dt) == len(wins)
+    for row, (b, w) in zip(dt, wins):
+        ok = batch["pix_pos"][b, w] >= 0
+        assert torch.equal(row, torch.where(ok, batch["pix"][b, w], IGNORE))
+    assert int((dt[4:] != IGNORE).sum()) == 3 * 4 + 3 * 2  # wide image: 3 rows of 4 and of 2 px
+    t = loss_terms(logits, batch["targets"], N_WORDS, extras, dense=True)
+    assert int(t["pixel_all_n"]) == int((dt != IGNORE).sum())
+    assert int(t["n"]) == int(t["word_n"] + t["pixel_all_n"])
+    loss = t["sum"] / t["n"]
+    loss.backward()
+    assert all(p.grad is not None for p in model.local.parameters())
+
+
+def test_next_window_slot_skips_masked_windows():
+    model, vocab, folding = make("global_conditional", "pix_table")
+    batch = batch_of(folding, vocab)
+    nxt = next_window_slot(batch)
+    # sample 1: <s> <|image|> W0 W1 W2(masked) W3(masked) <|/image|> ...
+    assert nxt[1, :4].tolist() == [-1, 0, 1, -1]
+
+
+def test_local_decoder_is_causal_inside_the_window():
+    model, vocab, folding = make("global_conditional", "pix_table")
+    model.eval()
+    batch = batch_of(folding, vocab)
+    with torch.no_grad():
+        _, ref = model(batch)
+        for j in (0, 5, 15):
+            b = {k: v.clone() for k, v in batch.items()}
+            b["pix"][0, 1, j] = (b["pix"][0, 1, j] + 9) % folding.n_pix  # window 1 of sample 0
+            _, out = model(b)
+            row = 1  # the local sequence over window 1 of sample 0 (context: the output at W0)
+            assert torch.equal(out["dense_logits"][row, : j + 1], ref["dense_logits"][row, : j + 1])
+            if j < 15:
+                assert not torch.allclose(out["dense_logits"][row, j + 1], ref["dense_logits"][row, j + 1])
+
+
+@pytest.mark.parametrize("attn,emb", [c for c in DENSE if c[0] == "full_causal"])
+def test_full_causal_dense_trains_every_pixel(attn, emb):
+    model, vocab, folding = make(attn, emb)
+    model.train()
+    batch = batch_of(folding, vocab)
+    logits, extras = model(batch)
+    assert "pixel_logits" in extras  # trained, not only reported
+    t = loss_terms(logits, batch["targets"], N_WORDS, extras, dense=True)
+    n_valid_pixels = int((batch["pix_pos"] >= 0).sum())
+    assert int(t["pixel_all_n"]) == n_valid_pixels  # every valid pixel is a target once
+    first, _, _ = make(attn, emb, "first_pixel")
+    first.train()
+    _, fx = first(batch)
+    assert "pixel_logits" not in fx  # the paper's objective trains first pixels only
+
+
+def test_first_pixel_model_is_unchanged_by_the_objective_key():
+    a, vocab, folding = make("global_conditional", "pix_table", "first_pixel")
+    assert a.local is None and not a.dense
+    b, _, _ = make("global_conditional", "pix_table", "dense")
+    shared = {k: v for k, v in b.state_dict().items() if not k.startswith("local.")}
+    assert shared.keys() == a.state_dict().keys()
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, shared[k]), k  # same initial weights: the local decoder comes last
+
+
+@pytest.mark.parametrize("over,match", [
+    (["model.objective.name=dense", "model.embedding.name=patch_linear"], "per-pixel embeddings"),
+    (["model.objective.name=nope"], "valid names: dense, first_pixel"),
+    (["model.objective.name=dense", "model.objective.local_layers=0"], "local_layers"),
+    (["model.objective.name=first_pixel", "model.objective.local_layers=2"], "not a parameter"),
+])
+def test_objective_config_errors(over, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, TINY + over)
+
+
+def test_image_likelihood_formulas():
+    nll = 2.5
+    u = image_likelihood(nll, UniformFolding(32))
+    assert u["val/bpd_folded"] == pytest.approx(nll / (3 * math.log(2)))
+    assert u["val/bpd_8bit"] == pytest.approx(u["val/bpd_folded"] + 5)
+    # a uniform guess over the folded colors costs exactly 8 bits per 8-bit sub-pixel
+    uniform = image_likelihood(math.log(UniformFolding(32).n_pix), UniformFolding(32))
+    assert uniform["val/bpd_8bit"] == pytest.approx(8.0)
+
+
+def test_dense_fit_on_test_images_beats_eight_bits(glyph_shards, tmp_path):
+    s = fit(tiny_config(glyph_shards, tmp_path, "model.objective.name=dense", "trainer.max_steps=12",
+                        "trainer.val_check_interval=12", "data.val_limit=8", mode="image_only"))
+    assert s["val/bpd_8bit"] < 8.0  # below the uniform distribution over 8-bit values
+    assert s["val/bpd_8bit"] == pytest.approx(s["val/bpd_folded"] + math.log2(64))
+    assert s["val/bpd_folded"] == pytest.approx(s["val/pix_nll_all"] / (3 * math.log(2)))
+    assert math.isfinite(s["val/pix_loss"])  # the common first-pixel metric, for comparisons
