@@ -101,7 +101,7 @@ def generate(model, prompts: list[list], vocab: Vocab, max_seq_len: int, samplin
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     # decoder slots of the prompt: elements, or every pixel token for full_causal
-    n_slots = _decoder_length(model, batch)
+    n_slots = decoder_length(model, batch)
     cache = model.decoder.make_cache(len(samples), n_slots + sampling.max_new_tokens, device)
     gen = torch.Generator(device=device).manual_seed(sampling.seed)
     logits = model.prefill(batch, cache)
@@ -116,7 +116,7 @@ def generate(model, prompts: list[list], vocab: Vocab, max_seq_len: int, samplin
     return out
 
 
-def _decoder_length(model, batch) -> int:
+def decoder_length(model, batch) -> int:
     if isinstance(model.pixels, FullCausal):  # every pixel token is a decoder slot
         p = batch["pix"].shape[-1]
         per_elem = torch.where(batch["window_slot"] >= 0, p, 1)

@@ -84,14 +84,15 @@ class PixWordModel(nn.Module):
         ok = batch["pix_pos"][b_idx, win] >= 0
         return {"dense_logits": logits, "dense_targets": torch.where(ok, pix, IGNORE)}
 
-    # ---- generation (pixword_lit.generate): prefill once, then one decoder step per token ----
-    def prefill(self, batch: dict, cache) -> torch.Tensor:
+    # ---- generation (pixword_lit.generate, .sample): prefill once, then one step per element ----
+    def prefill_hidden(self, batch: dict, cache) -> torch.Tensor:
         """Run the prompt batch through the whole model once, filling `cache` (a
-        `layers.DecoderCache` of self.decoder) -> (B, C) logits after each sample's last element.
+        `layers.DecoderCache` of self.decoder) -> (B, dim) normed decoder output after each
+        sample's last element.
 
-        Samples are right-padded (`image.collate`); new tokens all continue at the common slot
-        cache.length, and the padding slots between stay invalid keys, so each sample attends
-        exactly to its own prompt. RoPE positions continue from each sample's own count.
+        Samples are right-padded (`image.collate`); new elements all continue at the common
+        slot cache.length, and the padding slots between stay invalid keys, so each sample
+        attends exactly to its own prompt. RoPE positions continue from each sample's count.
         """
         x_words = self.word_embed(batch["input_ids"])  # (B, T, dim)
         x, positions, valid, gather, _ = self.pixels(batch, x_words)  # (B, T', dim)
@@ -101,16 +102,22 @@ class PixWordModel(nn.Module):
         last = torch.where(batch["elem_valid"], idx, -1).max(1).values  # (B,) last element
         slot = gather.gather(1, last[:, None])  # (B, 1) decoder slot scoring it
         cache.next_pos = valid.sum(1)  # (B,) positions taken so far
-        h_last = h.gather(1, slot[..., None].expand(-1, 1, h.shape[-1]))[:, 0]  # (B, dim)
-        return self.head(self.norm(h_last))
+        return self.norm(h.gather(1, slot[..., None].expand(-1, 1, h.shape[-1]))[:, 0])
 
-    def step(self, ids: torch.Tensor, cache) -> torch.Tensor:
-        """(B,) word ids appended after the cached sequence -> (B, C) logits of the next one."""
-        x = self.word_embed(ids[:, None])  # (B, 1, dim)
+    def step_hidden(self, x: torch.Tensor, cache) -> torch.Tensor:
+        """(B, 1, dim) input embeddings of one new element per sample -> (B, dim) normed output."""
         pos = cache.next_pos[:, None]  # (B, 1)
         h = self.decoder(x, pos, torch.ones_like(pos, dtype=torch.bool), cache)
         cache.next_pos = cache.next_pos + 1
-        return self.head(self.norm(h[:, 0]))
+        return self.norm(h[:, 0])
+
+    def prefill(self, batch: dict, cache) -> torch.Tensor:
+        """-> (B, C) logits of the element after each sample's prompt."""
+        return self.head(self.prefill_hidden(batch, cache))
+
+    def step(self, ids: torch.Tensor, cache) -> torch.Tensor:
+        """(B,) word ids appended after the cached sequence -> (B, C) logits of the next one."""
+        return self.head(self.step_hidden(self.word_embed(ids[:, None]), cache))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -73,6 +73,19 @@ class LocalDecoder(nn.Module):
         start = self.start.to(x.dtype).expand(x.shape[0], 1, -1)
         return torch.cat([start, x[:, :-1]], 1) + self.context(context).to(x.dtype)[:, None]
 
+    def step(self, context: torch.Tensor, prev_emb: torch.Tensor | None, j: int, cache) -> torch.Tensor:
+        """Sampling: position j of the window, given the (n, dim) context and the embedding of
+        pixel j-1 (None at j = 0), with a KV cache of self.stack -> (n, n_pix) logits."""
+        if prev_emb is None:
+            x = self.start.expand(context.shape[0], -1)
+        else:
+            x = self.inputs(prev_emb)
+        x = (x + self.context(context).to(x.dtype))[:, None]  # (n, 1, local_dim)
+        n = x.shape[0]
+        pos = torch.full((n, 1), j, dtype=torch.long, device=x.device)
+        h = self.stack(x, pos, torch.ones(n, 1, dtype=torch.bool, device=x.device), cache)
+        return self.head(self.norm(h[:, 0]))
+
     def forward(self, context: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         x = self.shifted_inputs(context, emb)  # (n, P, local_dim)
         n, p, _ = x.shape
