@@ -65,9 +65,22 @@ def _generate(a) -> int:
         write_jsonl,
     )
 
-    given = [x for x in (a.image, a.images, a.data) if x]
+    given = [x for x in (a.image, a.images, a.data, a.sample, a.complete) if x]
     if len(given) != 1:
-        raise GenerateError("give exactly one of --image PATH, --images DIR, --data SHARDS")
+        raise GenerateError("give exactly one of --image PATH, --images DIR, --data SHARDS, "
+                            "--sample N, --complete IMAGE")
+    if a.sample or a.complete:  # images, from a dense checkpoint
+        from pixword_lit.inference import sample_to_files
+
+        if not a.out:
+            raise GenerateError("--sample/--complete write OUT/samples.png and samples.json: give --out DIR")
+        run = load_run(a.checkpoint, a.tokenizer, words=False)
+        s = Sampling(a.temperature if a.temperature > 0 else 1.0, a.top_k, None, 0, a.seed)
+        rec = sample_to_files(run, a.sample or 1, a.prompt, a.complete, a.keep_rows, s, Path(a.out),
+                              a.checkpoint)
+        print(f"wrote {a.out}/samples.png and samples.json ({len(rec['samples'])} images; "
+              f"kept window rows: {rec['kept_window_rows']})")
+        return 0
     if (a.images or a.data) and not a.out:
         raise GenerateError("--images/--data write JSONL: give --out FILE")
     sampling = Sampling(a.temperature, a.top_k, a.top_p, a.max_new_tokens, a.seed)
@@ -208,12 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--before", default="", help="text before the image")
     gen.add_argument("--prompt", default="", help="text after the image, continued by the model")
     gen.add_argument("--max-new-tokens", type=int, default=64)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--temperature", type=float, default=0.0,
+                     help="0 = greedy (images: 0 means 1.0, plain sampling)")
     gen.add_argument("--top-k", type=int)
     gen.add_argument("--top-p", type=float)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--batch-size", type=int, default=16)
     gen.add_argument("--tokenizer", help="tokenizer.json, for checkpoints that do not hold one")
+    gen.add_argument("--sample", type=int, help="dense checkpoints: draw N whole images (after "
+                     "--prompt for mixed models) -> OUT/samples.png, samples.json")
+    gen.add_argument("--complete", help="dense checkpoints: keep the top rows of IMAGE, sample the rest")
+    gen.add_argument("--keep-rows", type=int, help="--complete: pixel rows kept, rounded up to whole "
+                     "window rows (default: half the image)")
     gen.set_defaults(fn=_generate)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint by generation (captions)")

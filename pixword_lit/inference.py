@@ -34,6 +34,8 @@ class Run:
     builder: SampleBuilder
 
     def text(self, s: str) -> np.ndarray:
+        if self.tokenizer is None:
+            raise GenerateError("this model was trained on images only: it has no words for a prompt")
         return np.array(self.tokenizer.encode(s, add_special_tokens=False).ids, dtype=np.int64)
 
     def decode(self, ids: list[int]) -> str:
@@ -48,7 +50,8 @@ class Run:
                                 "(data.small_images: skip)") from e
 
 
-def load_run(ckpt: str, tokenizer: str | None = None) -> Run:
+def load_run(ckpt: str, tokenizer: str | None = None, words: bool = True) -> Run:
+    """`words`: the caller generates text, so the model must know words (not image-only)."""
     from pixword_lit.lit_module import PixWordLit
     from pixword_lit.parallel import single_file_checkpoint
 
@@ -64,10 +67,11 @@ def load_run(ckpt: str, tokenizer: str | None = None) -> Run:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise GenerateError(f"{ckpt}: not a readable pixword checkpoint ({type(e).__name__}: {first})") from e
     cfg = module.cfg
-    if cfg.data.mode == "image_only" or module.vocab.n_words <= N_SPECIAL:
+    image_only = cfg.data.mode == "image_only" or module.vocab.n_words <= N_SPECIAL
+    if words and image_only:
         raise GenerateError(f"{ckpt}: this model was trained on images only (data.mode: "
                             f"{cfg.data.mode}); it never learned words to generate")
-    tok = _tokenizer(module, tokenizer, ckpt)
+    tok = None if image_only else _tokenizer(module, tokenizer, ckpt)
     builder = SampleBuilder(cfg.model, cfg.data, module.vocab, module.folding, tok)
     return Run(module.model.eval(), cfg, module.vocab, tok, builder)
 
@@ -161,3 +165,44 @@ def images_in(folder: str) -> list[Path]:
     if not files:
         raise GenerateError(f"--images: {folder}: no image files")
     return files
+
+
+def sample_to_files(run: Run, n: int, prompt: str, complete: str | None, keep_rows: int | None,
+                    sampling, out: Path, label: str) -> dict:
+    """`pixword generate --sample N` / `--complete IMAGE`: OUT/samples.png and samples.json."""
+    from PIL import Image
+
+    from pixword_lit.sample import blank, kept_windows, sample_images, to_rgb
+
+    m = run.cfg.model
+    elements = [run.text(prompt)] if prompt else []
+    keep = None
+    if complete:
+        template = run.image(read_image(complete), complete)
+        keep_rows = m.image_size // 2 if keep_rows is None else keep_rows
+        keep = kept_windows(m.image_size, m.window_size, keep_rows)
+    else:
+        template = blank(m.image_size, m.window_size, run.vocab.pix_pad)
+    samples = sample_images(run.model, elements, template, run.vocab, n, sampling, keep,
+                            run.cfg.data.max_seq_len)
+    folding = run.builder.folding
+    panels = [to_rgb(template.pix, folding, m.image_size, m.window_size)] if complete else []
+    panels += [to_rgb(smp.pix, folding, m.image_size, m.window_size) for smp in samples]
+    sep = np.full((m.image_size, 2, 3), 255, np.uint8)
+    row = np.concatenate([x for p in panels for x in (p, sep)][:-1], 1)
+    scale = max(1, 256 // m.image_size)
+    out.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(row.repeat(scale, 0).repeat(scale, 1))).save(
+        out / "samples.png.tmp", format="PNG")
+    os.replace(out / "samples.png.tmp", out / "samples.png")
+    record = {
+        "checkpoint": label, "prompt": prompt, "complete": complete,
+        "kept_window_rows": int(keep.sum()) // (m.image_size // m.window_size) if keep is not None else 0,
+        "temperature": sampling.temperature, "top_k": sampling.top_k, "seed": sampling.seed,
+        "window_size": m.window_size, "image_size": m.image_size,
+        "samples": [{"pix": smp.pix.tolist(), "logprob": smp.logprob, "sampled_pixels": smp.sampled}
+                    for smp in samples],
+    }
+    (out / "samples.json.tmp").write_text(json.dumps(record))
+    os.replace(out / "samples.json.tmp", out / "samples.json")
+    return record

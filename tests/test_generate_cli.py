@@ -12,7 +12,7 @@ from PIL import Image
 from data_prep.glyphs import PROMPT
 from pixword_lit.cli import main
 from pixword_lit.generate import Sampling, generate_uncached
-from pixword_lit.inference import image_prompts, load_run
+from pixword_lit.inference import image_prompts, load_run, read_image
 from pixword_lit.train import fit
 
 AFTER = 'The text says "'
@@ -176,3 +176,36 @@ def test_compare_draws_reading_by_height_and_shows_eval_columns(mixed_ckpt, tmp_
     assert "reading_by_height.png" in names
     md = (tmp_path / "cmp" / "summary.md").read_text()
     assert "eval/exact_match" in md and "eval/cer" in md
+
+
+def test_sample_and_complete_from_a_dense_checkpoint(glyph_shards, plate, mixed_ckpt, tmp_path, capsys):
+    fit(tiny_config(glyph_shards, tmp_path, "model.objective.name=dense", "trainer.max_steps=2",
+                    "trainer.val_check_interval=2", "data.val_limit=4", mode="image_only"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    out = tmp_path / "samples"
+    assert main(["generate", str(ckpt), "--sample", "2", "--out", str(out), "--seed", "3"]) == 0
+    rec = json.loads((out / "samples.json").read_text())
+    assert len(rec["samples"]) == 2
+    pix = np.array(rec["samples"][0]["pix"])
+    assert pix.shape == (16, 16)  # 16 px images in 4 px windows: 16 windows of 16 pixels
+    assert rec["samples"][0]["sampled_pixels"] == 256 and rec["samples"][0]["logprob"] < 0
+    assert Image.open(out / "samples.png").size[0] > 2 * 16
+    again = tmp_path / "again"
+    assert main(["generate", str(ckpt), "--sample", "2", "--out", str(again), "--seed", "3"]) == 0
+    assert json.loads((again / "samples.json").read_text())["samples"] == rec["samples"]
+    comp = tmp_path / "comp"
+    assert main(["generate", str(ckpt), "--complete", str(plate), "--keep-rows", "3", "--out",
+                 str(comp)]) == 0
+    rec = json.loads((comp / "samples.json").read_text())
+    assert rec["kept_window_rows"] == 1  # 3 pixel rows, rounded up to a whole 4 px window row
+    # the 30 x 10 plate is 16 x 5 px after resize: below the kept row only pixel row 4 is valid
+    assert rec["samples"][0]["sampled_pixels"] == 16
+    run = load_run(str(ckpt), words=False)
+    truth = run.image(read_image(plate), "plate")
+    got = np.array(rec["samples"][0]["pix"])
+    assert np.array_equal(got[:4], truth.pix[:4])  # the kept window row is the image's own
+    assert np.array_equal(got[truth.pos < 0], truth.pix[truth.pos < 0])  # pad stays pad
+    capsys.readouterr()
+    assert main(["generate", str(mixed_ckpt), "--sample", "1", "--out", str(tmp_path / "no")]) == 2
+    assert "first_pixel" in _error_line(capsys)
+    assert not (tmp_path / "no" / "samples.json").exists()
