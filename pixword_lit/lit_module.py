@@ -20,7 +20,8 @@ from torchmetrics import SumMetric
 
 from pixword_lit.components.folding import psnr
 from pixword_lit.model import PixWordModel, loss_terms
-from pixword_lit.pictures import prediction_picture
+from pixword_lit.parallel import is_sharded
+from pixword_lit.pictures import completion_picture, prediction_picture
 from pixword_lit.tokens import Vocab
 
 VAL_SUMS = ["sum", "n", "pix_sum", "pix_n", "word_sum", "word_n", "pix_correct",
@@ -102,7 +103,7 @@ class PixWordLit(L.LightningModule):
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.trainer.num_devices))
 
     def configure_model(self):
-        from pixword_lit.parallel import apply_fsdp, is_sharded
+        from pixword_lit.parallel import apply_fsdp
 
         # fsdp (ModelParallelStrategy): shard the finished model, once (fit, then validate)
         if self.device_mesh is not None and not is_sharded(self.model):
@@ -201,8 +202,20 @@ class PixWordLit(L.LightningModule):
         Image.fromarray(img).save(out / f"val_step{self.global_step:07d}.png")
         Image.fromarray(img).save(out / "val_latest.png")
         logger = self.logger
-        if logger is not None and hasattr(logger, "experiment") and hasattr(logger.experiment, "add_image"):
+        tb = logger is not None and hasattr(logger, "experiment") and hasattr(logger.experiment, "add_image")
+        if tb:
             logger.experiment.add_image("val/prediction", np.transpose(img, (2, 0, 1)), self.global_step)
+        if self.model.dense and not is_sharded(self.model):  # dense: complete the bottom half
+            was_training = self.model.training
+            comp = completion_picture(batch, self.model, self.vocab, self.folding, self.cfg.model,
+                                      min(n, 2), seed=self.cfg.run.seed)
+            self.model.train(was_training)
+            if comp is not None:
+                Image.fromarray(comp).save(out / f"completion_step{self.global_step:07d}.png")
+                Image.fromarray(comp).save(out / "completion_latest.png")
+                if tb:
+                    logger.experiment.add_image("val/completion", np.transpose(comp, (2, 0, 1)),
+                                                self.global_step)
 
 
 def image_likelihood(nll: float, folding) -> dict:

@@ -50,3 +50,36 @@ def prediction_picture(batch, logits, vocab, folding, mcfg, max_images: int):
     pic = np.concatenate([np.concatenate([r, np.full((2, r.shape[1], 3), 255, np.uint8)]) for r in rows])
     scale = max(1, 256 // size)  # small images are enlarged (nearest) to stay visible
     return np.ascontiguousarray(pic.repeat(scale, 0).repeat(scale, 1))
+
+
+def completion_picture(batch, model, vocab, folding, mcfg, max_images: int, seed: int = 0):
+    """Dense models: for a few validation images, the folded truth | the model's completion of
+    its bottom half given the top half (whole window rows), after the sample's own text.
+    -> (H, W, 3) uint8, or None when the batch holds no image."""
+    from pixword_lit.generate import Sampling
+    from pixword_lit.image import Windows
+    from pixword_lit.sample import kept_windows, sample_images, to_rgb
+    from pixword_lit.tokens import IMG_START
+
+    size, window = mcfg.image_size, mcfg.window_size
+    n_win = (size // window) ** 2
+    rows = []
+    for i in range(batch["pix"].shape[0]):
+        if len(rows) == max_images or not bool(batch["window_valid"][i, :n_win].any()):
+            continue
+        ids = batch["input_ids"][i].cpu().numpy()
+        starts = np.flatnonzero(ids == IMG_START)
+        prompt = [ids[1 : starts[0]]] if len(starts) and starts[0] > 1 else []
+        truth = Windows(batch["pix"][i, :n_win].cpu().numpy(), batch["pix_pos"][i, :n_win].cpu().numpy(),
+                        batch["summary_index"][i, :n_win].cpu().numpy(),
+                        batch["window_valid"][i, :n_win].cpu().numpy(), 0.0, 0)
+        keep = kept_windows(size, window, size // 2)
+        (smp,) = sample_images(model, prompt, truth, vocab, 1, Sampling(temperature=1.0, seed=seed), keep)
+        sep = np.full((size, 2, 3), 255, np.uint8)
+        rows.append(np.concatenate([to_rgb(truth.pix, folding, size, window), sep,
+                                    to_rgb(smp.pix, folding, size, window)], 1))
+    if not rows:
+        return None
+    pic = np.concatenate([np.concatenate([r, np.full((2, r.shape[1], 3), 255, np.uint8)]) for r in rows])
+    scale = max(1, 256 // size)
+    return np.ascontiguousarray(pic.repeat(scale, 0).repeat(scale, 1))

@@ -176,3 +176,5 @@ def test_dense_fit_on_test_images_beats_eight_bits(glyph_shards, tmp_path):
     assert s["val/bpd_8bit"] == pytest.approx(s["val/bpd_folded"] + math.log2(64))
     assert s["val/bpd_folded"] == pytest.approx(s["val/pix_nll_all"] / (3 * math.log(2)))
     assert math.isfinite(s["val/pix_loss"])  # the common first-pixel metric, for comparisons
+    pictures = tmp_path / "run" / "pictures"
+    assert (pictures / "completion_latest.png").exists()  # truth | completion of the bottom half
