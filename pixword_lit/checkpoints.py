@@ -223,17 +223,18 @@ def single_file_checkpoint(path: Path, out: Path | None = None) -> Path:
         safe_load(path, mmap=True)  # refuse a bad file here too, before saying what it is
         raise CheckpointError(f"{path}: already a single-file checkpoint; convert-ckpt takes a "
                               "sharded fsdp checkpoint folder")
-    from torch.distributed.checkpoint import load
     from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
     meta = check_sharded(path)
     out = Path(out) if out else path.with_name(path.stem + SINGLE_SUFFIX)
     tmp = out.with_name(out.name + ".tmp")
     state: dict = {}
     try:
-        load(state, storage_reader=_safe_reader(path), no_dist=True,
-             planner=_safe_bytes_planner(_EmptyStateDictLoadPlanner)(keys={"state_dict"}))
+        # as torch's dcp_to_torch_save does (`load` would fill a copy of `state`)
+        _load_state_dict(state, storage_reader=_safe_reader(path), no_dist=True,
+                         planner=_safe_bytes_planner(_EmptyStateDictLoadPlanner)(keys={"state_dict"}))
     except CheckpointError:
         raise
     except (Exception, CheckpointException) as e:  # torch's wrapper is a BaseException

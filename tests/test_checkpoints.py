@@ -101,8 +101,10 @@ def test_payload_refused_by_resume_validate_and_convert(single_run, tmp_path, ca
     assert code == 2 and "no readable checkpoint" in error_line(err, "fit")
     assert f"skipping {copy / 'checkpoints' / 'last.ckpt'}: refused" in err
     assert not marker.exists()
-    # the unsafe load this replaces would have run it (the test can tell)
-    torch.load(evil, weights_only=False)
+    # the payload is live: plain unpickling runs it (so the checks above can tell)
+    import pickle
+
+    pickle.loads(pickle.dumps(Payload(marker)))
     assert marker.exists()
 
 
@@ -206,6 +208,30 @@ def test_resume_last_skips_unreadable_and_takes_newest_readable(single_run, tmp_
     summary = json.loads((copy / "summary.json").read_text())
     assert summary["resumed_from"] == str(ck / "step0000002.ckpt") and summary["steps"] == 5
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_fsdp_folder_resumes_and_validates_through_the_safe_readers(fsdp_run, tmp_path, monkeypatch):
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    from pixword_lit.train import validate
+
+    def unsafe(*a, **k):
+        raise AssertionError("torch's unrestricted unpickling was used")
+
+    monkeypatch.setattr(FileSystemReader, "read_metadata", unsafe)  # pickle.load of .metadata
+    monkeypatch.setattr(DefaultLoadPlanner, "load_bytes", unsafe)  # torch.load(weights_only=False)
+    calls = []
+    real = checkpoints.safe_dcp_load
+    monkeypatch.setattr(checkpoints, "safe_dcp_load", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg, run = fsdp_run
+    copy = copy_run(run, tmp_path)
+    summary = fit(tiny_config(Path(OmegaConf.load(cfg).data.train).parent, tmp_path, "trainer.max_steps=3",
+                              "trainer.strategy=fsdp", *SHORT), resume="last")
+    assert summary["steps"] == 3 and summary["resumed_from"] == str(copy / "checkpoints" / "last.ckpt")
+    assert calls  # Lightning's sharded load went through the safe reader
+    metrics = validate(str(run / "checkpoints" / "last.ckpt"), [])
+    assert metrics["val/loss"] > 0
 
 
 def test_sharded_folder_with_missing_or_damaged_rank_file(fsdp_run, tmp_path, capsys):
