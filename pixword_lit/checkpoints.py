@@ -11,7 +11,7 @@ arbitrary objects:
 - the shard index of an fsdp folder (`.metadata`, a plain pickle written by
   torch.distributed.checkpoint) is read by an unpickler that only knows the classes of that
   index, and the non-tensor items inside the rank files (`__R_0.distcp`) go through
-  `torch.load(weights_only=True)` too (torch's own reader uses `weights_only=False` there).
+  `torch.load(weights_only=True)` too (torch's own reader unpickles them unrestricted).
 
 A checkpoint that is missing, truncated, not a checkpoint, or holds anything else raises
 `CheckpointError`: one line naming the file and why, shown by the CLI as such.
@@ -48,7 +48,9 @@ def safe_load(path: Path | str, map_location="cpu", mmap: bool = False) -> dict:
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
     if path.is_dir():
-        raise CheckpointError(f"{path}: a folder, expected a checkpoint file")
+        raise CheckpointError(f"{path}: a folder (a sharded fsdp checkpoint?), expected a file; "
+                              "resume it with trainer.strategy=fsdp or convert it with "
+                              "`pixword convert-ckpt`")
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as f:
             head = f.read(4)
@@ -77,7 +79,7 @@ def _refused(path, message: str) -> str:
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:200]
+    return re.split(r"(?<=\.)\s", text.splitlines()[0])[0][:200]  # the first sentence
 
 
 # ---- sharded fsdp folders -------------------------------------------------------------------
@@ -137,6 +139,8 @@ def check_sharded(folder: Path) -> dict:
         need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
     for rel, size in sorted(need.items()):
         f = folder / rel
+        if Path(rel).name != rel or rel in (".", ".."):  # rank files live in the folder itself
+            raise CheckpointError(f"{folder}: refused: the shard index points outside the folder ({rel})")
         if not f.is_file():
             raise CheckpointError(f"{folder}: rank file {rel} is missing")
         if f.stat().st_size < size:
@@ -183,7 +187,7 @@ def _safe_reader(folder: Path):
 
 def _dcp_failure(folder: Path, e: Exception) -> CheckpointError:
     """torch.distributed.checkpoint wraps each rank's exception; find ours, else describe."""
-    seen, stack = set(), [e]
+    seen, stack, inner = set(), [e], e
     while stack:
         x = stack.pop()
         if id(x) in seen or x is None:
@@ -193,8 +197,10 @@ def _dcp_failure(folder: Path, e: Exception) -> CheckpointError:
             return CheckpointError(f"{folder}: {x}")
         stack += [x.__cause__, x.__context__]
         for f in (getattr(x, "failures", None) or {}).values():  # rank -> (exception, traceback)
-            stack += [y for y in (f if isinstance(f, tuple) else (f,)) if isinstance(y, BaseException)]
-    return CheckpointError(f"{folder}: unreadable, truncated or damaged ({_first_line(e)})")
+            ys = [y for y in (f if isinstance(f, tuple) else (f,)) if isinstance(y, BaseException)]
+            inner = ys[0] if ys and inner is e else inner
+            stack += ys
+    return CheckpointError(f"{folder}: unreadable, truncated or damaged ({_first_line(inner)})")
 
 
 def safe_dcp_load(state: dict, path, **kwargs) -> None:
@@ -299,9 +305,9 @@ def find_resume_checkpoint(run_dir: Path, resume: str) -> str:
             skipped += 1
             print(f"pixword: skipping {e}", file=sys.stderr, flush=True)
     if not readable:
-        why = f"{skipped} unreadable, see above" if skipped else "none there"
-        raise CheckpointError(f"--resume last: no readable checkpoint in {ckpt_dir} ({why}); "
-                              "start the run again with --overwrite")
+        why = (f"{skipped} unreadable, see above; start the run again with --overwrite"
+               if skipped else "none there; run without --resume to start it")
+        raise CheckpointError(f"--resume last: no readable checkpoint in {ckpt_dir} ({why})")
     step, _, newest = max(readable)
     print(f"pixword: resuming from {newest} (step {step})", flush=True)
     return str(newest)

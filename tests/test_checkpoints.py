@@ -220,7 +220,7 @@ def test_fsdp_folder_resumes_and_validates_through_the_safe_readers(fsdp_run, tm
         raise AssertionError("torch's unrestricted unpickling was used")
 
     monkeypatch.setattr(FileSystemReader, "read_metadata", unsafe)  # pickle.load of .metadata
-    monkeypatch.setattr(DefaultLoadPlanner, "load_bytes", unsafe)  # torch.load(weights_only=False)
+    monkeypatch.setattr(DefaultLoadPlanner, "load_bytes", unsafe)  # unrestricted torch.load of items
     calls = []
     real = checkpoints.safe_dcp_load
     monkeypatch.setattr(checkpoints, "safe_dcp_load", lambda *a, **k: calls.append(1) or real(*a, **k))
