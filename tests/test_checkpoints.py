@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -50,9 +51,24 @@ def fsdp_run(glyph_shards, tmp_path_factory):
     """fsdp on one process: its last.ckpt and best.ckpt are sharded folders."""
     root = tmp_path_factory.mktemp("fsdp")
     cfg = tiny_config(glyph_shards, root, "trainer.max_steps=2", "trainer.strategy=fsdp", *SHORT)
-    fit(cfg)
+    with in_process_fsdp():
+        fit(cfg)
     OmegaConf.save(cfg, root / "cfg.yaml")
     return root / "cfg.yaml", root / "run"
+
+
+@contextmanager
+def in_process_fsdp():
+    """fsdp in the test process sets MASTER_PORT etc. and keeps a process group listening on
+    that port: undo both, or later multi-process runs inherit a port in use."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def copy_run(run: Path, tmp_path: Path) -> Path:
@@ -226,8 +242,9 @@ def test_fsdp_folder_resumes_and_validates_through_the_safe_readers(fsdp_run, tm
     monkeypatch.setattr(checkpoints, "safe_dcp_load", lambda *a, **k: calls.append(1) or real(*a, **k))
     cfg, run = fsdp_run
     copy = copy_run(run, tmp_path)
-    summary = fit(tiny_config(Path(OmegaConf.load(cfg).data.train).parent, tmp_path, "trainer.max_steps=3",
-                              "trainer.strategy=fsdp", *SHORT), resume="last")
+    with in_process_fsdp():
+        summary = fit(tiny_config(Path(OmegaConf.load(cfg).data.train).parent, tmp_path,
+                                  "trainer.max_steps=3", "trainer.strategy=fsdp", *SHORT), resume="last")
     assert summary["steps"] == 3 and summary["resumed_from"] == str(copy / "checkpoints" / "last.ckpt")
     assert calls  # Lightning's sharded load went through the safe reader
     metrics = validate(str(run / "checkpoints" / "last.ckpt"), [])
