@@ -326,8 +326,10 @@ COMPONENTS = ("model.folding.", "model.attention.", "model.embedding.")
 def saved_hparams(path: Path, meta: dict | None = None) -> dict:
     meta = read_meta(path) if meta is None else meta
     hp = meta.get("hyper_parameters")
-    if not isinstance(hp, dict) or not isinstance(hp.get("config"), dict):
-        raise CheckpointError(f"{path}: not a pixword checkpoint (no stored config)")
+    if not (isinstance(hp, dict) and isinstance(hp.get("config"), dict)
+            and {"n_words", "folding_state"} <= set(hp)):
+        raise CheckpointError(f"{path}: not a pixword checkpoint (no stored config, vocabulary "
+                              "size and folding)")
     return hp
 
 
