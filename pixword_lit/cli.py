@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -45,7 +46,7 @@ def _print_config(a) -> int:
 def _convert(a) -> int:
     from pathlib import Path
 
-    from pixword_lit.parallel import single_file_checkpoint
+    from pixword_lit.checkpoints import single_file_checkpoint
 
     out = single_file_checkpoint(Path(a.checkpoint), Path(a.out) if a.out else None)
     print(f"wrote {out}")
@@ -158,6 +159,8 @@ def _compare(a) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pixword", description=__doc__)
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of an error (anywhere on the line; or PIXWORD_DEBUG=1)")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("prep", add_help=False,
                    help="build WebDataset shards (images | mixed | glyphs); see `pixword prep --help`")
@@ -271,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("PIXWORD_DEBUG", "") not in ("", "0")
+    argv = [x for x in argv if x != "--debug"]
     if argv and argv[0] == "prep":
         from data_prep.cli import main as prep_main
 
@@ -281,14 +286,18 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
+    from pixword_lit.checkpoints import CheckpointError
     from pixword_lit.config import ConfigError
     from pixword_lit.data import DataError
     from pixword_lit.generate import GenerateError
 
     try:
         return args.fn(args)
-    except (ConfigError, DataError, GenerateError) as e:
-        print(f"pixword {args.cmd}: error: {e}", file=sys.stderr)
+    except (ConfigError, DataError, CheckpointError, GenerateError) as e:
+        if debug:
+            raise
+        message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"pixword {args.cmd}: error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 2
 
 

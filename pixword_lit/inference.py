@@ -51,21 +51,18 @@ class Run:
 
 
 def load_run(ckpt: str, tokenizer: str | None = None, words: bool = True) -> Run:
-    """`words`: the caller generates text, so the model must know words (not image-only)."""
+    """`words`: the caller generates text, so the model must know words (not image-only).
+    The checkpoint is read safely (weights_only; checkpoints.py), a sharded folder converted
+    aside; a missing, damaged or hostile one raises CheckpointError naming the file."""
+    from pixword_lit import checkpoints
     from pixword_lit.lit_module import PixWordLit
-    from pixword_lit.parallel import single_file_checkpoint
 
-    path = Path(ckpt)
-    if not path.exists():
-        raise GenerateError(f"{ckpt}: no such checkpoint")
-    try:
-        with tempfile.TemporaryDirectory() as tmp:  # a sharded folder is converted aside
-            if path.is_dir():
-                path = single_file_checkpoint(path, Path(tmp) / "single.ckpt")
-            module = PixWordLit.load_from_checkpoint(path, map_location="cpu")
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise GenerateError(f"{ckpt}: not a readable pixword checkpoint ({type(e).__name__}: {first})") from e
+    checkpoints.saved_hparams(Path(ckpt))  # readable, and a pixword checkpoint
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(ckpt)
+        if path.is_dir():
+            path = checkpoints.single_file_checkpoint(path, Path(tmp) / "single.ckpt")
+        module = PixWordLit.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     cfg = module.cfg
     image_only = cfg.data.mode == "image_only" or module.vocab.n_words <= N_SPECIAL
     if words and image_only:

@@ -4,7 +4,8 @@
   block through Lightning's ModelParallelStrategy; gloo on CPU, NCCL on GPUs).
 - Every checkpoint is written aside and renamed into place, so a process killed while writing
   never replaces the previous good checkpoint. fsdp checkpoints are sharded folders
-  (torch.distributed.checkpoint) that load into any world size.
+  (torch.distributed.checkpoint) that load into any world size. Reading checkpoints (safely),
+  finding the one to resume and converting folders: `checkpoints.py`.
 """
 
 from __future__ import annotations
@@ -18,9 +19,16 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
 
+from pixword_lit import checkpoints
+from pixword_lit.checkpoints import (  # noqa: F401  (moved to checkpoints.py; old imports work)
+    METADATA,
+    SINGLE_SUFFIX,
+    checkpoint_step,
+    find_resume_checkpoint,
+    is_complete,
+    single_file_checkpoint,
+)
 from pixword_lit.config import ConfigError
-
-METADATA = "meta.pt"  # Lightning's name for the non-tensor part of a sharded checkpoint
 
 
 def make_strategy(name: str, devices, num_nodes: int):
@@ -91,6 +99,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        """Always weights_only (tensors and plain data): see checkpoints.safe_load."""
+        return checkpoints.safe_load(path, map_location=map_location or "cpu")
+
     def remove_checkpoint(self, path) -> None:
         fs = get_filesystem(path)
         if fs.exists(path):
@@ -116,58 +128,21 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
             remove_path(old)
         self.barrier("pixword_ckpt_swapped")
 
+    def load_checkpoint(self, checkpoint_path, weights_only=None):
+        """weights_only for meta.pt and single files; the shard index and the rank files'
+        non-tensor items through checkpoints.safe_dcp_load (torch's reader unpickles them)."""
+        from unittest import mock
+
+        from lightning.fabric.strategies import model_parallel as fabric_mp
+
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if path.is_dir():
+            checkpoints.check_sharded(path)  # every rank: a missing rank file fails them all
+        else:
+            checkpoints.safe_load(path, mmap=True)
+        with mock.patch.object(fabric_mp, "_distributed_checkpoint_load", checkpoints.safe_dcp_load):
+            return super().load_checkpoint(path, weights_only=True)
+
     def remove_checkpoint(self, filepath) -> None:
         if self.is_global_zero:
             remove_path(Path(filepath))
-
-
-SINGLE_SUFFIX = "-single.ckpt"  # converted copies: weights without optimizer state, not resumable
-
-
-def is_complete(path: Path) -> bool:
-    """A checkpoint that `--resume` may use: fully written and holding the training state."""
-    if path.name.endswith((".tmp", ".old", SINGLE_SUFFIX)):
-        return False
-    if path.is_dir():
-        return (path / METADATA).exists() and (path / ".metadata").exists()
-    return path.is_file() and path.suffix == ".ckpt"
-
-
-def find_resume_checkpoint(run_dir: Path, resume: str) -> str:
-    """`last` -> the newest complete checkpoint in run_dir/checkpoints; else a given path."""
-    if resume != "last":
-        p = Path(resume)
-        if not p.exists() or not is_complete(p):
-            raise ConfigError(f"--resume: {resume} is not a complete checkpoint")
-        return str(p)
-    ckpt_dir = run_dir / "checkpoints"
-    found = [p for p in ckpt_dir.glob("*") if is_complete(p)] if ckpt_dir.exists() else []
-    if not found:
-        raise ConfigError(f"--resume last: no complete checkpoint in {ckpt_dir}")
-    newest = max(found, key=lambda p: (checkpoint_step(p), p.stat().st_mtime))
-    print(f"pixword: resuming from {newest} (step {checkpoint_step(newest)})", flush=True)
-    return str(newest)
-
-
-def checkpoint_step(path: Path) -> int:
-    meta = torch.load(path / METADATA if path.is_dir() else path, map_location="cpu",
-                      weights_only=False, mmap=not path.is_dir())
-    return int(meta.get("global_step", 0))
-
-
-def single_file_checkpoint(path: Path, out: Path | None = None) -> Path:
-    """A sharded fsdp checkpoint folder -> one .ckpt file loadable by a single process."""
-    if not path.is_dir():
-        return path
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    out = out or path.with_name(path.stem + SINGLE_SUFFIX)
-    tmp = out.with_name(out.name + ".tmp")
-    dcp_to_torch_save(path, tmp)
-    ckpt = torch.load(tmp, map_location="cpu", weights_only=False)
-    ckpt.update(torch.load(path / METADATA, map_location="cpu", weights_only=False))
-    # optimizer shards are dropped: the single file is for validation or fresh fine-tuning
-    ckpt = {k: v for k, v in ckpt.items() if not k.startswith("optimizer_")}
-    torch.save(ckpt, tmp)
-    os.replace(tmp, out)
-    return out

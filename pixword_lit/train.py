@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from pixword_lit import parallel
+from pixword_lit import checkpoints, parallel
 from pixword_lit.build import build_datamodule, build_module, build_parts
 from pixword_lit.config import ConfigError
 from pixword_lit.parallel import AtomicCheckpointIO, find_resume_checkpoint
@@ -88,15 +88,22 @@ def fit(cfg: DictConfig, resume: str | None = None, overwrite: bool = False) -> 
     run_dir = run_dir_of(cfg)
     prepare_run_dir(run_dir, resume, overwrite)
     ckpt_path = find_resume_checkpoint(run_dir, resume) if resume else None
+    if ckpt_path:  # settings that change shapes or meaning: refused before any weights load
+        saved = checkpoints.saved_hparams(ckpt_path)
+        checkpoints.refuse_mismatch(ckpt_path, checkpoints.config_differences(
+            saved["config"], OmegaConf.to_container(cfg, resolve=True), resume=True), resume=True)
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     parts = build_parts(cfg, run_dir)  # shard, tokenizer and palette errors surface here
+    if ckpt_path:
+        checkpoints.refuse_mismatch(ckpt_path, checkpoints.derived_differences(
+            saved, parts.vocab.n_words, parts.folding_state), resume=True)
     module, dm = build_module(parts), build_datamodule(parts)
     module.run_dir = run_dir
     if is_launcher_rank0():
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     trainer = make_trainer(cfg, run_dir)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     trainer.validate(module, datamodule=dm, verbose=False)  # the final weights, whole val set
     summary = make_summary(cfg, module, trainer, time.perf_counter() - start, ckpt_path)
     if not trainer.is_global_zero:
@@ -156,15 +163,23 @@ def validate(ckpt: str, overrides: list[str]) -> dict:
     from pixword_lit.config import validate as check
     from pixword_lit.lit_module import PixWordLit
 
+    saved = checkpoints.saved_hparams(ckpt)  # read safely; missing or damaged -> one line
+    try:
+        cfg = OmegaConf.merge(load_config(), saved["config"], OmegaConf.from_dotlist(overrides))
+    except Exception as e:  # OmegaConf names the key
+        raise ConfigError(f"{e}") from None
+    checkpoints.refuse_mismatch(ckpt, checkpoints.config_differences(
+        saved["config"], OmegaConf.to_container(cfg, resolve=True), resume=False), resume=False)
+    cfg.trainer.strategy, cfg.trainer.devices, cfg.trainer.num_nodes = "auto", 1, 1
+    check(cfg)
+    parts = build_parts(cfg, None, saved["folding_state"])
+    checkpoints.refuse_mismatch(ckpt, checkpoints.derived_differences(
+        saved, parts.vocab.n_words, parts.folding_state), resume=False)
     with tempfile.TemporaryDirectory() as tmp:  # a sharded folder is converted aside, not kept
         path = Path(ckpt)
         if path.is_dir():
-            path = parallel.single_file_checkpoint(path, Path(tmp) / "single.ckpt")
-        module = PixWordLit.load_from_checkpoint(path, map_location="cpu")
-    cfg = OmegaConf.merge(load_config(), module.hparams.config, OmegaConf.from_dotlist(overrides))
-    cfg.trainer.strategy, cfg.trainer.devices, cfg.trainer.num_nodes = "auto", 1, 1
-    check(cfg)
-    parts = build_parts(cfg, None, module.hparams.folding_state)
+            path = checkpoints.single_file_checkpoint(path, Path(tmp) / "single.ckpt")
+        module = PixWordLit.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     trainer = make_trainer(cfg, Path(ckpt).parent, logger=False)
     trainer.validate(module, datamodule=build_datamodule(parts), verbose=False)
     return {k: float(v) for k, v in module.last_val.items()}

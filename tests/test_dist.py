@@ -103,7 +103,7 @@ def _fsdp_checkpoint_in_one_process(shards, part, tmp_path):
     conv = subprocess.run([sys.executable, "-m", "pixword_lit.cli", "convert-ckpt", str(sharded),
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert conv.returncode == 0, conv.stderr[-3000:]
-    state = torch.load(out, map_location="cpu", weights_only=False)
+    state = torch.load(out, map_location="cpu", weights_only=True)
     total = sum(v.double().sum().item() for k, v in state["state_dict"].items()
                 if k.startswith("model.") and v.is_floating_point())
     assert total == pytest.approx(summary(part)["param_checksum"], rel=1e-9)

@@ -56,7 +56,7 @@ def test_checkpoint_restores_rng_states(glyph_shards, tmp_path):
 
     fit(tiny_config(glyph_shards, tmp_path, "trainer.max_steps=2", "trainer.val_check_interval=2",
                     "data.val_limit=4"))
-    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert {"torch", "numpy", "python"} <= set(ckpt["rng_states"])
     module = PixWordLit(**ckpt["hyper_parameters"])
     module.on_load_checkpoint(ckpt)

@@ -80,7 +80,7 @@ def _error_line(capsys) -> str:
 def test_bad_input_one_line_exit_2_nothing_written(mixed_ckpt, plate, glyph_shards, tmp_path, capsys):
     out = tmp_path / "never.jsonl"
     assert main(["generate", str(tmp_path / "missing.ckpt"), "--image", str(plate)]) == 2
-    assert "missing.ckpt: no such checkpoint" in _error_line(capsys)
+    assert "missing.ckpt: no such file" in _error_line(capsys)
     text = tmp_path / "not_an_image.png"
     text.write_text("hello")
     assert main(["generate", str(mixed_ckpt), "--image", str(text)]) == 2
@@ -93,13 +93,21 @@ def test_bad_input_one_line_exit_2_nothing_written(mixed_ckpt, plate, glyph_shar
     not_ckpt = tmp_path / "x.ckpt"
     not_ckpt.write_text("not a checkpoint")
     assert main(["generate", str(not_ckpt), "--image", str(plate)]) == 2
-    assert "x.ckpt: not a readable pixword checkpoint" in _error_line(capsys)
+    assert "x.ckpt: not a checkpoint" in _error_line(capsys)
+    # a checkpoint whose unpickling would run code is refused, and nothing runs
+    from test_checkpoints import with_payload
+
+    marker = tmp_path / "PWNED"
+    evil = with_payload(mixed_ckpt, tmp_path / "evil.ckpt", marker)
+    assert main(["generate", str(evil), "--image", str(plate)]) == 2
+    assert "evil.ckpt: refused" in _error_line(capsys) and not marker.exists()
 
 
 def test_image_only_checkpoint_refuses_to_generate_words(glyph_shards, plate, tmp_path, capsys):
     fit(tiny_config(glyph_shards, tmp_path, "trainer.max_steps=1", "trainer.val_check_interval=1",
                     "data.val_limit=4", mode="image_only"))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    capsys.readouterr()  # the fit's own output
     assert main(["generate", str(ckpt), "--image", str(plate)]) == 2
     assert "trained on images only" in _error_line(capsys)
 

@@ -152,7 +152,7 @@ seeds: [0]
     # the palette is fitted once, kept in the run folder and in the checkpoint
     palette = json.loads((root / good.name / "palette.json").read_text())
     assert len(palette) == 16
-    ckpt = torch.load(root / good.name / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(root / good.name / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["folding_state"]["palette"] == palette
 
     # second pass: the finished run is skipped, the failed one is tried again
