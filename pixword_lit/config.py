@@ -17,6 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASE_YAML = REPO_ROOT / "experiments" / "base.yaml"
+# PIL filters (image.py); bilinear_antialias is PIL's bilinear, named for what it matches:
+# torchvision's Resize on PIL images, which the authors' loader uses
+RESAMPLE_NAMES = ("nearest", "bilinear", "bilinear_antialias", "bicubic", "lanczos", "box")
 
 
 class ConfigError(ValueError):
@@ -49,6 +52,7 @@ class ModelConfig:
     attention: dict = field(default_factory=lambda: {"name": "global_conditional"})
     embedding: dict = field(default_factory=lambda: {"name": "pix_table"})
     objective: dict = field(default_factory=lambda: {"name": "first_pixel"})
+    init: str = "normal"  # normal: N(0, 0.02) everywhere | paper: the authors' (see model.py)
 
 
 @dataclass
@@ -63,7 +67,8 @@ class DataConfig:
     batch_size: int = 2  # per process
     num_workers: int = 0
     small_images: str = "upscale"  # upscale | skip: images whose both sides are below S
-    resample: str = "bicubic"  # nearest | bilinear | bicubic | lanczos | box
+    resample: str = "bicubic"  # nearest | bilinear | bilinear_antialias | bicubic | lanczos | box
+    short_side_rounding: str = "floor"  # floor: int(S * short / long) | authors: int(short / long * S)
     shuffle: bool = True
     val_limit: Optional[int] = None  # use only the first N validation units
 
@@ -74,9 +79,10 @@ class OptimConfig:
     weight_decay: float = 0.01
     betas: list = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
+    decay_norms: bool = False  # also decay 1-D weights (norms), as the authors decay every parameter
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1  # cosine decays to min_lr_ratio * lr
-    decay_steps: Optional[int] = None  # null = trainer.max_steps
+    decay_steps: Optional[int] = None  # null = trainer.max_steps (-1: the steps of max_epochs)
 
 
 @dataclass
@@ -207,11 +213,14 @@ def validate(cfg: DictConfig) -> None:
     _check((m.dim // m.n_heads) % 2 == 0, "model.dim", "head size dim/n_heads must be even (RoPE)")
     _check(d.mode in ("image_only", "mixed"), "data.mode", f"must be image_only or mixed, got {d.mode!r}")
     _check(d.small_images in ("upscale", "skip"), "data.small_images", f"got {d.small_images!r}")
+    names = ", ".join(RESAMPLE_NAMES)
+    _check(d.resample in RESAMPLE_NAMES, "data.resample", f"got {d.resample!r}; one of {names}")
     _check(
-        d.resample in ("nearest", "bilinear", "bicubic", "lanczos", "box"),
-        "data.resample",
-        f"got {d.resample!r}",
+        d.short_side_rounding in ("floor", "authors"),
+        "data.short_side_rounding",
+        f"must be floor or authors, got {d.short_side_rounding!r}",
     )
+    _check(m.init in ("normal", "paper"), "model.init", f"must be normal or paper, got {m.init!r}")
     _check(d.batch_size >= 1, "data.batch_size", "must be >= 1")
     n_windows = (m.image_size // m.window_size) ** 2
     _check(
@@ -227,6 +236,12 @@ def validate(cfg: DictConfig) -> None:
     )
     _check(not cfg.eval.captions or d.mode == "mixed", "eval.captions",
            "needs data.mode mixed (an image-only model has no words to answer with)")
+    _check(
+        t.max_steps > 0 or t.max_epochs > 0,
+        "trainer.max_steps",
+        f"is {t.max_steps} and max_epochs {t.max_epochs}: set max_steps > 0, or max_epochs >= 1 "
+        "(max_steps -1: the epochs decide the length)",
+    )
     _check(cfg.optim.lr > 0, "optim.lr", "must be positive")
     _check(0.0 <= cfg.optim.min_lr_ratio <= 1.0, "optim.min_lr_ratio", "must be in [0, 1]")
     validate_components(cfg)

@@ -5,10 +5,13 @@ Data order (documented guarantee, tested): for epoch e the unit order is a funct
 in `image_only` mode, a packed document in `mixed` mode). With world size W each rank takes
 a contiguous block of ceil(N/W) units; ranks whose block is short get placeholder samples
 that score nothing, so every rank runs the same number of batches and every unit is scored
-exactly once per epoch. Batch b of a rank is built whole by DataLoader worker
-(b - start) % K, which is the order in which the DataLoader collects batches from its
-workers, so the batches do not depend on the number of workers; only W changes them.
-Resuming at batch b skips the units before it without decoding them.
+exactly once per epoch. A unit that cannot be used (an image under `small_images: skip`, an
+unreadable one) is dropped from its batch (a batch of only such units becomes one placeholder);
+the loss is one mean over the scored targets of all ranks, so neither changes the gradient.
+Batch b of a rank is built whole by DataLoader worker (b - start) % K, which is the order in
+which the DataLoader collects batches from its workers, so the batches do not depend on the
+number of workers; only W changes them. Resuming at batch b skips the units before it
+without decoding them.
 """
 
 from __future__ import annotations
@@ -105,12 +108,13 @@ class SampleBuilder:
         self.size, self.window = mcfg.image_size, mcfg.window_size
         self.mode, self.max_seq_len = dcfg.mode, dcfg.max_seq_len
         self.small_images, self.resample = dcfg.small_images, dcfg.resample
+        self.rounding = dcfg.get("short_side_rounding", "floor")  # configs saved before it existed
         self.vocab, self.folding, self.tokenizer = vocab, folding, tokenizer
 
     def rgb(self, data: bytes) -> np.ndarray:
         img = Image.open(io.BytesIO(data))
         img = img.convert("RGB")  # shards hold 8-bit RGB already; this only guards the type
-        img = resize_longer_side(img, self.size, self.small_images, self.resample)
+        img = resize_longer_side(img, self.size, self.small_images, self.resample, self.rounding)
         return np.asarray(img, dtype=np.uint8)
 
     def windows(self, data: bytes):
@@ -200,9 +204,12 @@ class ShardStream(IterableDataset):
                     cache[int(s)] = self._load(int(s), wanted[int(s)])
                 sample = self._build(cache[int(s)].get(int(u)), int(s), int(u))
                 skipped += sample is None
-                samples.append(sample if sample is not None else empty_sample())
+                if sample is not None:  # a skipped unit is dropped, as the authors' loader does
+                    samples.append(sample)
             for s in [s for s, last in last_use.items() if last == i and s in cache]:
                 del cache[s]  # no later batch of this worker needs this shard
+            if not samples:  # every unit skipped: one placeholder keeps this batch (and the count)
+                samples.append(empty_sample())
             batch = collate(samples, self.builder.vocab.pix_pad, self.builder.window**2)
             batch["n_skipped"] = torch.tensor(skipped)
             batch["batch_index"] = torch.tensor(i)

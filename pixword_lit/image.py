@@ -18,6 +18,10 @@ from pixword_lit.tokens import BOS, EOS, IGNORE, IMG_END, IMG_START, PAD, Vocab
 RESAMPLE = {
     "nearest": Image.NEAREST,
     "bilinear": Image.BILINEAR,
+    # PIL's bilinear resize is always antialiased (a triangle filter whose support grows with
+    # the downscale factor); torchvision's Resize on a PIL image calls exactly this (the
+    # authors' loader), which the name says; on tensors torchvision needs antialias=True
+    "bilinear_antialias": Image.BILINEAR,
     "bicubic": Image.BICUBIC,
     "lanczos": Image.LANCZOS,
     "box": Image.BOX,
@@ -28,15 +32,19 @@ class SkipImage(Exception):
     """The image is not used under this config (e.g. small_images: skip)."""
 
 
-def resize_longer_side(img: Image.Image, size: int, small_images: str, resample: str) -> Image.Image:
-    """Longer side -> S keeping aspect; short side int(S * short / long) (spec section 3)."""
+def resize_longer_side(img: Image.Image, size: int, small_images: str, resample: str,
+                       rounding: str = "floor") -> Image.Image:
+    """Longer side -> S keeping aspect; short side int(S * short / long) (spec section 3).
+
+    rounding `authors`: int((short / long) * S) as the authors' loader (dataset.py
+    read_image); the rounded ratio times S can fall just below an integer, 1 px shorter.
+    """
     w, h = img.size
     if max(w, h) < size and small_images == "skip":  # the authors' loader skips these
         raise SkipImage(f"{w}x{h} is smaller than image_size {size}")
-    if w >= h:
-        new = (size, max(1, int(size * h / w)))
-    else:
-        new = (max(1, int(size * w / h)), size)
+    long, short = max(w, h), min(w, h)
+    side = int(short / long * size) if rounding == "authors" else int(size * short / long)
+    new = (size, max(1, side)) if w >= h else (max(1, side), size)
     if new == (w, h):
         return img
     return img.resize(new, RESAMPLE[resample])

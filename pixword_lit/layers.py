@@ -55,7 +55,10 @@ class Rope(nn.Module):
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x (N, H, T, hd); rotate pairs (first half, second half) of the head dimension
+    # x (N, H, T, hd); rotate pairs (first half, second half) of the head dimension. The
+    # authors (like Meta's LLaMA code) rotate adjacent pairs (2i, 2i+1) as complex numbers:
+    # the same rotations up to a fixed permutation of the q/k projection rows, so the two
+    # parameterize the same models (a permuted checkpoint converts exactly)
     x1, x2 = x.float().chunk(2, dim=-1)
     out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
     return out.type_as(x)

@@ -24,6 +24,7 @@ from pixword_lit.parallel import is_sharded
 from pixword_lit.pictures import completion_picture, prediction_picture
 from pixword_lit.tokens import Vocab
 
+LOGGED = ["sum", "n", "pix_sum", "pix_n", "word_sum", "word_n", "pix_correct"]  # loss_terms keys
 VAL_SUMS = ["sum", "n", "pix_sum", "pix_n", "word_sum", "word_n", "pix_correct",
             "fold_se", "fold_n", "baseline_sum", "pixel_all_sum", "pixel_all_n"]
 
@@ -49,6 +50,7 @@ class PixWordLit(L.LightningModule):
         self.register_buffer("seen", torch.zeros(3, dtype=torch.float64))
         self.run_dir: Path | None = None
         self._rate = [0.0, 0.0, None]  # pix tokens, seconds, last batch start
+        self._window: list | None = None  # [provisional loss denominator, scored targets so far]
         self.last_val: dict = {}
 
     # ---- training ---------------------------------------------------------------------
@@ -56,30 +58,60 @@ class PixWordLit(L.LightningModule):
         return self.model(batch)
 
     def training_step(self, batch, batch_idx):
+        """The loss is one mean over every scored target of the global batch: all ranks and
+        all micro-batches of a gradient-accumulation window (as the authors' single-process
+        DataParallel takes it), so a sample weighs by its targets wherever it lands and
+        placeholders (no targets) change nothing. See `on_before_optimizer_step`."""
         logits, extras = self.model(batch)
         t = loss_terms(logits, batch["targets"], self.vocab.n_words, extras, self.model.dense)
-        loss = t["sum"] / t["n"].clamp(min=1)
         pix_t = batch["targets"][batch["targets"] >= self.vocab.n_words] - self.vocab.n_words
+        stats = torch.stack([t[k].detach() for k in LOGGED]).double()
         inc = torch.cat([torch.bincount(pix_t, minlength=self.vocab.n_pix),
-                         torch.stack([batch["elem_valid"].sum(), batch["n_pixels"].sum()])]).double()
-        if self.trainer.world_size > 1:
+                         torch.stack([batch["elem_valid"].sum(), batch["n_pixels"].sum()]), stats]).double()
+        world, accum = self.trainer.world_size, self.trainer.accumulate_grad_batches
+        if world > 1:
             inc = self.trainer.strategy.reduce(inc, reduce_op="sum")
-        self.color_counts += inc[:-2]
-        self.seen[:2] += inc[-2:]
-        self._rate[0] += float(inc[-1])  # pix tokens of this step on all ranks
+        n_pix = self.vocab.n_pix
+        self.color_counts += inc[:n_pix]
+        self.seen[:2] += inc[n_pix : n_pix + 2]
+        self._rate[0] += float(inc[n_pix + 1])  # pix tokens of this step on all ranks
+        # global sums and counts of this micro-batch
+        g = dict(zip(LOGGED, inc[n_pix + 2 :])) if world > 1 else {k: t[k].detach() for k in LOGGED}
+        n_global = float(g["n"])
+        if batch_idx % accum == 0 or self._window is None:  # a window starts (Lightning zeroes grads)
+            # provisional denominator: this micro-batch's count times the window length;
+            # on_before_optimizer_step rescales to the window's true count
+            self._window = [max(n_global, 1.0) * accum, 0.0]
+        self._window[1] += n_global
+        # Lightning divides by accum and DDP/FSDP average over ranks: both are undone here
+        loss = t["sum"] * (world * accum) / self._window[0]
+        mean = g["sum"] / g["n"].clamp(min=1)  # the global micro-batch's mean, for the logs
         log = dict(on_step=True, on_epoch=False, batch_size=batch["targets"].shape[0])
-        self.log("train/loss", loss, prog_bar=True, **log)
-        self.log("train/pix_loss", t["pix_sum"] / t["pix_n"].clamp(min=1), **log)
-        self.log("train/word_loss", t["word_sum"] / t["word_n"].clamp(min=1), **log)
-        self.log("train/pix_acc", t["pix_correct"] / t["pix_n"].clamp(min=1), **log)
+        self.log("train/loss", mean, prog_bar=True, **log)
+        self.log("train/pix_loss", g["pix_sum"] / g["pix_n"].clamp(min=1), **log)
+        self.log("train/word_loss", g["word_sum"] / g["word_n"].clamp(min=1), **log)
+        self.log("train/pix_acc", g["pix_correct"] / g["pix_n"].clamp(min=1), **log)
         if int(batch["n_skipped"]):
             self.log("data/skipped", batch["n_skipped"].float(), reduce_fx="sum", **log)
         step = self.global_step + 1  # the optimizer step this batch completes
         if self.global_rank == 0 and self.run_dir and step % self.cfg.trainer.log_every_n_steps == 0:
-            with open(self.run_dir / "train_log.jsonl", "a") as f:  # rank 0's loss, for comparing runs
+            with open(self.run_dir / "train_log.jsonl", "a") as f:  # global mean loss, for comparing runs
                 f.write(json.dumps({"step": step, "epoch": int(self.current_epoch),
-                                    "batch": int(batch["batch_index"]), "loss": float(loss)}) + "\n")
+                                    "batch": int(batch["batch_index"]), "loss": float(mean)}) + "\n")
         return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        # the gradients (unscaled under fp16) hold sum(d ce) / provisional denominator;
+        # make it sum(d ce) / (scored targets of the window on all ranks), before clipping
+        if self._window is None:
+            return
+        provisional, count = self._window
+        self._window = None
+        factor = provisional / max(count, 1.0)
+        if factor != 1.0:
+            for p in self.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(factor)
 
     def on_train_batch_start(self, batch, batch_idx):
         now = time.perf_counter()
@@ -113,12 +145,16 @@ class PixWordLit(L.LightningModule):
         o = self.cfg.optim
         decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
+        norm_decay = o.weight_decay if o.get("decay_norms", False) else 0.0  # authors: every param
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": o.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
+             {"params": no_decay, "weight_decay": norm_decay}],
             lr=o.lr, betas=tuple(o.betas), eps=o.eps,
         )
-        total = o.decay_steps or max(self.cfg.trainer.max_steps, 1)
+        max_steps = self.cfg.trainer.max_steps
+        # max_steps -1: the run is max_epochs long, and so is the cosine
+        total = o.decay_steps or (max_steps if max_steps > 0 else self.trainer.estimated_stepping_batches)
+        total = max(int(total), 1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o.warmup_steps, total, o.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

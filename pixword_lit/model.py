@@ -36,7 +36,8 @@ class PixWordModel(nn.Module):
         self.decoder = Stack(mcfg, mcfg.decoder_layers)
         self.norm = RMSNorm(mcfg.dim, mcfg.norm_eps)
         self.head = nn.Linear(mcfg.dim, vocab.n_classes, bias=False)  # not tied (spec 4.3)
-        self.apply(_init_weights)
+        init = _init_paper if mcfg.get("init", "normal") == "paper" else _init_weights
+        self.apply(init)
         obj_name, obj_params = component_params("objective", mcfg.objective)
         self.dense = obj_name == "dense"
         self.local = None
@@ -44,7 +45,7 @@ class PixWordModel(nn.Module):
             # built and initialized last: the shared weights are drawn exactly as for the
             # paper's objective (same seed, same initial model apart from the local decoder)
             self.local = LocalDecoder(mcfg, obj_params, vocab.n_pix)
-            self.local.apply(_init_weights)
+            self.local.apply(init)
 
     def forward(self, batch: dict, every_pixel: bool | None = None) -> tuple[torch.Tensor, dict]:
         """-> logits (B, T, V + n_pix) at the batch's element positions, and extras.
@@ -137,12 +138,23 @@ def next_window_slot(batch: dict) -> torch.Tensor:
 
 
 def _init_weights(m: nn.Module) -> None:
+    """`model.init: normal`: every linear layer and table N(0, 0.02) (GPT-2 style)."""
     if isinstance(m, nn.Linear):
         nn.init.normal_(m.weight, std=0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
     elif isinstance(m, nn.Embedding):
         nn.init.normal_(m.weight, std=0.02)
+
+
+def _init_paper(m: nn.Module) -> None:
+    """`model.init: paper`, the authors' (HaunLeung/upw src/model/model.py): tables
+    xavier_normal (VocabEmbedding, PixEmbeding), linear layers and the head PyTorch's default
+    uniform(+-1/sqrt(fan_in)) (nn.Linear), norms 1. Tables of the non-paper embeddings alike."""
+    if isinstance(m, nn.Linear):
+        m.reset_parameters()
+    elif isinstance(m, nn.Embedding):
+        nn.init.xavier_normal_(m.weight)
 
 
 def loss_terms(logits: torch.Tensor, targets: torch.Tensor, n_words: int,
