@@ -37,7 +37,8 @@ class PixWordLit(L.LightningModule):
         self.folding = folding_from_state(folding_state)
         self.vocab = Vocab(n_words, self.folding.n_pix)
         self.model = PixWordModel(self.cfg.model, self.vocab, self.folding)
-        self.val_sums = torch.nn.ModuleDict({k: SumMetric(nan_strategy="disable") for k in VAL_SUMS})  # NaN stays NaN
+        # nan_strategy "disable": a NaN loss stays NaN (the default drops it and reports 0)
+        self.val_sums = torch.nn.ModuleDict({k: SumMetric(nan_strategy="disable") for k in VAL_SUMS})
         # global totals, identical on every rank (increments are summed over ranks each step,
         # so the rank-0 checkpoint holds the whole run's counts): the training set's pix
         # target frequencies (for the baseline that always predicts them), then elements
