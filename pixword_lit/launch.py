@@ -312,7 +312,7 @@ def _record(state: dict, run, args, job, spec: Launcher, resume: bool, commit, s
 def _run_local(root, state, todo, n, spec, threads, commit, counts, echo) -> None:
     import submitit
 
-    executor = submitit.LocalExecutor(folder=root / ".submitit")
+    executor = submitit.LocalExecutor(folder=root / ".submitit" / "%j")
     executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
     queue, live = deque(todo), {}
     try:
@@ -384,7 +384,7 @@ def _finish(root: Path, name: str, rec: dict, returncode: int | None, echo, engi
 def _submit_slurm(root, state, todo, n, spec, threads, commit, counts, echo) -> None:
     import submitit
 
-    executor = submitit.SlurmExecutor(folder=root / ".submitit", max_num_timeout=0)
+    executor = submitit.SlurmExecutor(folder=root / ".submitit" / "%j", max_num_timeout=0)
     sig, _, delay = spec.signal.partition("@")
     params = dict(
         nodes=spec.nodes, ntasks_per_node=max(1, spec.gpus_per_node), time=spec.time,
@@ -424,7 +424,7 @@ def refresh(root: Path, state: dict, echo=lambda *a: None) -> None:
 
     submitit.SlurmJob.watcher.clear()
     for name, rec in live.items():
-        job = submitit.SlurmJob(folder=root / ".submitit", job_id=rec["job_id"])
+        job = submitit.SlurmJob(folder=root / ".submitit" / "%j", job_id=rec["job_id"])
         try:
             engine = (job.get_info(mode="force").get("State") or "UNKNOWN").split()[0]
         except Exception:  # noqa: BLE001 - no sacct here: keep the record as it is
