@@ -282,9 +282,8 @@ def run_grid(grid: Grid, root: Path | None = None, spec: Launcher | None = None,
             elif status in IN_FLIGHT and rec.get("launcher") == "slurm":
                 echo(f"[{i}/{len(runs)}] {run.name}: {status} as job {rec.get('job_id')}, left alone")
                 counts["in flight"] = counts.get("in flight", 0) + 1
-            else:  # a local record still in flight was left by a launch that was killed
-                resume = (status in IN_FLIGHT | {"preempted", "interrupted"}
-                          and has_checkpoint(root / run.name))
+            else:
+                resume = status in ("preempted", "interrupted") and has_checkpoint(root / run.name)
                 todo.append((i, run, args, resume))
         save_state(root, state)
         start = time.perf_counter()
@@ -414,7 +413,11 @@ SLURM_ACTIVE = {"PENDING": "submitted", "CONFIGURING": "submitted", "SUSPENDED":
 
 
 def refresh(root: Path, state: dict, echo=lambda *a: None) -> None:
-    """SLURM records in flight -> their state from the engine (sacct through submitit)."""
+    """Under the grid's lock: SLURM records in flight -> their state from the engine (sacct
+    through submitit); local records still in flight were left by a launch that was killed."""
+    for rec in state["runs"].values():
+        if rec.get("launcher") == "local" and rec.get("status") in IN_FLIGHT:
+            rec["status"] = "interrupted"
     live = {n: r for n, r in state["runs"].items()
             if r.get("launcher") == "slurm" and r.get("status") in IN_FLIGHT | {"preempted"}
             and r.get("job_id")}
