@@ -472,7 +472,8 @@ def status_table(grid: Grid, root: Path | None = None, echo=print) -> dict:
         status = run_status(grid, run, root, state, rec.get("args"))
         summary = read_summary(root / run.name) or {}
         loss = summary.get("val/loss") if status == "finished" else None
-        why = (rec.get("error") or "").splitlines()[:1] if status == "failed" else []
+        lines = (rec.get("error") or "").splitlines() if status == "failed" else []
+        why = [": ".join(dict.fromkeys([lines[0], lines[-1]]))[:120]] if lines else []
         rows.append([run.name, status, rec.get("job_id") or "", str(rec.get("wall_s", "")),
                      f"{loss:.4f}" if isinstance(loss, float) else "", *(why or [""])])
     head = ["run", "status", "job", "wall_s", "val/loss", "note"]
