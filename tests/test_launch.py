@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 
 from pixword_lit import launch
 from pixword_lit.cli import main
+from pixword_lit.compare import collect
 from pixword_lit.config import REPO_ROOT, ConfigError
 from pixword_lit.grid import load_grid, load_state, run_status
 from pixword_lit.launch import GridLock, Launcher, launcher_of, run_grid
@@ -77,6 +79,12 @@ def test_local_parallel_failure_paths_skip_and_same_numbers_as_sequential(glyph_
     assert state["commit"] == launch.require_clean(True)
     recorded = {**state, "runs": {n: {k: v for k, v in r.items() if k != "error"} for n, r in recs.items()}}
     assert str(root) not in json.dumps(recorded)  # nothing tied to where the root is
+    moved = tmp_path / "elsewhere" / "par"  # e.g. runs gathered from another machine
+    shutil.copytree(root, moved)
+    col = collect([str(moved)])
+    assert [(r.name, r.error is None, r.axes["optim"]["label"]) for r in col.runs] == [
+        (ok.name, True, "ok"), (crash.name, False, "crash"), (nan.name, False, "nan")]
+    assert col.runs[0].summary["val/loss"] == final(root, ok.name)["val/loss"]
 
     # second launch: the finished run is skipped (untouched), the failed ones run again
     mtime = (root / ok.name / "summary.json").stat().st_mtime
