@@ -138,6 +138,7 @@ class Cell:
     args: list
     resume: bool = False
     threads: int | None = None
+    env: dict = field(default_factory=dict)  # variables for fit (None: unset)
 
     def resume_now(self, environ) -> bool:
         """--resume last when launched so, or when SLURM re-runs a requeued job that left a
@@ -149,9 +150,14 @@ class Cell:
         rank = int(os.environ.get("SLURM_PROCID") or os.environ.get("SUBMITIT_LOCAL_GLOBALID") or 0)
         resume = self.resume_now(os.environ)
         cmd = fit_command(self.args, Path(self.root) / self.name, resume)
-        env = dict(os.environ)
-        if self.threads:
-            env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
+        shown = {"OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)} \
+            if self.threads else {}
+        env, shown = dict(os.environ), {**shown, **self.env}
+        for k, v in shown.items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
         for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM):  # fit acts on them, not we
             signal.signal(sig, lambda *_: None)
         log = Path(self.root) / log_path(self.name, rank)
@@ -160,7 +166,8 @@ class Cell:
         with open(log, "a") as f:
             f.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} job {job} rank {rank} on "
                     f"{socket.gethostname()}: {'resume' if resume else 'start'}\n"
-                    f"OMP_NUM_THREADS={self.threads} {shlex.join(cmd)}\n\n")
+                    + "".join(f"{k}={v} " for k, v in shown.items() if v is not None)
+                    + f"{shlex.join(cmd)}\n\n")
             f.flush()
             proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=self.cwd,
                                     preexec_fn=_die_with_parent)
@@ -294,10 +301,13 @@ def run_grid(grid: Grid, root: Path | None = None, spec: Launcher | None = None,
     return counts
 
 
-def _cell(root: Path, run, args, resume: bool, threads) -> Cell:
+def _cell(root: Path, run, args, resume: bool, threads, local: bool) -> Cell:
     if not resume:
         (root / run.name / "summary.json").unlink(missing_ok=True)  # a stale one must not count
-    return Cell(run.name, str(root.resolve()), os.getcwd(), args, resume, threads)
+    # submitit's LocalExecutor hides every GPU (CUDA_VISIBLE_DEVICES=""); a local run sees
+    # the GPUs the launch saw. Under SLURM the job's allocation decides.
+    env = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")} if local else {}
+    return Cell(run.name, str(root.resolve()), os.getcwd(), args, resume, threads, env)
 
 
 def _record(state: dict, run, args, job, spec: Launcher, resume: bool, commit, status: str) -> dict:
@@ -318,7 +328,7 @@ def _run_local(root, state, todo, n, spec, threads, commit, counts, echo) -> Non
         while queue or live:
             while queue and len(live) < spec.parallel:
                 i, run, args, resume = queue.popleft()
-                job = executor.submit(_cell(root, run, args, resume, threads))
+                job = executor.submit(_cell(root, run, args, resume, threads, local=True))
                 rec = _record(state, run, args, job, spec, resume, commit,
                               "resumed" if resume else "running")
                 live[run.name] = (job, rec, time.perf_counter())
@@ -398,7 +408,7 @@ def _submit_slurm(root, state, todo, n, spec, threads, commit, counts, echo) -> 
         params["gpus_per_node"] = spec.gpus_per_node
     for i, run, args, resume in todo:
         executor.update_parameters(job_name=f"pixword-{state['grid']}-{run.name}", **params)
-        job = executor.submit(_cell(root, run, args, resume, threads))
+        job = executor.submit(_cell(root, run, args, resume, threads, local=False))
         rec = _record(state, run, args, job, spec, resume, commit, "submitted")
         save_state(root, state)
         counts["submitted"] = counts.get("submitted", 0) + 1

@@ -60,7 +60,9 @@ def final(root: Path, name: str) -> dict:
     return json.loads((root / name / "summary.json").read_text())
 
 
-def test_local_parallel_failure_paths_skip_and_same_numbers_as_sequential(glyph_shards, tmp_path):
+def test_local_parallel_failure_paths_skip_and_same_numbers_as_sequential(glyph_shards, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")  # submitit's local jobs would see ""
     grid = load_grid(write_grid(tmp_path / "g.yaml", glyph_shards, OPTIM_AXIS))
     ok, crash, nan = grid.runs()
     root = tmp_path / "par"
@@ -91,6 +93,8 @@ def test_local_parallel_failure_paths_skip_and_same_numbers_as_sequential(glyph_
     assert run_grid(grid, root, spec, allow_dirty=True, **QUIET) == {"skipped": 1, "failed": 2}
     assert (root / ok.name / "summary.json").stat().st_mtime == mtime
     assert (root / "logs" / f"{crash.name}.log").read_text().count("== ") == 2  # both attempts
+    assert "\nOMP_NUM_THREADS=1 MKL_NUM_THREADS=1 CUDA_VISIBLE_DEVICES=7 " in (
+        root / "logs" / f"{ok.name}.log").read_text()
 
     # the same run alone, sequentially: the same numbers (same seed, same threads)
     one = load_grid(write_grid(tmp_path / "one.yaml", glyph_shards,
