@@ -87,6 +87,10 @@ def launcher_of(grid: Grid, **overrides) -> Launcher:
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r} (valid: {', '.join(sorted(LAUNCHER_KEYS))})")
     spec = Launcher(**raw)
+    if isinstance(spec.setup, str):
+        spec.setup = [spec.setup]
+    if not isinstance(spec.sbatch, dict):
+        raise ConfigError(f"{where}.sbatch: must be a mapping of sbatch options, e.g. {{qos: high}}")
     if spec.name not in ("local", "slurm"):
         raise ConfigError(f"{where}.name: {spec.name!r} is not local or slurm")
     if int(spec.parallel) < 1:

@@ -80,6 +80,7 @@ def test_job_script_carries_resources_signal_requeue_and_one_task_per_gpu(fake_s
                  "--time=90", "--partition=gpu", "--account=proj", "--signal=USR1@120",
                  "--requeue", "--qos=high"):
         assert f"#SBATCH {flag}\n" in script, flag
+    assert "USR2" not in script  # submitit's own signal (and requeue) is not asked for
     assert "\nsource .venv/bin/activate\n" in script
     assert "srun --unbuffered" in script and "-m submitit.core._submit" in script
     rec = load_state(root)["runs"][grid.runs()[0].name]
