@@ -56,7 +56,8 @@ def _grid(a) -> int:
     from pathlib import Path
 
     from pixword_lit.grid import dry_run, list_grids, load_grid
-    from pixword_lit.launch import cell_threads, launcher_args, launcher_of, run_grid, status_table
+    from pixword_lit.grid_status import status_table
+    from pixword_lit.launch import cell_threads, launcher_args, launcher_of, run_grid
 
     if a.list:
         list_grids()

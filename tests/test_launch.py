@@ -24,7 +24,8 @@ from pixword_lit.cli import main
 from pixword_lit.compare import collect
 from pixword_lit.config import REPO_ROOT, ConfigError
 from pixword_lit.grid import load_grid, load_state, run_status
-from pixword_lit.launch import GridLock, Launcher, launcher_of, run_grid
+from pixword_lit.grid_status import GridLock
+from pixword_lit.launch import Launcher, launcher_of, run_grid
 
 QUICKSTART = REPO_ROOT / "experiments" / "quickstart.yaml"
 QUIET = {"echo": lambda *a: None}
