@@ -61,12 +61,20 @@ class GridLock:
         self.file.close()
 
 
+def preempted_now(root: Path, name: str, rec: dict) -> bool:
+    """summary.json says preempted, written since this attempt was launched (a resumed run
+    that then crashed leaves the old one: that is a failure, not a second preemption)."""
+    p = root / name / "summary.json"
+    summary = read_summary(root / name) or {}
+    return summary.get("status") == "preempted" and p.stat().st_mtime >= rec.get("launched_at", 0)
+
+
 def record_end(root: Path, name: str, rec: dict, returncode: int | None, echo, engine: str = "") -> None:
     """A run's process has ended: finished, preempted (summary says so) or failed."""
     summary = read_summary(root / name)
     problem = summary_problem(summary)
     rec["returncode"] = returncode
-    if summary and summary.get("status") == "preempted":
+    if preempted_now(root, name, rec):
         rec.update(status="preempted", error=None)
         echo(f"    {name}: preempted at step {summary.get('steps')}; the next launch resumes it")
     elif problem is None and returncode in (0, None) and engine in ("", "COMPLETED"):
@@ -111,8 +119,7 @@ def refresh(root: Path, state: dict, echo=lambda *a: None) -> None:
             engine = (job.get_info(mode="force").get("State") or "UNKNOWN").split()[0]
         except Exception:  # noqa: BLE001 - no sacct here: keep the record as it is
             return
-        summary = read_summary(root / name) or {}
-        was_preempted = summary.get("status") == "preempted" or rec["status"] == "preempted"
+        was_preempted = preempted_now(root, name, rec) or rec["status"] == "preempted"
         if engine == "UNKNOWN":
             continue
         if engine in SLURM_ACTIVE:
@@ -122,7 +129,7 @@ def refresh(root: Path, state: dict, echo=lambda *a: None) -> None:
             elif status == "submitted" and was_preempted:
                 status = "preempted"
             rec["status"] = status
-        elif engine == "PREEMPTED" or (summary.get("status") == "preempted"):
+        elif engine == "PREEMPTED" or preempted_now(root, name, rec):
             rec.update(status="preempted", error=None)
         else:
             rc = None

@@ -189,7 +189,7 @@ def _cell(root: Path, run, args, resume: bool, threads, local: bool) -> Cell:
 def _record(state: dict, run, args, job, spec: Launcher, resume: bool, commit, status: str) -> dict:
     rec = {"status": status, "args": args, "dir": run.name, "log": log_path(run.name),
            "launcher": spec.name, "job_id": str(job.job_id), "resume": resume, "commit": commit,
-           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "error": None}
+           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "launched_at": time.time(), "error": None}
     state["runs"][run.name] = rec
     return rec
 

@@ -206,3 +206,19 @@ def test_ctrl_c_leaves_cells_interrupted_and_the_next_launch_resumes_them(glyph_
     for n in stopped:
         assert load_state(root)["runs"][n]["resume"] is True
         assert final(root, n)["resumed_from"] is not None and final(root, n)["steps"] == 60
+
+
+def test_a_preempted_summary_counts_only_for_the_attempt_that_wrote_it(tmp_path):
+    from pixword_lit.grid_status import record_end
+
+    (tmp_path / "r").mkdir()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "r.log").write_text("Traceback ...\nRuntimeError: boom\n")
+    (tmp_path / "r" / "summary.json").write_text(json.dumps({"status": "preempted", "steps": 2}))
+    written = (tmp_path / "r" / "summary.json").stat().st_mtime
+    rec = {"log": "logs/r.log", "launched_at": written - 1}
+    record_end(tmp_path, "r", rec, 3, **QUIET)
+    assert rec["status"] == "preempted"  # written by this attempt: resume it next time
+    rec = {"log": "logs/r.log", "launched_at": written + 1}  # the resumed attempt crashed
+    record_end(tmp_path, "r", rec, 1, **QUIET)
+    assert rec["status"] == "failed" and rec["error"].endswith("RuntimeError: boom")
