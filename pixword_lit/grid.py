@@ -226,6 +226,9 @@ def run_status(grid: Grid, run: Run, root: Path, state: dict, args: list[str] | 
     with other arguments: runs again from scratch), else the recorded status (or pending)."""
     rec = state["runs"].get(run.name, {})
     args = args if args is not None else cell_args(grid, run)
+    if rec and "args" not in rec and "command" in rec:  # a record from before launchers
+        rec = {**rec, "args": [x for x in rec["command"][4:]
+                               if not x.startswith("run.dir=") and x != "--overwrite"]}
     if rec and rec.get("args") != args:
         return "changed"
     if summary_problem(read_summary(Path(root) / run.name)) is None:

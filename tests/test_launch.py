@@ -23,7 +23,7 @@ from pixword_lit import launch
 from pixword_lit.cli import main
 from pixword_lit.compare import collect
 from pixword_lit.config import REPO_ROOT, ConfigError
-from pixword_lit.grid import load_grid, load_state, run_status
+from pixword_lit.grid import cell_args, load_grid, load_state, run_status
 from pixword_lit.grid_status import GridLock
 from pixword_lit.launch import Launcher, launcher_of, run_grid
 
@@ -222,3 +222,17 @@ def test_a_preempted_summary_counts_only_for_the_attempt_that_wrote_it(tmp_path)
     rec = {"log": "logs/r.log", "launched_at": written + 1}  # the resumed attempt crashed
     record_end(tmp_path, "r", rec, 1, **QUIET)
     assert rec["status"] == "failed" and rec["error"].endswith("RuntimeError: boom")
+
+
+def test_records_from_before_launchers_are_read(tmp_path):
+    """A grid_state.json written by the sequential runner (a `command`, no `args`) keeps its
+    runs' status, and a different command still reads as changed."""
+    grid = load_grid("attention")
+    run = grid.runs()[0]
+    args = cell_args(grid, run)
+    old = [sys.executable, "-m", "pixword_lit.cli", "fit", *args[:-2],
+           f"run.dir={tmp_path / run.name}", *args[-2:], "--overwrite"]
+    state = {"runs": {run.name: {"command": old, "status": "failed"}}}
+    assert run_status(grid, run, tmp_path, state) == "failed"
+    old[5] = "trainer.max_steps=1"
+    assert run_status(grid, run, tmp_path, {"runs": {run.name: {"command": old}}}) == "changed"
