@@ -101,7 +101,7 @@ def has_checkpoint(run_dir: Path) -> bool:
     try:
         find_resume_checkpoint(run_dir, "last")
         return True
-    except ConfigError:
+    except (ConfigError, ValueError):  # none there (checkpoint errors are ValueErrors)
         return False
 
 
