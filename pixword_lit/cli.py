@@ -134,7 +134,9 @@ def _bench(a) -> int:
 def _grid(a) -> int:
     from pathlib import Path
 
-    from pixword_lit.grid import list_grids, load_grid, run_grid
+    from pixword_lit.grid import dry_run, list_grids, load_grid
+    from pixword_lit.grid_status import status_table
+    from pixword_lit.launch import cell_threads, launcher_args, launcher_of, run_grid
 
     if a.list:
         list_grids()
@@ -142,7 +144,31 @@ def _grid(a) -> int:
     if not a.grid:
         print("pixword grid: error: give a grid file or name, or --list", file=sys.stderr)
         return 2
-    counts = run_grid(load_grid(a.grid), Path(a.root) if a.root else None, dry_run=a.dry_run)
+    grid = load_grid(a.grid)
+    if a.threads:
+        grid.threads = a.threads
+    opts = dict(kv.split("=", 1) for kv in a.launcher_opt if "=" in kv)
+    bad = [kv for kv in a.launcher_opt if "=" not in kv]
+    if bad:
+        print(f"pixword grid: error: --launcher-opt {bad[0]!r} is not KEY=VALUE", file=sys.stderr)
+        return 2
+    from omegaconf import OmegaConf  # values typed as in YAML: 4 -> int, true -> bool
+
+    opts = {k: OmegaConf.to_container(OmegaConf.from_dotlist([f"v={v}"]))["v"] for k, v in opts.items()}
+    spec = launcher_of(grid, name=a.launcher, parallel=a.parallel, **opts)
+    root = Path(a.root) if a.root else None
+    if a.status:
+        counts = status_table(grid, root)
+    elif a.dry_run:
+        counts = dry_run(grid, root or grid.default_root(), cell_threads(grid, spec),
+                         extra=launcher_args(spec))
+    else:
+        try:
+            counts = run_grid(grid, root, spec, allow_dirty=a.allow_dirty)
+        except KeyboardInterrupt:
+            print("pixword grid: interrupted; running cells are marked finished or interrupted "
+                  "in grid_state.json, and the next launch picks them up", file=sys.stderr)
+            return 130
     return 1 if counts.get("failed") or counts.get("invalid") else 0
 
 
@@ -197,12 +223,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=_print_config)
 
     g = sub.add_parser("grid", help="run a grid of experiments, one process per run; see experiments/grids",
-                       description="Run every run of a grid in turn; finished runs are skipped, failed "
-                       "ones retried. State and logs in the grid root (default runs/grids/NAME).")
+                       description="Run every unfinished run of a grid: locally N at a time or on SLURM "
+                       "(through submitit). Finished runs are skipped, the others run again; preempted "
+                       "or interrupted ones resume. State and logs in the grid root (default "
+                       "runs/grids/NAME).")
     g.add_argument("grid", nargs="?", help="a grid YAML, or the name of a predefined grid")
     g.add_argument("--dry-run", action="store_true", help="print the runs and their exact commands")
     g.add_argument("--list", action="store_true", help="list the predefined grids")
+    g.add_argument("--status", action="store_true",
+                   help="print every run's record (refreshed from SLURM) and exit")
     g.add_argument("--root", help="grid root folder (default runs/grids/NAME)")
+    g.add_argument("--launcher", choices=["local", "slurm"],
+                   help="default: the grid's launcher.name, else local")
+    g.add_argument("--parallel", type=int, help="local: cells at once (default: launcher.parallel, else 1)")
+    g.add_argument("--threads", type=int, help="intra-op threads per cell (default: cores / parallel - 1)")
+    g.add_argument("--launcher-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a `launcher:` key, e.g. partition=gpu time=240 gpus_per_node=4")
+    g.add_argument("--allow-dirty", action="store_true",
+                   help="launch from a checkout with uncommitted changes (not for results)")
     g.set_defaults(fn=_grid)
 
     m = sub.add_parser("compare", help="summarize runs: results/GRID/summary.csv, summary.md, plots")

@@ -89,7 +89,7 @@ def _from_root(root: Path, name: str, source: str) -> Collection:
     state = load_state(root)
     if not state.get("order"):
         raise ConfigError(f"compare: {root} holds no grid state; run `pixword grid` first")
-    axes_of = _axes_by_run(state.get("spec") or {})
+    axes_of = state.get("axes") or {}  # run name -> axis values, recorded at launch
     runs = []
     for run_name in state["order"]:
         rec = state["runs"].get(run_name, {})
@@ -100,17 +100,6 @@ def _from_root(root: Path, name: str, source: str) -> Collection:
         error = (rec.get("error") or problem) if problem else None
         runs.append(RunRecord(run_name, root / run_name, s, error, axes_of.get(run_name, {})))
     return Collection(name, runs, source, state.get("spec"), root)
-
-
-def _axes_by_run(spec: dict) -> dict:
-    """Run name -> axis values, by expanding the recorded spec again."""
-    if not spec.get("axes"):
-        return {}
-    from pixword_lit.grid import Grid
-
-    g = Grid(name="", path=Path("."), base=Path(spec["base"]), fixed=spec.get("fixed") or {},
-             axes=spec["axes"], seeds=spec.get("seeds", [0]))
-    return {r.name: r.axes for r in g.runs()}
 
 
 # ---- numbers -------------------------------------------------------------------------------

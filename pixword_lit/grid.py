@@ -12,17 +12,20 @@ A grid file (experiments/grids/*.yaml):
         - {name: uniform, factor: 32}
         - {name: palette, colors: 512, label: palette512}   # `label` only names the cell
     seeds: [0, 1]                 # run.seed values (default [0])
-    threads: 1                    # intra-op threads per run (default 1; see below)
+    threads: 1                    # intra-op threads per run (default: see below)
     power_law: val/loss           # optional: `pixword compare` fits metric = a * params^-alpha
+    launcher: {name: local, parallel: 2}   # optional: how cells run (launch.py; README)
 
 Order: seeds outermost, then the cartesian product of the axes with the last axis fastest,
 so a grid cut short has every cell at the first seed before any at the second.
 Names: per axis `<last part of the key>-<value>`, joined by `_`, then `_s<seed>`.
-State: `<root>/grid_state.json` records each run's command, status and error tail; a run is
-finished iff `<root>/<run>/summary.json` says finished with a finite val/loss and it was
-made by the same command. Running a grid again skips finished runs and retries the others.
-Threads: runs use one intra-op thread by default, because on a 2-core machine the data
-worker takes the other core and a second compute thread made each step slower, not faster.
+State: `<root>/grid_state.json` records each run's `fit` arguments, status and error tail
+(launch.py runs the cells and keeps it); a run is finished iff `<root>/<run>/summary.json`
+says finished with a finite val/loss and it was made with the same arguments. Running a
+grid again skips finished runs and runs the others again.
+Threads: by default each of the N cells running at once gets cores / N of the machine, one
+of them left to its data worker (on a 2-core machine: one intra-op thread, since there a
+second compute thread made each step slower, not faster); `threads:` fixes the number.
 """
 
 from __future__ import annotations
@@ -33,10 +36,8 @@ import math
 import os
 import re
 import shlex
-import subprocess
 import sys
 import textwrap
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +46,7 @@ import yaml
 from pixword_lit.config import REPO_ROOT, ConfigError, load_config
 
 GRID_DIR = REPO_ROOT / "experiments" / "grids"
-GRID_KEYS = {"name", "base", "fixed", "axes", "seeds", "threads", "power_law"}
+GRID_KEYS = {"name", "base", "fixed", "axes", "seeds", "threads", "power_law", "launcher"}
 
 
 @dataclass
@@ -65,8 +66,9 @@ class Grid:
     fixed: dict = field(default_factory=dict)
     axes: dict = field(default_factory=dict)
     seeds: list = field(default_factory=lambda: [0])
-    threads: int = 1
+    threads: int | None = None  # None: the launcher's share of the cores
     power_law: str | None = None
+    launcher: dict = field(default_factory=dict)
 
     def runs(self) -> list[Run]:
         keys = list(self.axes)
@@ -105,10 +107,15 @@ def load_grid(path: str | Path) -> Grid:
     for k, v in axes.items():
         if not isinstance(v, list) or not v:
             raise ConfigError(f"{p}: axis {k!r} must be a non-empty list of values")
+    launcher = raw.get("launcher") or {}
+    if not isinstance(launcher, dict):
+        raise ConfigError(f"{p}: `launcher:` must be a mapping (see README, Grids)")
     base = (p.parent / raw["base"]).resolve()
+    threads = raw.get("threads")
     return Grid(name=raw.get("name", p.stem), path=p, base=base, fixed=raw.get("fixed") or {},
-                axes=axes, seeds=list(raw.get("seeds", [0])), threads=int(raw.get("threads", 1)),
-                power_law=raw.get("power_law"))
+                axes=axes, seeds=list(raw.get("seeds", [0])),
+                threads=None if threads is None else int(threads),
+                power_law=raw.get("power_law"), launcher=launcher)
 
 
 def predefined() -> list[str]:
@@ -153,19 +160,21 @@ def _name_part(key: str, value) -> str:
 
 
 # ---- commands and state --------------------------------------------------------------------
+def cell_args(grid: Grid, run: Run) -> list[str]:
+    """What makes a run what it is: `fit`'s config and overrides (the run folder excluded, so
+    the record is the same whichever machine or grid root runs it)."""
+    return [os.path.relpath(grid.base), *run.overrides, f"run.name={run.name}", f"run.seed={run.seed}"]
+
+
+def fit_command(args: list[str], run_dir: Path | str, resume: bool = False) -> list[str]:
+    """The process of one run: a fresh start (`--overwrite`) or `--resume last`."""
+    return [sys.executable, "-m", "pixword_lit.cli", "fit", *args, f"run.dir={run_dir}",
+            *(["--resume", "last"] if resume else ["--overwrite"])]
+
+
 def run_overrides(run: Run, root: Path) -> list[str]:
     return [*run.overrides, f"run.dir={root / run.name}", f"run.name={run.name}",
             f"run.seed={run.seed}"]
-
-
-def command(grid: Grid, run: Run, root: Path) -> list[str]:
-    base = os.path.relpath(grid.base)
-    return [sys.executable, "-m", "pixword_lit.cli", "fit", base, *run_overrides(run, root),
-            "--overwrite"]
-
-
-def shell_line(grid: Grid, cmd: list[str]) -> str:
-    return f"OMP_NUM_THREADS={grid.threads} " + shlex.join(cmd)
 
 
 def check_configs(grid: Grid, root: Path | None = None) -> dict[str, str]:
@@ -181,11 +190,12 @@ def check_configs(grid: Grid, root: Path | None = None) -> dict[str, str]:
 
 
 def load_state(root: Path) -> dict:
-    p = root / "grid_state.json"
+    p = Path(root) / "grid_state.json"
     return json.loads(p.read_text()) if p.exists() else {"runs": {}}
 
 
 def save_state(root: Path, state: dict) -> None:
+    root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / "grid_state.json.tmp"
     tmp.write_text(json.dumps(state, indent=1))
@@ -211,92 +221,52 @@ def summary_problem(summary: dict | None) -> str | None:
     return None
 
 
-def run_status(grid: Grid, run: Run, root: Path, state: dict) -> str:
+def run_status(grid: Grid, run: Run, root: Path, state: dict, args: list[str] | None = None) -> str:
+    """finished (same arguments, summary finished with a finite val/loss), changed (recorded
+    with other arguments: runs again from scratch), else the recorded status (or pending)."""
     rec = state["runs"].get(run.name, {})
-    cmd = command(grid, run, root)
-    same = rec.get("command", cmd)[1:] == cmd[1:]  # the interpreter's path may differ
-    if same and summary_problem(read_summary(root / run.name)) is None:
-        return "finished"
-    if not same:
+    args = args if args is not None else cell_args(grid, run)
+    if rec and "args" not in rec and "command" in rec:  # a record from before launchers
+        rec = {**rec, "args": [x for x in rec["command"][4:]
+                               if not x.startswith("run.dir=") and x != "--overwrite"]}
+    if rec and rec.get("args") != args:
         return "changed"
+    if summary_problem(read_summary(Path(root) / run.name)) is None:
+        return "finished"
     return {"finished": "pending"}.get(rec.get("status"), rec.get("status", "pending"))
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
 
 
-def run_grid(grid: Grid, root: Path | None = None, dry_run: bool = False, echo=print) -> dict:
-    """Run every unfinished run of the grid in turn; -> {status: count} after the pass."""
-    root = Path(root or grid.default_root())
-    runs = grid.runs()
-    state = load_state(root)
+def dry_run(grid: Grid, root: Path, threads: int | None, echo=print, extra: list[str] = ()) -> dict:
+    """Print every run, its status and its exact command; -> {status: count}. Runs nothing."""
+    root = Path(root)
+    runs, state = grid.runs(), load_state(root)
+    invalid = check_configs(grid, root)
+    echo(f"grid {grid.name}: {len(runs)} runs ({len(runs) // len(grid.seeds)} cells x "
+         f"{len(grid.seeds)} seeds) in {root}")
     counts: dict[str, int] = {}
-    if dry_run:
-        invalid = check_configs(grid, root)
-        echo(f"grid {grid.name}: {len(runs)} runs ({len(runs) // len(grid.seeds)} cells x "
-             f"{len(grid.seeds)} seeds) in {root}")
-        for i, run in enumerate(runs, 1):
-            status = run_status(grid, run, root, state)
-            note = f"  INVALID: {invalid[run.name]}" if run.name in invalid else ""
-            echo(f"[{i}/{len(runs)}] {run.name} ({status}){note}")
-            echo("  " + shell_line(grid, command(grid, run, root)))
-            status = "invalid" if note else status
-            counts[status] = counts.get(status, 0) + 1
-        return counts
-    state.update(grid=grid.name, file=os.path.relpath(grid.path), root=str(root),
-                 spec=_spec(grid), order=[r.name for r in runs])
-    save_state(root, state)
-    env = {**os.environ, "OMP_NUM_THREADS": str(grid.threads), "MKL_NUM_THREADS": str(grid.threads)}
-    grid_start = time.perf_counter()
     for i, run in enumerate(runs, 1):
-        cmd = command(grid, run, root)
-        if run_status(grid, run, root, state) == "finished":
-            echo(f"[{i}/{len(runs)}] {run.name}: finished before, skipped")
-            counts["skipped"] = counts.get("skipped", 0) + 1
-            continue
-        run_dir, log = root / run.name, root / "logs" / f"{run.name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        (run_dir / "summary.json").unlink(missing_ok=True)  # a stale one must not count
-        rec = {"status": "running", "command": cmd, "log": os.path.relpath(log, root),
-               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        state["runs"][run.name] = rec
-        save_state(root, state)
-        echo(f"[{i}/{len(runs)}] {run.name}: running (log {log})")
-        start = time.perf_counter()
-        try:
-            with open(log, "w") as f:
-                f.write(shell_line(grid, cmd) + "\n\n")
-                f.flush()
-                proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-        except KeyboardInterrupt:
-            rec.update(status="interrupted", wall_s=round(time.perf_counter() - start, 1))
-            save_state(root, state)
-            raise
-        rec["wall_s"] = round(time.perf_counter() - start, 1)
-        rec["returncode"] = proc.returncode
-        summary = read_summary(run_dir)
-        problem = summary_problem(summary)
-        if proc.returncode == 0 and problem is None:
-            rec.update(status="finished", error=None)
-            echo(f"    finished in {rec['wall_s']:.0f} s: val/loss {summary['val/loss']:.4f}")
-        else:
-            why = f"exit code {proc.returncode}" if proc.returncode else problem
-            rec.update(status="failed", error=f"{why}\n{_tail(log)}".strip())
-            echo(f"    FAILED ({why}) after {rec['wall_s']:.0f} s; see {log}")
-        counts[rec["status"]] = counts.get(rec["status"], 0) + 1
-        save_state(root, state)
-    echo(f"grid {grid.name}: {counts} in {time.perf_counter() - grid_start:.0f} s; "
-         f"state in {root / 'grid_state.json'}")
+        args = [*cell_args(grid, run), *extra]
+        status = run_status(grid, run, root, state, args)
+        note = f"  INVALID: {invalid[run.name]}" if run.name in invalid else ""
+        echo(f"[{i}/{len(runs)}] {run.name} ({status}){note}")
+        cmd = fit_command(args, root / run.name, resume=status in ("preempted", "interrupted"))
+        echo("  " + (f"OMP_NUM_THREADS={threads} " if threads else "") + shlex.join(cmd))
+        status = "invalid" if note else status
+        counts[status] = counts.get(status, 0) + 1
     return counts
 
 
-def _spec(grid: Grid) -> dict:
+def spec_of(grid: Grid) -> dict:
     return {"base": os.path.relpath(grid.base), "fixed": grid.fixed, "axes": grid.axes,
-            "seeds": grid.seeds, "threads": grid.threads, "power_law": grid.power_law}
+            "seeds": grid.seeds, "threads": grid.threads, "power_law": grid.power_law,
+            "launcher": grid.launcher}
 
 
 def list_grids(echo=print) -> None:

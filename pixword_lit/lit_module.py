@@ -41,7 +41,8 @@ class PixWordLit(L.LightningModule):
         self.folding = folding_from_state(folding_state)
         self.vocab = Vocab(n_words, self.folding.n_pix)
         self.model = PixWordModel(self.cfg.model, self.vocab, self.folding)
-        self.val_sums = torch.nn.ModuleDict({k: SumMetric() for k in VAL_SUMS})
+        # nan_strategy "disable": a NaN loss stays NaN (the default drops it and reports 0)
+        self.val_sums = torch.nn.ModuleDict({k: SumMetric(nan_strategy="disable") for k in VAL_SUMS})
         # global totals, identical on every rank (increments are summed over ranks each step,
         # so the rank-0 checkpoint holds the whole run's counts): the training set's pix
         # target frequencies (for the baseline that always predicts them), then elements
@@ -215,7 +216,7 @@ class PixWordLit(L.LightningModule):
             out["val/word_loss"] = float("nan")  # image-only data has no word targets
         self.last_val = out
         for k, v in out.items():
-            if math.isfinite(v):
+            if math.isfinite(v) or k == "val/loss":  # a NaN val/loss is logged: the run diverged
                 self.log(k, v, sync_dist=False)  # already reduced over ranks
         fresh = self.global_step != getattr(self, "_last_val_step", None)  # final re-validation
         self._last_val_step = self.global_step

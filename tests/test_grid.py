@@ -22,12 +22,12 @@ from pixword_lit.grid import (
     load_grid,
     load_state,
     predefined,
-    run_grid,
     run_status,
     summary_problem,
 )
+from pixword_lit.launch import run_grid
 
-PREDEFINED = ["attention", "embedding", "fold", "scale", "window"]
+PREDEFINED = ["attention", "embedding", "fold", "objective", "reading", "scale", "window"]
 QUICKSTART = REPO_ROOT / "experiments" / "quickstart.yaml"
 
 
@@ -73,7 +73,7 @@ def test_grid_file_errors(tmp_path):
         load_grid("no_such_grid")
 
 
-def test_list_shows_the_five_grids(capsys):
+def test_list_shows_the_predefined_grids(capsys):
     assert predefined() == PREDEFINED
     assert main(["grid", "--list"]) == 0
     out = capsys.readouterr().out
@@ -142,7 +142,8 @@ seeds: [0]
     root = tmp_path / "root"
     grid = load_grid(path)
     good, bad = grid.runs()
-    assert run_grid(grid, root, echo=lambda *a: None) == {"finished": 1, "failed": 1}
+    # allow_dirty: a developer's checkout may have uncommitted changes (test_launch tests the rule)
+    assert run_grid(grid, root, allow_dirty=True, echo=lambda *a: None) == {"finished": 1, "failed": 1}
     state = load_state(root)
     assert state["runs"][good.name]["status"] == "finished"
     assert state["runs"][bad.name]["status"] == "failed"
@@ -157,7 +158,7 @@ seeds: [0]
 
     # second pass: the finished run is skipped, the failed one is tried again
     mtime = (root / good.name / "summary.json").stat().st_mtime
-    assert run_grid(grid, root, echo=lambda *a: None) == {"skipped": 1, "failed": 1}
+    assert run_grid(grid, root, allow_dirty=True, echo=lambda *a: None) == {"skipped": 1, "failed": 1}
     assert (root / good.name / "summary.json").stat().st_mtime == mtime
     assert run_status(grid, good, root, load_state(root)) == "finished"
 
