@@ -34,8 +34,9 @@ PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped early on a signal, resumable with --
 class Preempted(Exception):
     """Raised on every rank at the step a preemption signal was agreed on."""
 
-    def __init__(self, step: int, checkpoint: Path, signame: str):
-        super().__init__(f"preempted by {signame} at step {step}; checkpoint {checkpoint}")
+    def __init__(self, step: int, checkpoint: Path, signame: str | None):
+        by = signame or "a signal to another rank"
+        super().__init__(f"preempted by {by} at step {step}; checkpoint {checkpoint}")
         self.step, self.checkpoint, self.signame = step, checkpoint, signame
 
 
@@ -108,7 +109,7 @@ class RunControl(Callback):
         if stop:
             path = self.ckpt_dir / "last.ckpt"
             trainer.save_checkpoint(path)
-            raise Preempted(step, path, self.received or "a signal on another rank")
+            raise Preempted(step, path, self.received)
         if self._is_final(trainer) and not (self.every_n_steps and step % self.every_n_steps == 0):
             trainer.save_checkpoint(self.ckpt_dir / "last.ckpt")  # (a periodic one saves it else)
 
