@@ -211,7 +211,8 @@ def make_summary(cfg, module, trainer, control: RunControl, status: str = "finis
         "pix_tokens_per_s": round(float(seen[1]) / train_s, 1) if train_s > 0 else None,
         "resumed_from": list(control.resumed_from),  # every checkpoint this run went through
         "machine": machine(),
-        **{k: float(v) for k, v in module.last_val.items()},
+        # a preempted run has not validated its model: no metrics rather than older ones
+        **({k: float(v) for k, v in module.last_val.items()} if status == "finished" else {}),
     }
 
 
