@@ -37,6 +37,7 @@ class RngProbe(Callback):
 
 def main(spec_path: str) -> None:
     spec = json.loads(open(spec_path).read())
+    torch.set_num_threads(1)  # tiny models: one thread is fastest, and 2 cores are shared
     make_trainer = train.make_trainer
 
     def with_probe(cfg, run_dir, logger=True, control=None):
