@@ -170,8 +170,11 @@ def schedule_length(cfg) -> int:
 def warn_schedule_change(cfg: DictConfig, ckpt_path: str) -> None:
     """--resume with another cosine length (decay_steps null and max_steps changed): say so."""
     path = Path(ckpt_path)
-    meta = torch.load(path / parallel.METADATA if path.is_dir() else path, map_location="cpu",
-                      weights_only=True, mmap=not path.is_dir())
+    try:
+        meta = torch.load(path / parallel.METADATA if path.is_dir() else path, map_location="cpu",
+                          weights_only=True, mmap=not path.is_dir())
+    except Exception:  # an older checkpoint with other types: no warning rather than no resume
+        return
     before = meta.get("hyper_parameters", {}).get("config")
     step = int(meta.get("global_step", 0))
     if not before:
