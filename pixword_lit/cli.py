@@ -11,11 +11,17 @@ import sys
 
 def _fit(a) -> int:
     from pixword_lit.config import load_config
+    from pixword_lit.control import PREEMPTED_EXIT, Preempted
     from pixword_lit.report import print_table
     from pixword_lit.train import fit
 
     cfg = load_config(a.config, a.overrides)
-    summary = fit(cfg, resume=a.resume, overwrite=a.overwrite)
+    try:
+        summary = fit(cfg, resume=a.resume, overwrite=a.overwrite)
+    except Preempted as e:
+        print(f"pixword fit: {e}; exit code {PREEMPTED_EXIT}; continue with --resume last",
+              file=sys.stderr, flush=True)
+        return PREEMPTED_EXIT
     if summary is not None:  # rank 0 only
         print_table(summary)
     return 0

@@ -9,6 +9,7 @@ Derived values (vocabulary sizes, number of windows) are computed, never written
 from __future__ import annotations
 
 import math
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -115,6 +116,8 @@ class RunConfig:
     seed: int = 2026
     ckpt_every_n_steps: Optional[int] = None  # periodic checkpoints besides last and best
     pictures: int = 4  # validation images drawn in the prediction picture
+    # signals that make a run stop at the next optimizer step with a checkpoint (preemption)
+    preempt_signals: list = field(default_factory=lambda: ["SIGUSR1", "SIGTERM"])
 
 
 @dataclass
@@ -243,6 +246,12 @@ def validate(cfg: DictConfig) -> None:
         "(max_steps -1: the epochs decide the length)",
     )
     _check(cfg.optim.lr > 0, "optim.lr", "must be positive")
+    for name in cfg.run.preempt_signals:
+        _check(
+            str(name) in signal.Signals.__members__ and name not in ("SIGKILL", "SIGSTOP"),
+            "run.preempt_signals",
+            f"{name!r} is not a signal a process can catch (e.g. SIGUSR1, SIGTERM, SIGINT)",
+        )
     _check(0.0 <= cfg.optim.min_lr_ratio <= 1.0, "optim.min_lr_ratio", "must be in [0, 1]")
     validate_components(cfg)
 

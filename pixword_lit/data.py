@@ -69,11 +69,19 @@ def resolve_shards(spec: str, index_path: str | None, mode: str, key: str) -> Sh
         urls = None
     else:
         urls = wds.shardlists.expand_urls(spec)
+        if not _is_url(spec):  # a local file or brace pattern: its folder must exist
+            missing = local if "{" not in spec else Path(urls[0]).parent
+            if not missing.exists():
+                raise DataError(
+                    f"{key}: {str(missing)!r} does not exist (relative paths are relative to the "
+                    f"current directory, so it was looked for at {missing.resolve()}); run pixword "
+                    "where the data is, give an absolute path, or build the built-in data there with "
+                    "`pixword prep glyphs --out data/glyphs`"
+                )
         if index_path is None:
-            first = Path(urls[0])
-            if urls[0].startswith("pipe:") or not first.parent.exists():
+            if _is_url(urls[0]):
                 raise DataError(f"{key}_index: give the index.json of {spec!r} (it is not local)")
-            index_path = str(first.parent / "index.json")
+            index_path = str(Path(urls[0]).parent / "index.json")
     if not Path(index_path).exists():
         raise DataError(f"{key}: no index.json at {index_path} (was `pixword prep` completed?)")
     index = json.loads(Path(index_path).read_text())
@@ -89,6 +97,10 @@ def resolve_shards(spec: str, index_path: str | None, mode: str, key: str) -> Sh
     if sum(units) == 0:
         raise DataError(f"{key}: the shards of {index_path} hold no {mode} units")
     return ShardSet(urls, units, index_path, index)
+
+
+def _is_url(spec: str) -> bool:
+    return spec.startswith("pipe:") or "://" in spec
 
 
 def read_shard(url: str):
@@ -251,34 +263,46 @@ def _warn(msg: str) -> None:
 
 
 class PixLoader(DataLoader):
-    """A DataLoader whose position in the epoch is saved in checkpoints (Lightning calls
+    """A DataLoader whose position in the data is saved in checkpoints (Lightning calls
     state_dict/load_state_dict on stateful loaders), so a resumed run continues with the
-    next unseen batch instead of restarting the epoch."""
+    next unseen batch instead of restarting the epoch.
 
-    def __init__(self, stream: ShardStream, num_workers: int, progress=None):
+    The position is (epoch of the data order being read, batches of it trained on): the epoch
+    is the loader's own (the one its current iterator reads), not the trainer's counter, which
+    Lightning advances when a fit stops at max_steps in the middle of an epoch. The first
+    iterator after a resume starts at the saved position, whatever epoch the trainer is in.
+    The loader has its own torch generator, so making an iterator draws nothing from the
+    global RNG (whose state checkpoints restore exactly)."""
+
+    def __init__(self, stream: ShardStream, num_workers: int, progress=None, seed: int = 0):
         super().__init__(stream, batch_size=None, num_workers=num_workers,
-                         persistent_workers=False, pin_memory=torch.cuda.is_available())
-        self.progress = progress  # () -> (epoch, batches done in it); from the trainer
+                         persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                         generator=torch.Generator().manual_seed(seed))
+        self.progress = progress  # () -> (trainer epoch, batches done in it); from the trainer
         self._resume: tuple[int, int] | None = None
 
     def __iter__(self):
-        epoch = self.progress()[0] if self.progress else self.dataset.epoch
-        start = 0
-        if self._resume is not None and self._resume[0] == epoch:
-            start = self._resume[1]
+        if self._resume is not None:
+            epoch, start = self._resume
+        else:
+            epoch, start = (self.progress()[0] if self.progress else self.dataset.epoch), 0
         self._resume = None
         self.dataset.epoch, self.dataset.start_batch = epoch, start
         return super().__iter__()
 
     def state_dict(self) -> dict:
-        epoch, done = self.progress() if self.progress else (self.dataset.epoch, 0)
-        return {"epoch": int(epoch), "batches_done": int(done), "world_size": self.dataset.world_size}
+        done = self.progress()[1] if self.progress else 0
+        epoch, done = self._normalize(self.dataset.epoch, done)
+        return {"epoch": epoch, "batches_done": done, "world_size": self.dataset.world_size}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("world_size", self.dataset.world_size) != self.dataset.world_size:
             _warn("resuming with a different world size: the data order of this epoch changes")
-        epoch, done = state["epoch"], state["batches_done"]
-        self._resume = (epoch + 1, 0) if done >= len(self.dataset) else (epoch, done)
+        self._resume = self._normalize(state["epoch"], state["batches_done"])
+
+    def _normalize(self, epoch: int, done: int) -> tuple[int, int]:
+        """(epoch, all its batches done) is (epoch + 1, none done)."""
+        return (int(epoch) + 1, 0) if done >= len(self.dataset) else (int(epoch), int(done))
 
 
 def sample_pixels(shards: ShardSet, builder: SampleBuilder, n: int, seed: int) -> np.ndarray:
@@ -322,11 +346,11 @@ class PixDataModule(L.LightningDataModule):
         rank, world = self._rank()
         stream = ShardStream(self.train_set, self.builder, d.batch_size, self.cfg.run.seed,
                              d.shuffle, rank, world)
-        return PixLoader(stream, d.num_workers, self._progress)
+        return PixLoader(stream, d.num_workers, self._progress, self.cfg.run.seed)
 
     def val_dataloader(self):
         d = self.cfg.data
         rank, world = self._rank()
         stream = ShardStream(self.val_set, self.builder, d.batch_size, self.cfg.run.seed,
                              False, rank, world, limit=d.val_limit)
-        return PixLoader(stream, min(d.num_workers, os.cpu_count() or 1))
+        return PixLoader(stream, min(d.num_workers, os.cpu_count() or 1), seed=self.cfg.run.seed)

@@ -51,3 +51,27 @@ def worked_example_shards(tmp_path):
     out = tmp_path / "shards"
     build_images(src, out, val_fraction=0.0)
     return out
+
+
+@pytest.fixture(scope="session")
+def small_shards(tmp_path_factory):
+    """24 training units: 3 batches an epoch at 8 per step (runs cross epoch boundaries)."""
+    out = tmp_path_factory.mktemp("glyphs_small")
+    build_glyphs(out, num_train=24, num_val=8, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def matrix_runs(tmp_path_factory, glyph_shards, small_shards):
+    """strategy -> folder of the resume matrix's runs (resume_matrix.py), made once."""
+    from resume_matrix import run_matrix
+
+    done = {}
+
+    def get(strategy):
+        if strategy not in done:
+            root = tmp_path_factory.mktemp(f"resume-{strategy}")
+            done[strategy] = run_matrix(strategy, root, {"large": glyph_shards, "small": small_shards})
+        return done[strategy]
+
+    return get

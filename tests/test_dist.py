@@ -137,7 +137,7 @@ def test_sigkill_between_checkpoints_resumes(glyph_shards, tmp_path):
     assert k >= 10 and not newest.name.endswith(".tmp")
     done = pixword_fit(glyph_shards, run, f"trainer.max_steps={k + 15}", resume="last")
     assert f"resuming from {newest} (step {k})" in done.stdout
-    assert summary(run)["steps"] == k + 15 and summary(run)["resumed_from"] == str(newest)
+    assert summary(run)["steps"] == k + 15 and summary(run)["resumed_from"] == [str(newest)]
     assert not list(ckpts.glob("*.tmp"))  # a partial write of the killed run is cleared
 
 

@@ -1,0 +1,160 @@
+"""Preemption (issue 17), with SLURM simulated as a job step sees it: the SLURM_* variables
+srun sets per task (each rank is started by the test, as srun would) and a stand-in `scontrol`
+on PATH that records its arguments.
+
+Per strategy (1 process, ddp, fsdp on 2 gloo processes): a run to step 10 gets SIGUSR1 (on
+every task, as `#SBATCH --signal` sends it) and must stop at that step with a checkpoint,
+summary.json status "preempted", a recorded `scontrol requeue 4242` and exit code 75; resumed
+with --resume last it gets SIGTERM on one rank only (the ranks must agree) and stops again;
+resumed once more it ends at step 10 exactly as the uninterrupted run of the resume matrix
+(same per-step losses, parameters, counters, final val/loss: the in-memory model).
+Without SLURM variables SIGTERM checkpoints and stops too, and nothing is requeued.
+
+Timing: the test pauses the ranks (SIGSTOP) once a step has been logged, sends the signal and
+resumes them (SIGCONT), so the signal always lands before the run could finish.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from resume_matrix import QUICKSTART, STEPS, assert_same_run, jsonl, overrides, summary
+
+from pixword_lit.control import PREEMPTED_EXIT
+from pixword_lit.parallel import checkpoint_step
+
+SLURM_JOB = "4242"
+
+
+def stand_in_scontrol(tmp: Path) -> tuple[Path, Path]:
+    bin_dir, log = tmp / "bin", tmp / "scontrol.log"
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "scontrol"
+    script.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    script.chmod(0o755)
+    return bin_dir, log
+
+
+def launch(strategy, shards, run_dir, tmp, resume=None, slurm=True):
+    """Start the ranks of one `pixword fit` (one process per rank, as srun does)."""
+    bin_dir, _ = stand_in_scontrol(tmp)
+    n = 1 if strategy == "single" else 2
+    cmd = [sys.executable, "-m", "pixword_lit.cli", "fit", QUICKSTART,
+           *overrides(strategy, shards, "large", 0, run_dir, STEPS)]
+    cmd += ["--resume", resume] if resume else []
+    port = _free_port()
+    procs = []
+    for rank in range(n):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+        env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", PYTHONUNBUFFERED="1")
+        if slurm:
+            env.update(SLURM_NTASKS=str(n), SLURM_NTASKS_PER_NODE=str(n), SLURM_JOB_NAME="pixword",
+                       SLURM_JOB_ID=SLURM_JOB, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank),
+                       SLURM_NODEID="0", SLURM_NNODES="1", SLURM_NODELIST="127.0.0.1",
+                       MASTER_PORT=str(port))
+        out = open(tmp / f"rank{rank}-{time.monotonic_ns()}.log", "w")
+        procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
+    return procs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def signal_after_step(procs, run_dir: Path, step: int, sig, ranks) -> int:
+    """Once `step` is logged: pause every rank, send `sig` to `ranks`, let them go on.
+    Returns the last step logged when the ranks were paused."""
+    log = run_dir / "train_log.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise AssertionError("a rank ended before the signal")
+        if log.exists() and max(jsonl(log, "loss"), default=0) >= step:
+            break
+        time.sleep(0.02)
+    for p in procs:
+        p.send_signal(signal.SIGSTOP)
+    seen = max(jsonl(log, "loss"))
+    for r in ranks:
+        procs[r].send_signal(sig)
+    for p in procs:
+        p.send_signal(signal.SIGCONT)
+    return seen
+
+
+def wait(procs, tmp) -> list[int]:
+    codes = [p.wait(timeout=600) for p in procs]
+    if any(c not in (0, PREEMPTED_EXIT) for c in codes):
+        logs = "\n".join(f.read_text()[-4000:] for f in sorted(tmp.glob("rank*.log")))
+        raise AssertionError(f"exit codes {codes}\n{logs}")
+    return codes
+
+
+def assert_preempted(run_dir: Path, seen: int, signame: str) -> int:
+    s = summary(run_dir)
+    step = s["steps"]
+    assert s["status"] == "preempted" and s["signal"] == signame
+    # stopped at the step in flight when the signal came: nothing trained past it
+    assert seen <= step <= seen + 2
+    assert max(jsonl(run_dir / "train_log.jsonl", "loss")) == step
+    ckpt = Path(s["checkpoint"])
+    assert ckpt.parent == run_dir / "checkpoints" and checkpoint_step(ckpt) == step
+    assert not list(run_dir.rglob("hpc_ckpt*")) and not list(run_dir.rglob("*.tmp"))
+    return step
+
+
+@pytest.mark.parametrize("strategy", [
+    "single",
+    pytest.param("ddp", marks=pytest.mark.multiproc),
+    pytest.param("fsdp", marks=pytest.mark.multiproc),
+])
+def test_slurm_preemption_checkpoints_requeues_and_resumes_exactly(
+        strategy, matrix_runs, glyph_shards, tmp_path):
+    ref = matrix_runs(strategy) / "large-w0" / "reference"
+    run = tmp_path / "run"
+    ranks = [0] if strategy == "single" else [0, 1]
+    _, requeues = stand_in_scontrol(tmp_path)
+
+    procs = launch(strategy, glyph_shards, run, tmp_path)
+    seen = signal_after_step(procs, run, 2, signal.SIGUSR1, ranks)  # SLURM signals every task
+    assert wait(procs, tmp_path) == [PREEMPTED_EXIT] * len(ranks)
+    first = assert_preempted(run, seen, "SIGUSR1")
+    assert requeues.read_text().split("\n")[:-1] == [f"requeue {SLURM_JOB}"]  # by rank 0 only
+    assert first < STEPS
+
+    procs = launch(strategy, glyph_shards, run, tmp_path, resume="last")
+    seen = signal_after_step(procs, run, first + 1, signal.SIGTERM, ranks[-1:])  # one rank only
+    assert wait(procs, tmp_path) == [PREEMPTED_EXIT] * len(ranks)
+    # rank 0 (which writes summary.json) got no signal under ddp/fsdp: it followed rank 1
+    second = assert_preempted(run, seen, "SIGTERM" if len(ranks) == 1 else None)
+    assert first < second < STEPS
+    assert len(requeues.read_text().splitlines()) == 2
+
+    procs = launch(strategy, glyph_shards, run, tmp_path, resume="last")
+    assert wait(procs, tmp_path) == [0] * len(ranks)
+    assert_same_run(ref, run, list(range(1, STEPS + 1)), rng=False)
+    resumed = summary(run)["resumed_from"]
+    assert len(resumed) == 2 and all(Path(p).name == "last.ckpt" for p in resumed)
+    assert len(requeues.read_text().splitlines()) == 2
+    assert not list(run.rglob("hpc_ckpt*"))
+
+
+def test_sigterm_without_slurm_checkpoints_and_stops(glyph_shards, tmp_path):
+    run = tmp_path / "run"
+    _, requeues = stand_in_scontrol(tmp_path)
+    procs = launch("single", glyph_shards, run, tmp_path, slurm=False)
+    seen = signal_after_step(procs, run, 2, signal.SIGTERM, [0])
+    assert wait(procs, tmp_path) == [PREEMPTED_EXIT]
+    assert_preempted(run, seen, "SIGTERM")
+    assert not requeues.exists()  # not under SLURM: nothing to requeue
+    assert json.loads((run / "summary.json").read_text())["steps"] < STEPS
