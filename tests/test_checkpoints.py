@@ -222,7 +222,7 @@ def test_resume_last_skips_unreadable_and_takes_newest_readable(single_run, tmp_
     assert f"skipping {ck / 'step0000004.ckpt'}: refused" in err
     assert f"resuming from {ck / 'step0000002.ckpt'} (step 2)" in out
     summary = json.loads((copy / "summary.json").read_text())
-    assert summary["resumed_from"] == str(ck / "step0000002.ckpt") and summary["steps"] == 5
+    assert summary["resumed_from"] == [str(ck / "step0000002.ckpt")] and summary["steps"] == 5
     assert not (tmp_path / "PWNED").exists()
 
 
@@ -245,7 +245,7 @@ def test_fsdp_folder_resumes_and_validates_through_the_safe_readers(fsdp_run, tm
     with in_process_fsdp():
         summary = fit(tiny_config(Path(OmegaConf.load(cfg).data.train).parent, tmp_path,
                                   "trainer.max_steps=3", "trainer.strategy=fsdp", *SHORT), resume="last")
-    assert summary["steps"] == 3 and summary["resumed_from"] == str(copy / "checkpoints" / "last.ckpt")
+    assert summary["steps"] == 3 and summary["resumed_from"] == [str(copy / "checkpoints" / "last.ckpt")]
     assert calls  # Lightning's sharded load went through the safe reader
     metrics = validate(str(run / "checkpoints" / "last.ckpt"), [])
     assert metrics["val/loss"] > 0

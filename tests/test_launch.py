@@ -205,7 +205,7 @@ def test_ctrl_c_leaves_cells_interrupted_and_the_next_launch_resumes_them(glyph_
     assert counts == {"finished": len(stopped), **({"skipped": 1} if len(stopped) == 1 else {})}
     for n in stopped:
         assert load_state(root)["runs"][n]["resume"] is True
-        assert final(root, n)["resumed_from"] is not None and final(root, n)["steps"] == 60
+        assert final(root, n)["resumed_from"] and final(root, n)["steps"] == 60
 
 
 def test_a_preempted_summary_counts_only_for_the_attempt_that_wrote_it(tmp_path):
