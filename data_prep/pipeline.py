@@ -64,6 +64,7 @@ def run_items(
                 writer.skip(i, split, path, err.kind, err.reason)
             for elements, source, images in samples:
                 writer.add(i, split, elements, source, images)
+            writer.item_done(i, split)
             bar.update()
     except BaseException:
         writer.abandon()

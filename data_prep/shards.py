@@ -168,6 +168,12 @@ class SplitWriter:
             return True
         return False
 
+    def item_done(self, item: int) -> None:
+        """All samples of `item` are added. If a shard closed on its last one, the resume
+        point moves past it, so a rerun does not read it again."""
+        if (self.resume_item, self.skip_samples) == (item, self._item_samples) and self._item == item:
+            self.resume_item, self.skip_samples = item + 1, 0
+
     def _open(self) -> None:
         name = f"shard-{len(self.shards):06d}.tar"
         self.shards.append({"name": name, "samples": 0, "images": 0})
@@ -236,6 +242,7 @@ class DatasetWriter:
         self.packing: dict | None = None
         self.complete = self.resumed = False
         self._skipped: list[dict] = []  # with "item" and "split", dropped in report.json
+        self._closed = False  # a shard was finished since the state was last saved
         state = None if overwrite else _read_state(out)
         if state is not None:
             _check_state(state, out, args, num_inputs)
@@ -260,8 +267,14 @@ class DatasetWriter:
         return item >= self.splits[split].resume_item
 
     def add(self, item: int, split: str, elements: list[dict], source: str, images) -> None:
-        if self.splits[split].add(item, elements, source, images):
+        self._closed |= self.splits[split].add(item, elements, source, images)
+
+    def item_done(self, item: int, split: str) -> None:
+        """All of `item`'s samples are added: save the state if a shard was finished."""
+        self.splits[split].item_done(item)
+        if self._closed:
             self.save_state()
+            self._closed = False
 
     def skip(self, item: int, split: str, path: str, kind: str, reason: str) -> None:
         self._skipped.append(
