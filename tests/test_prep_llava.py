@@ -25,8 +25,8 @@ def photo(w: int, h: int, seed: int) -> Image.Image:
 
 
 def entry(i, image, caption, human=f"{PROMPT}\n<image>"):
-    return {"id": f"GCC_train_{i:09d}", "image": image,
-            "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": caption}]}  # fmt: skip
+    turns = [{"from": "human", "value": human}, {"from": "gpt", "value": caption}]
+    return {"id": f"GCC_train_{i:09d}", "image": image, "conversations": turns}
 
 
 @pytest.fixture
