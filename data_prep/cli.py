@@ -171,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"pixword prep {a.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"pixword prep {a.command}: interrupted; rerun the same command to continue "
+              + "after the last finished shard", file=sys.stderr)  # fmt: skip
+        return 130
     print(summary(report, a.out))
     print(f"time: {time.monotonic() - start:.1f} s with {a.workers} worker(s)")
     if not sum(report["samples_written"].values()):

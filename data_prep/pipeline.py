@@ -11,6 +11,7 @@ threads, e.g. the tokenizers library's); their configuration arrives through
 
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -82,8 +83,15 @@ def _results(payloads: list, work: Callable, config: dict, workers: int):
     # Chunks small enough that all workers stay busy and results flow back steadily.
     chunk = max(1, min(16, len(payloads) // (4 * workers)))
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers, initializer=init_worker, initargs=(config,)) as pool:
+    with ctx.Pool(workers, initializer=_pool_init, initargs=(config,)) as pool:
         yield from pool.imap(work, payloads, chunksize=chunk)
+
+
+def _pool_init(config: dict) -> None:
+    # Ctrl-C is the parent's to handle (it stops the pool); workers would only add
+    # one traceback each.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    init_worker(config)
 
 
 class Progress:

@@ -267,7 +267,7 @@ def test_unusable_input_exits_2(tmp_path, capsys):
     assert "not writable" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["images", "mixed", "glyphs"])
+@pytest.mark.parametrize("command", ["images", "mixed", "llava", "glyphs"])
 def test_help(command, capsys):
     assert main([command, "--help"]) == 0
     assert "usage: pixword prep " + command in capsys.readouterr().out
