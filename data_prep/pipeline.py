@@ -58,8 +58,8 @@ def run_items(
     todo = [(i, split, payload) for i, (split, payload) in enumerate(items) if writer.wants(i, split)]
     config = {**config, "max_image_pixels": Image.MAX_IMAGE_PIXELS}
     bar = Progress(len(items), len(items) - len(todo), label, progress)
+    results = _results([payload for _, _, payload in todo], work, config, workers)
     try:
-        results = _results([payload for _, _, payload in todo], work, config, workers)
         for (i, split, _), (samples, skips) in zip(todo, results):
             for path, err in skips:
                 writer.skip(i, split, path, err.kind, err.reason)
@@ -71,6 +71,7 @@ def run_items(
         writer.abandon()
         raise
     finally:
+        results.close()  # stops the pool now, not when the generator is collected
         bar.close()
     return writer.finish(len(items))
 
