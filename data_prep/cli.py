@@ -6,6 +6,7 @@ never raises for bad input, so the pixword CLI can delegate to it directly.
 """
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from .llava import MODES, PROMPTS, build_llava
 from .mixed import build_mixed
 from .pipeline import default_workers
 from .report import summary
+from .shards import STATE
 
 IMAGES_HELP = f"""Turn a folder of images (searched recursively; any file is tried, names starting
 with '.' are ignored; typical suffixes: {", ".join(sorted(IMAGE_EXTS))}) into image-only
@@ -159,6 +161,13 @@ def _run(a: argparse.Namespace) -> tuple[dict, object]:
     return build_mixed(a.docs, a.images, a.out, **packing, **common), a.docs
 
 
+def _complete(out: Path) -> bool:
+    try:
+        return json.loads((out / STATE).read_text(encoding="utf-8")).get("complete") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run `prep SUBCOMMAND ...` (argv starts after the word `prep`); return the exit code."""
     try:
@@ -166,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help or a usage error; argparse already printed why
         return e.code if isinstance(e.code, int) else 2
     start = time.monotonic()
+    was_complete = not a.overwrite and _complete(a.out)
     try:
         report, source = _run(a)
     except UsageError as e:
@@ -176,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
               + "after the last finished shard", file=sys.stderr)  # fmt: skip
         return 130
     print(summary(report, a.out))
-    print(f"time: {time.monotonic() - start:.1f} s with {a.workers} worker(s)")
+    if was_complete:
+        print(f"{a.out} was already complete: nothing redone (--overwrite rebuilds it)")
+    else:
+        print(f"time: {time.monotonic() - start:.1f} s with {a.workers} worker(s)")
     if not sum(report["samples_written"].values()):
         print(
             f"pixword prep {a.command}: error: no samples could be written from {source}; "

@@ -164,7 +164,7 @@ def test_resume_with_changed_arguments_is_refused(jpegs, tmp_path, capsys):
     first = tree(out)
     capsys.readouterr()
     assert main([*base, "--max-side", "48", "--workers", "2"]) == 0  # finished: nothing to do
-    assert tree(out) == first
+    assert tree(out) == first and "already complete" in capsys.readouterr().out
     assert main([*base, "--max-side", "32"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "progress.json" in err and "max_side: 48 -> 32" in err
