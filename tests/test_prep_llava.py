@@ -67,12 +67,13 @@ def samples(folder):
 
 
 def test_image_only_from_folder_and_zip_agree(llava, tmp_path):
+    """Folder with 1 worker and zip with 2 workers give the same shard bytes."""
     chat, imgs, zpath = llava
     out = {}
-    for name, src in (("dir", imgs), ("zip", zpath)):
+    for name, src, workers in (("dir", imgs, "1"), ("zip", zpath, "2")):
         out[name] = tmp_path / name
         argv = ["llava", "--json", str(chat), "--images", str(src), "--out", str(out[name])]
-        assert main([*argv, "--workers", "1", "--val-fraction", "0"]) == 0
+        assert main([*argv, "--workers", workers, "--val-fraction", "0"]) == 0
     report = json.loads((out["dir"] / "report.json").read_text())
     # Only the image is read in image_only mode, so the entries without a usable
     # conversation but with an image still give samples.

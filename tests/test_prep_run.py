@@ -157,6 +157,40 @@ def test_resume_after_kill_continues_and_matches_an_uninterrupted_build(jpegs, t
     assert report["inputs_seen"] == 25 and report["skipped_counts"] == {"not_an_image": 1}
 
 
+def test_mixed_resume_mid_document_matches_an_uninterrupted_build(jpegs, tmp_path, monkeypatch):
+    """Documents that pack into several samples, shards of 2: shards close in the middle
+    of a document, so a resume must skip exactly the samples already written."""
+    from data_prep import mixed as mixed_mod
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for d in range(5):
+        parts = [f"words of document {d} part {k} " * 3 + f"<|image|>p{d * 4 + k:02d}.jpg<|/image|>"
+                 for k in range(4)]  # fmt: skip
+        (docs / f"d{d}.txt").write_text(" ".join(parts))
+    kw = {"image_size": 16, "window_size": 8, "max_seq_len": 24, "vocab_size": 300,
+          "val_fraction": 0.3, "shard_size": 2, "max_side": 48}  # fmt: skip
+    calls = {"n": 0}
+
+    def crashing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 11:  # in the third document
+            raise RuntimeError("simulated crash")
+        return shard_image(*a, **k)
+
+    monkeypatch.setattr(mixed_mod, "shard_image", crashing)
+    with pytest.raises(RuntimeError):
+        build_mixed(docs, jpegs, tmp_path / "out", **kw)
+    state = json.loads((tmp_path / "out" / "progress.json").read_text())
+    assert any(s["skip_samples"] for s in state["splits"].values())  # stopped mid-document
+    monkeypatch.undo()
+    build_mixed(docs, jpegs, tmp_path / "out", **kw)
+    build_mixed(docs, jpegs, tmp_path / "fresh", **kw)
+    resumed, fresh = tree(tmp_path / "out"), tree(tmp_path / "fresh")
+    assert resumed.pop("progress.json") and fresh.pop("progress.json")
+    assert resumed == fresh and sum(n.endswith(".tar") for n in fresh) >= 6
+
+
 def test_resume_with_changed_arguments_is_refused(jpegs, tmp_path, capsys):
     out = tmp_path / "out"
     base = ["images", str(jpegs), "--out", str(out), "--workers", "1"]
