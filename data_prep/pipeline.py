@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable
 
 from PIL import Image
@@ -77,6 +78,10 @@ def run_items(
 
 
 def _results(payloads: list, work: Callable, config: dict, workers: int):
+    if workers > 1 and not _can_spawn():
+        warnings.warn("worker processes cannot start when the main program is read from "
+                      "stdin (spawn re-imports it); using 1 worker", stacklevel=3)  # fmt: skip
+        workers = 1
     if workers <= 1 or len(payloads) <= 1:
         init_worker(config)
         yield from map(work, payloads)
@@ -86,6 +91,13 @@ def _results(payloads: list, work: Callable, config: dict, workers: int):
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(workers, initializer=_pool_init, initargs=(config,)) as pool:
         yield from pool.imap(work, payloads, chunksize=chunk)
+
+
+def _can_spawn() -> bool:
+    """Spawned workers re-import the main module from its file; with `python -` there is
+    none, and a Pool would keep replacing workers that die at start-up."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main_file is None or os.path.exists(main_file)
 
 
 def _pool_init(config: dict) -> None:
