@@ -6,19 +6,24 @@ never raises for bad input, so the pixword CLI can delegate to it directly.
 """
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
 from .errors import UsageError
 from .glyphs import build_glyphs
-from .imageio import IMAGE_EXTS
-from .images import build_images
+from .imageio import IMAGE_EXTS, STORE_MODES
+from .images import DEFAULT_MAX_SIDE, build_images
+from .llava import MODES, PROMPTS, build_llava
 from .mixed import build_mixed
+from .pipeline import default_workers
 from .report import summary
+from .shards import STATE
 
 IMAGES_HELP = f"""Turn a folder of images (searched recursively; any file is tried, names starting
 with '.' are ignored; typical suffixes: {", ".join(sorted(IMAGE_EXTS))}) into image-only
-WebDataset shards of 8-bit RGB PNGs under OUT/train and OUT/val. Unreadable, truncated,
+WebDataset shards of 8-bit RGB images under OUT/train and OUT/val. Unreadable, truncated,
 empty and non-image files and decompression bombs are skipped and listed in
 OUT/report.json."""
 MIXED_HELP = """Turn documents in the paper's format (text with images inline as
@@ -27,6 +32,14 @@ a folder searched recursively for *.txt) into mixed samples. A byte-level BPE to
 trained on the train split's text and saved to OUT/tokenizer.json; documents are then
 packed so each sample fits --max-seq-len (an image counts 2 + (image_size/window_size)^2).
 Bad documents, missing or unreadable images are skipped and listed in OUT/report.json."""
+LLAVA_HELP = """Turn the LLaVA pretraining files (chat.json of LLaVA-CC3M-Pretrain-595K,
+or blip_laion_cc_sbu_558k.json: a JSON list of {"id", "image", "conversations"}) and their
+images (a folder, or images.zip read in place without unpacking) into shards.
+--mode image_only: one image-only sample per entry (the paper's image-only pretraining).
+--mode mixed: one document per entry in the paper's format: the human prompt's text with
+the image at <image> (--prompt keep; --prompt drop leaves only the image), then the
+caption; a tokenizer is trained on the train split (or --tokenizer reused). Malformed
+entries and missing or unreadable images are skipped and listed in OUT/report.json."""
 GLYPHS_HELP = """Generate the built-in offline dataset of small rendered strings (licence
 plates, numbers, short words) with captions that state the text exactly: the paper's
 motivating case for pixel tokens. Deterministic for a given --seed; sample i does not
@@ -53,7 +66,7 @@ def _at_least(lo: int):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pixword prep",
-        description="Write WebDataset shards of pixels (8-bit RGB PNG) for pixword.",
+        description="Write WebDataset shards of pixels (8-bit RGB PNG or JPEG) for pixword.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -66,9 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--out", type=Path, required=True, help="output folder")
         p.add_argument("--seed", type=_at_least(0), default=0, help="seed for split and generation")
+        p.add_argument("--workers", type=_at_least(1), default=default_workers(),
+                       help="processes decoding and encoding (default: all cores); the "
+                       "output does not depend on it")  # fmt: skip
+        p.add_argument("--overwrite", action="store_true",
+                       help="start over instead of continuing an interrupted build in OUT")  # fmt: skip
         return p
 
-    def add_split_args(p):
+    def add_split_args(p, max_side=DEFAULT_MAX_SIDE, max_side_help=""):
         p.add_argument(
             "--val-fraction",
             type=_fraction,
@@ -76,8 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
             help="share of inputs (by stable hash of their name) put in val",
         )
         p.add_argument("--shard-size", type=_at_least(1), default=1000, help="samples per shard")
-        p.add_argument("--max-side", type=_at_least(0), default=0,
-                       help="downscale so the longer side is at most N (0: keep size)")  # fmt: skip
+        p.add_argument("--max-side", type=_at_least(0), default=max_side,
+                       help="downscale so the longer side is at most N (0: keep size); at "
+                       "least the largest image size you will train at" + max_side_help)  # fmt: skip
+        p.add_argument("--store", choices=STORE_MODES, default="original",
+                       help="original: keep an 8-bit RGB JPEG's own bytes when it needs no "
+                       "resize or rotation; png: re-encode every image as PNG")  # fmt: skip
+
+    def add_packing_args(p):
+        p.add_argument("--image-size", type=_at_least(1), default=224, help="S of method.md §3")
+        p.add_argument("--window-size", type=_at_least(1), default=16, help="w of method.md §3")
+        p.add_argument("--max-seq-len", type=_at_least(2), default=1024, help="decoder length T")
+        p.add_argument("--vocab-size", type=_at_least(6), default=32000, help="BPE vocabulary")
+        p.add_argument("--tokenizer", type=Path, default=None,
+                       help="reuse this tokenizer.json (special tokens at ids 0-5) instead "
+                       "of training one")  # fmt: skip
 
     p = add("images", IMAGES_HELP)
     p.add_argument("dir", type=Path, help="folder of images")
@@ -85,11 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("mixed", MIXED_HELP)
     p.add_argument("docs", type=Path, help="a .txt document or a folder of them")
-    p.add_argument("--images", type=Path, required=True, help="folder image names refer to")
-    p.add_argument("--image-size", type=_at_least(1), default=224, help="S of method.md §3")
-    p.add_argument("--window-size", type=_at_least(1), default=16, help="w of method.md §3")
-    p.add_argument("--max-seq-len", type=_at_least(2), default=1024, help="decoder length T")
-    p.add_argument("--vocab-size", type=_at_least(6), default=32000, help="BPE vocabulary")
+    p.add_argument("--images", type=Path, required=True,
+                   help="folder (or zip) image names refer to")  # fmt: skip
+    add_packing_args(p)
+    add_split_args(p, None, " (default: --image-size)")
+
+    p = add("llava", LLAVA_HELP)
+    p.add_argument("--json", type=Path, required=True, help="chat.json (LLaVA pretraining format)")
+    p.add_argument("--images", type=Path, required=True, help="images folder or images.zip")
+    p.add_argument("--mode", choices=MODES, default="image_only", help="what a sample holds")
+    p.add_argument("--prompt", choices=PROMPTS, default="keep",
+                   help="mixed: keep the human prompt's text around the image, or drop it")  # fmt: skip
+    add_packing_args(p)
     add_split_args(p)
 
     p = add("glyphs", GLYPHS_HELP)
@@ -101,22 +139,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(a: argparse.Namespace) -> tuple[dict, object]:
     """Call the builder for `a.command`; return its report and what it read from."""
+    run = {"workers": a.workers, "overwrite": a.overwrite}
     if a.command == "glyphs":
-        report = build_glyphs(
-            a.out, num_train=a.num_train, num_val=a.num_val, seed=a.seed, vocab_size=a.vocab_size
-        )
+        report = build_glyphs(a.out, num_train=a.num_train, num_val=a.num_val, seed=a.seed,
+                              vocab_size=a.vocab_size, **run)  # fmt: skip
         return report, "the glyph generator"
     common = {
         "val_fraction": a.val_fraction, "shard_size": a.shard_size, "max_side": a.max_side,
-        "seed": a.seed,
+        "store": a.store, "seed": a.seed, **run,
     }  # fmt: skip
     if a.command == "images":
         return build_images(a.dir, a.out, **common), a.dir
-    report = build_mixed(
-        a.docs, a.images, a.out, image_size=a.image_size, window_size=a.window_size,
-        max_seq_len=a.max_seq_len, vocab_size=a.vocab_size, **common,
-    )  # fmt: skip
-    return report, a.docs
+    packing = {
+        "image_size": a.image_size, "window_size": a.window_size, "max_seq_len": a.max_seq_len,
+        "vocab_size": a.vocab_size, "tokenizer": a.tokenizer,
+    }  # fmt: skip
+    if a.command == "llava":
+        report = build_llava(a.json, a.images, a.out, mode=a.mode, prompt=a.prompt,
+                             **packing, **common)  # fmt: skip
+        return report, a.json
+    return build_mixed(a.docs, a.images, a.out, **packing, **common), a.docs
+
+
+def _complete(out: Path) -> bool:
+    try:
+        return json.loads((out / STATE).read_text(encoding="utf-8")).get("complete") is True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,12 +174,22 @@ def main(argv: list[str] | None = None) -> int:
         a = build_parser().parse_args(argv)
     except SystemExit as e:  # --help or a usage error; argparse already printed why
         return e.code if isinstance(e.code, int) else 2
+    start = time.monotonic()
+    was_complete = not a.overwrite and _complete(a.out)
     try:
         report, source = _run(a)
     except UsageError as e:
         print(f"pixword prep {a.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"pixword prep {a.command}: interrupted; rerun the same command to continue "
+              + "after the last finished shard", file=sys.stderr)  # fmt: skip
+        return 130
     print(summary(report, a.out))
+    if was_complete:
+        print(f"{a.out} was already complete: nothing redone (--overwrite rebuilds it)")
+    else:
+        print(f"time: {time.monotonic() - start:.1f} s with {a.workers} worker(s)")
     if not sum(report["samples_written"].values()):
         print(
             f"pixword prep {a.command}: error: no samples could be written from {source}; "

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .report import Report
+from .imageio import StoredImage, png_bytes
+from .pipeline import run_items
 from .shards import DatasetWriter
 from .tokenizer import save_tokenizer, train_tokenizer
 
@@ -153,7 +154,15 @@ def _train_texts(seed: int, num_train: int):
 
 
 def build_glyphs(
-    out: Path, *, num_train: int = 4000, num_val: int = 256, seed: int = 0, vocab_size: int = 1000
+    out: Path,
+    *,
+    num_train: int = 4000,
+    num_val: int = 256,
+    seed: int = 0,
+    vocab_size: int = 1000,
+    workers: int = 1,
+    progress: bool | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Generate, tokenize and write the glyph dataset; return the report."""
     out = Path(out)
@@ -161,13 +170,20 @@ def build_glyphs(
         "command": "glyphs", "out": str(out), "num_train": num_train, "num_val": num_val,
         "seed": seed, "vocab_size": vocab_size,
     }  # fmt: skip
-    report = Report()
-    report.inputs_seen = num_train + num_val
-    with DatasetWriter(out, "glyphs", shard_size=1000, args=args) as writer:
+    items = [(split, (seed, split, i)) for split, n in (("train", num_train), ("val", num_val))
+             for i in range(n)]  # fmt: skip
+    writer = DatasetWriter(out, "glyphs", 1000, args, len(items), overwrite)
+    if writer.complete:
+        return writer.saved_report()
+    if not (writer.resumed and (out / "tokenizer.json").is_file()):
         save_tokenizer(train_tokenizer(_train_texts(seed, num_train), vocab_size), out)
-        writer.tokenizer = "../tokenizer.json"
-        for split, n in (("train", num_train), ("val", num_val)):
-            for i in range(n):
-                elements, img = make_sample(seed, split, i)
-                writer.add(split, elements, elements[1]["name"], [img])
-    return report.finish(out, writer.counts())
+    writer.tokenizer = "../tokenizer.json"
+    return run_items(writer, items, glyph_work, {}, workers=workers, progress=progress,
+                     label="prep glyphs")  # fmt: skip
+
+
+def glyph_work(payload: tuple[int, str, int]):
+    """Worker: render sample i of a split."""
+    elements, img = make_sample(*payload)
+    stored = StoredImage(png_bytes(img), img.width, img.height, "png")
+    return [(elements, elements[1]["name"], [stored])], []

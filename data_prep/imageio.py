@@ -8,6 +8,7 @@ shards hold pixels only. Pillow's decompression-bomb guard stays on; a bomb is a
 
 import io
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +24,50 @@ _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _WHITE = (255, 255, 255, 255)
 
 
+STORE_MODES = ("original", "png")
+_ORIENTATION = 0x0112  # EXIF tag; 1 (or absent) means the pixels are stored upright
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """One image as it goes into a shard: its file bytes, pixel size and member suffix."""
+
+    data: bytes
+    width: int
+    height: int
+    ext: str  # "png" (re-encoded pixels) or "jpg" (the input's own bytes)
+
+
 def load_rgb(src: str | Path | bytes, max_side: int = 0) -> Image.Image:
     """Decode `src` (a path or the file's bytes) fully into an 8-bit RGB image.
 
-    `max_side` > 0 downscales (Lanczos) so the longer side is at most `max_side`.
-    Raises BadInput for empty, non-image, truncated or unreadable data and for
-    decompression bombs.
+    `max_side` > 0 downscales (Lanczos) so the longer side is at most `max_side`, the
+    short side rounded down as the training loader does. Raises BadInput for empty,
+    non-image, truncated or unreadable data and for decompression bombs.
     """
+    return _load(src, max_side)[0]
+
+
+def shard_image(src: str | Path | bytes, max_side: int = 0, store: str = "original") -> StoredImage:
+    """Decode, check and (if needed) downscale `src`, then pick what the shard stores.
+
+    store="original" keeps the input's bytes when they already are what the loader
+    should see: a baseline/progressive JPEG of 8-bit RGB, upright (no EXIF rotation),
+    not downscaled. The loader decodes them with the same Pillow, so the pixels equal
+    those of the PNG path while the file stays several times smaller. Anything else, or
+    store="png", is re-encoded as PNG. The file is always fully decoded here, so a
+    truncated JPEG is skipped at prep time either way.
+    """
+    if store not in STORE_MODES:
+        raise ValueError(f"store must be one of {STORE_MODES}, not {store!r}")
+    rgb, data, as_is = _load(src, max_side)
+    if store == "original" and as_is:
+        return StoredImage(data, rgb.width, rgb.height, "jpg")
+    return StoredImage(png_bytes(rgb), rgb.width, rgb.height, "png")
+
+
+def _load(src: str | Path | bytes, max_side: int) -> tuple[Image.Image, bytes, bool]:
+    """(8-bit RGB image, the input bytes, whether those bytes decode to exactly it)."""
     name = "<bytes>" if isinstance(src, bytes) else str(src)
     try:
         data = src if isinstance(src, bytes) else Path(src).read_bytes()
@@ -50,16 +88,25 @@ def load_rgb(src: str | Path | bytes, max_side: int = 0) -> Image.Image:
             raise _decode_error(name, e) from e
         try:
             img.load()  # decode now so truncation shows up here, not in a later step
+            as_is = (
+                img.format == "JPEG"
+                and img.mode == "RGB"
+                and img.getexif().get(_ORIENTATION, 1) == 1
+            )
             img = ImageOps.exif_transpose(img)
             rgb = to_rgb(img)
         except Exception as e:
             raise _decode_error(name, e) from e
     if max_side and max(rgb.size) > max_side:
-        scale = max_side / max(rgb.size)
-        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+        w, h = rgb.size
+        # Short side rounded down like the loader's resize (pixword_lit/image.py), so a
+        # shard prepared at --max-side S is used at image size S without a second resize.
+        size = (max_side, max(1, int(max_side * h / w))) if w >= h else (
+            max(1, int(max_side * w / h)), max_side)  # fmt: skip
         rgb = rgb.resize(size, Image.Resampling.LANCZOS)
+        as_is = False
     rgb.info = {}  # no ICC/EXIF/transparency keys leak into the written PNG
-    return rgb
+    return rgb, data, as_is
 
 
 def _decode_error(name: str, e: Exception) -> BadInput:

@@ -8,9 +8,11 @@ deterministic.
 from pathlib import Path
 
 from .errors import BadInput, UsageError
-from .imageio import load_rgb
-from .report import Report
+from .imageio import shard_image
+from .pipeline import WORKER, run_items
 from .shards import DatasetWriter, assign_split
+
+DEFAULT_MAX_SIDE = 224  # the paper's image size; see README "Compact shards"
 
 
 def list_files(root: Path, pattern: str = "*") -> list[Path]:
@@ -29,8 +31,12 @@ def build_images(
     *,
     val_fraction: float = 0.05,
     shard_size: int = 1000,
-    max_side: int = 0,
+    max_side: int = DEFAULT_MAX_SIDE,
+    store: str = "original",
     seed: int = 0,
+    workers: int = 1,
+    progress: bool | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Write one sample per readable image under `src`; return the report."""
     src, out = Path(src), Path(out)
@@ -41,24 +47,26 @@ def build_images(
     if not files:
         raise UsageError(f"input folder {src} is empty (no non-hidden files)")
     args = {
-        "command": "images",
-        "input": str(src),
-        "out": str(out),
-        "val_fraction": val_fraction,
-        "shard_size": shard_size,
-        "max_side": max_side,
-        "seed": seed,
-    }
-    report = Report()
-    with DatasetWriter(out, "images", shard_size, args) as writer:
-        for path in files:
-            rel = path.relative_to(src).as_posix()
-            report.inputs_seen += 1
-            try:
-                img = load_rgb(path, max_side=max_side)
-            except BadInput as e:
-                report.skip(rel, e)
-                continue
-            element = {"type": "image", "name": rel}
-            writer.add(assign_split(rel, seed, val_fraction), [element], rel, [img])
-    return report.finish(out, writer.counts())
+        "command": "images", "input": str(src), "out": str(out), "val_fraction": val_fraction,
+        "shard_size": shard_size, "max_side": max_side, "store": store, "seed": seed,
+    }  # fmt: skip
+    writer = DatasetWriter(out, "images", shard_size, args, len(files), overwrite)
+    if writer.complete:
+        return writer.saved_report()
+    items = []
+    for path in files:
+        rel = path.relative_to(src).as_posix()
+        items.append((assign_split(rel, seed, val_fraction), (rel, str(path))))
+    config = {"max_side": max_side, "store": store}
+    return run_items(writer, items, image_work, config, workers=workers, progress=progress,
+                     label="prep images")  # fmt: skip
+
+
+def image_work(payload: tuple[str, str]):
+    """Worker: one file -> one image-only sample, or a skip."""
+    rel, path = payload
+    try:
+        img = shard_image(path, WORKER["max_side"], WORKER["store"])
+    except BadInput as e:
+        return [], [(rel, e)]
+    return [([{"type": "image", "name": rel}], rel, [img])], []

@@ -2,20 +2,24 @@
 
 Two passes: first every document is read and parsed (text only, cheap), the split is
 chosen per document (so no document leaks across splits) and the tokenizer is trained on
-the train split's text; then each document's images are loaded, the document is packed
-to the sequence budget with that tokenizer, and its samples are written.
+the train split's text (or an existing one is checked and reused); then, in the workers,
+each document's images are loaded, the document is packed to the sequence budget with
+that tokenizer, and its samples are written. `prep llava` feeds its entries through the
+same second pass (`build_documents`).
 """
 
+import os
 from pathlib import Path
 
-from .documents import parse_document, read_document, resolve_image
+from .documents import parse_document, read_document
 from .errors import BadInput, UsageError
-from .imageio import load_rgb
+from .imageio import shard_image
 from .images import list_files
 from .pack import pack_document
-from .report import Report
+from .pipeline import WORKER, run_items
 from .shards import DatasetWriter, assign_split
-from .tokenizer import save_tokenizer, train_tokenizer
+from .sources import MissingImage, image_spec, open_images
+from .tokenizer import load_checked_tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
 
 
 def find_documents(docs: Path) -> list[tuple[Path, str]]:
@@ -38,80 +42,171 @@ def build_mixed(
     vocab_size: int = 32000,
     val_fraction: float = 0.05,
     shard_size: int = 1000,
-    max_side: int = 0,
+    max_side: int | None = None,
+    store: str = "original",
     seed: int = 0,
+    tokenizer: Path | None = None,
+    workers: int = 1,
+    progress: bool | None = None,
+    overwrite: bool = False,
 ) -> dict:
-    """Write packed samples of every usable document; return the report."""
-    docs, images, out = Path(docs), Path(images), Path(out)
-    if image_size % window_size:
-        raise UsageError(f"image size {image_size} is not a multiple of window size {window_size}")
-    if not images.is_dir():
-        raise UsageError(f"image folder {images} does not exist or is not a folder")
+    """Write packed samples of every usable document; return the report.
+    `max_side` None means `image_size`; `tokenizer` reuses that tokenizer.json."""
+    docs, out = Path(docs), Path(out)
+    _check_geometry(image_size, window_size)
+    spec = image_spec(images)
     found = find_documents(docs)
     if not found:
         raise UsageError(f"no *.txt documents found under {docs}")
+    max_side = image_size if max_side is None else max_side
+    documents = []  # (source, split, elements or None, BadInput or None)
+    for path, source in found:
+        split = assign_split(source, seed, val_fraction)
+        try:
+            documents.append((source, split, parse_document(read_document(path), source), None))
+        except BadInput as e:
+            documents.append((source, split, None, e))
     args = {
         "command": "mixed", "docs": str(docs), "images": str(images), "out": str(out),
         "image_size": image_size, "window_size": window_size, "max_seq_len": max_seq_len,
         "vocab_size": vocab_size, "val_fraction": val_fraction, "shard_size": shard_size,
-        "max_side": max_side, "seed": seed,
+        "max_side": max_side, "store": store, "seed": seed,
     }  # fmt: skip
-    report = Report()
-    parsed = []  # (source, split, elements)
-    for path, source in found:
-        report.inputs_seen += 1
-        try:
-            elements = parse_document(read_document(path), source)
-        except BadInput as e:
-            report.skip(source, e)
-            continue
-        parsed.append((source, assign_split(source, seed, val_fraction), elements))
+    return build_documents(
+        documents, spec, out, args, image_size=image_size, window_size=window_size,
+        max_seq_len=max_seq_len, vocab_size=vocab_size, shard_size=shard_size,
+        max_side=max_side, store=store, tokenizer=tokenizer, require_images=False,
+        workers=workers, progress=progress, overwrite=overwrite, label="prep mixed",
+    )  # fmt: skip
 
-    with DatasetWriter(out, "mixed", shard_size, args) as writer:
+
+def _check_geometry(image_size: int, window_size: int) -> None:
+    if image_size % window_size:
+        raise UsageError(f"image size {image_size} is not a multiple of window size {window_size}")
+
+
+def build_documents(
+    documents: list[tuple[str, str, list | None, BadInput | None]],
+    spec: dict,
+    out: Path,
+    args: dict,
+    *,
+    image_size: int,
+    window_size: int,
+    max_seq_len: int,
+    vocab_size: int,
+    shard_size: int,
+    max_side: int,
+    store: str,
+    tokenizer: Path | None,
+    require_images: bool,
+    workers: int,
+    progress: bool | None,
+    overwrite: bool,
+    label: str,
+    kind: str = "mixed",
+) -> dict:
+    """Pass 2 for parsed documents `(source, split, elements, error)`: tokenizer, then
+    images, packing and shards. `require_images`: a document that loses an image is
+    skipped whole (a caption without its image), instead of kept without it."""
+    reused = None
+    if tokenizer is not None:
+        reused = load_checked_tokenizer(tokenizer)  # before touching OUT
+        args = {**args, "tokenizer": str(tokenizer),
+                "tokenizer_sha256": _sha256(Path(tokenizer).read_bytes())}  # fmt: skip
+    writer = DatasetWriter(out, kind, shard_size, args, len(documents), overwrite)
+    if writer.complete:
+        return writer.saved_report()
+    if reused is not None:
+        _copy_atomic(Path(tokenizer), out / "tokenizer.json")
+        tok = reused
+    elif writer.resumed and (out / "tokenizer.json").is_file():
+        tok = load_tokenizer(out / "tokenizer.json")  # the one the finished shards used
+    else:
         train_text = (
             el["text"]
-            for _, split, elements in parsed
-            if split == "train"
+            for _, split, elements, _ in documents
+            if split == "train" and elements
             for el in elements
             if el["type"] == "text"
         )
-        tokenizer = train_tokenizer(train_text, vocab_size)
-        save_tokenizer(tokenizer, out)
-        writer.tokenizer = "../tokenizer.json"
-        writer.packing = {
-            "image_size": image_size, "window_size": window_size, "max_seq_len": max_seq_len,
-        }  # fmt: skip
-        for source, split, elements in parsed:
-            kept, pixels = _load_images(elements, images, source, max_side, report)
-            if not kept:
-                report.skip(source, BadInput(f"{source}: no text or usable image", "no_content"))
-                continue
-            samples, dropped = pack_document(kept, tokenizer, image_size, window_size, max_seq_len)
-            for d in dropped:
-                what = d["element"].get("name", "text")
-                report.skip(source, BadInput(f"{source}: {what}: {d['reason']}", d["kind"]))
-            for sample in samples:
-                imgs = [pixels[id(el)] for el in sample if el["type"] == "image"]
-                writer.add(split, sample, source, imgs)
-    return report.finish(out, writer.counts())
+        tok = train_tokenizer(train_text, vocab_size)
+        save_tokenizer(tok, out)
+    writer.tokenizer = "../tokenizer.json"
+    writer.packing = {"image_size": image_size, "window_size": window_size,
+                      "max_seq_len": max_seq_len}  # fmt: skip
+    items = [(split, (source, elements, err)) for source, split, elements, err in documents]
+    config = {
+        "tokenizer_json": tok.to_str(), "images": spec, "max_side": max_side, "store": store,
+        "image_size": image_size, "window_size": window_size, "max_seq_len": max_seq_len,
+        "require_images": require_images,
+    }  # fmt: skip
+    return run_items(writer, items, document_work, config, workers=workers,
+                     progress=progress, label=label)  # fmt: skip
 
 
-def _load_images(elements, images_dir, source, max_side, report):
-    """Drop image elements whose file is missing or unreadable (reporting each); return
-    the kept elements and their decoded pixels keyed by id() of the element dict, which
-    pack_document passes through unchanged."""
+def document_work(payload):
+    """Worker: one parsed document -> its packed samples and its skips."""
+    source, elements, err = payload
+    if err is not None:
+        return [], [(source, err)]
+    skips = []
+    kept, pixels = _load_images(elements, source, skips)
+    if WORKER["require_images"] and len(kept) < len(elements):
+        return [], skips
+    if not kept:
+        skips.append((source, BadInput(f"{source}: no text or usable image", "no_content")))
+        return [], skips
+    w = WORKER
+    samples, dropped = pack_document(
+        kept, w["tokenizer"], w["image_size"], w["window_size"], w["max_seq_len"]
+    )
+    for d in dropped:
+        what = d["element"].get("name", "text")
+        skips.append((source, BadInput(f"{source}: {what}: {d['reason']}", d["kind"])))
+    out = []
+    for sample in samples:
+        imgs = [pixels[id(el)] for el in sample if el["type"] == "image"]
+        out.append((sample, source, imgs))
+    return out, skips
+
+
+def _load_images(elements, source, skips):
+    """Drop image elements whose file is missing or unreadable (adding a skip for each);
+    return the kept elements and their stored images keyed by id() of the element dict,
+    which pack_document passes through unchanged."""
+    if "image_source" not in WORKER:
+        WORKER["image_source"] = open_images(WORKER["images"])
+    images = WORKER["image_source"]
     kept, pixels = [], {}
     for el in elements:
         if el["type"] == "image":
-            path = resolve_image(el["name"], images_dir)
-            if not path.is_file():
-                msg = f"image '{el['name']}' referenced in {source} not found at {path}"
-                report.skip(str(path), BadInput(msg, "missing_image"))
+            try:
+                where, data = images.read(el["name"])
+            except MissingImage as e:
+                msg = f"image '{el['name']}' referenced in {source} not found at {e.where}"
+                skips.append((e.where, BadInput(msg, "missing_image")))
+                continue
+            except BadInput as e:
+                skips.append((el["name"], BadInput(f"{e.reason} (referenced in {source})", e.kind)))
                 continue
             try:
-                pixels[id(el)] = load_rgb(path, max_side=max_side)
+                pixels[id(el)] = shard_image(data, WORKER["max_side"], WORKER["store"])
             except BadInput as e:
-                report.skip(str(path), BadInput(f"{e.reason} (referenced in {source})", e.kind))
+                reason = f"{e.reason} (referenced in {source})".replace("<bytes>", where)
+                skips.append((where, BadInput(reason, e.kind)))
                 continue
         kept.append(el)
     return kept, pixels
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.write_bytes(src.read_bytes())
+    os.replace(tmp, dst)

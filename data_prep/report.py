@@ -3,30 +3,26 @@
 from collections import Counter
 from pathlib import Path
 
-from .errors import BadInput
-from .shards import write_json_atomic
 
-
-class Report:
-    """Collects skipped inputs; every skip has a path, a kind (for counting) and a reason."""
-
-    def __init__(self):
-        self.inputs_seen = 0
-        self.skipped: list[dict] = []
-
-    def skip(self, path: str, err: BadInput) -> None:
-        self.skipped.append({"path": str(path), "kind": err.kind, "reason": err.reason})
-
-    def finish(self, out: Path, samples_written: dict) -> dict:
-        """Write OUT/report.json and return its content."""
-        report = {
-            "inputs_seen": self.inputs_seen,
-            "samples_written": samples_written,
-            "skipped": self.skipped,
-            "skipped_counts": dict(sorted(Counter(s["kind"] for s in self.skipped).items())),
+def build_report(inputs_seen: int, samples_written: dict, skipped: list[dict], stats: dict) -> dict:
+    """report.json's content. `stats` holds each split's image statistics (shards.py)."""
+    images = {}
+    for split, s in stats.items():
+        n = s["num_images"]
+        images[split] = {
+            "num_images": n,
+            "bytes": s["image_bytes"],
+            "bytes_per_image": round(s["image_bytes"] / n, 1) if n else None,
+            "stored_original": s["stored_original"],
+            "stored_png": n - s["stored_original"],
         }
-        write_json_atomic(out / "report.json", report)
-        return report
+    return {
+        "inputs_seen": inputs_seen,
+        "samples_written": samples_written,
+        "images": images,
+        "skipped": skipped,
+        "skipped_counts": dict(sorted(Counter(s["kind"] for s in skipped).items())),
+    }
 
 
 def summary(report: dict, out: Path) -> str:
@@ -37,6 +33,15 @@ def summary(report: dict, out: Path) -> str:
         + f"samples written: {written['train']} train, {written['val']} val",
         f"shards: {out / 'train'} and {out / 'val'} (see index.json in each)",
     ]
+    images = report.get("images", {})
+    n = sum(s["num_images"] for s in images.values())
+    if n:
+        size = sum(s["bytes"] for s in images.values())
+        kept = sum(s["stored_original"] for s in images.values())
+        lines.append(
+            f"images: {n}, {size / n / 1024:.1f} KiB each on average "
+            + f"({kept} original JPEG bytes, {n - kept} PNG)"
+        )
     if (out / "tokenizer.json").exists():
         lines.append(f"tokenizer: {out / 'tokenizer.json'}")
     if report["skipped"]:

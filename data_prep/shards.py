@@ -1,9 +1,15 @@
-"""Deterministic, crash-safe WebDataset shard writing (the contract in README.md).
+"""Deterministic, crash-safe, resumable WebDataset shard writing (the contract in README.md).
 
 Why tarfile by hand: every member gets mtime 0, uid/gid 0 and a fixed order, so the same
 inputs give byte-identical shards. Every file is written as NAME.tmp and renamed into
 place, and index.json comes last, so a final name always means a complete file and an
 existing index.json means a complete split.
+
+Resuming: inputs are numbered items, each with a split known before it is processed.
+After every finished shard, OUT/progress.json records (atomically) the arguments, the
+finished shards and, per split, the first item whose samples are not all in a finished
+shard. A rerun with the same arguments skips everything before that point, so its shards
+are byte-identical to those of an uninterrupted run.
 """
 
 import io
@@ -13,13 +19,13 @@ import tarfile
 import zlib
 from pathlib import Path
 
-from PIL import Image
-
 from .errors import UsageError
-from .imageio import png_bytes
+from .imageio import StoredImage
 
 FORMAT = "pixword-shards-v1"
 SPLITS = ("train", "val")
+STATE = "progress.json"
+STATE_FORMAT = "pixword-prep-progress-v1"
 
 
 def assign_split(name: str, seed: int, val_fraction: float) -> str:
@@ -41,7 +47,17 @@ def write_json_atomic(path: Path, obj) -> None:
 
 def prepare_out(out: Path) -> None:
     """Create OUT/train and OUT/val, checking OUT is writable, and clear what a previous
-    (possibly interrupted) run left: *.tmp files, old shards, indexes and the report."""
+    run left: *.tmp files, old shards, indexes, report, tokenizer and progress state."""
+    _make_dirs(out)
+    stale = [*out.glob("*.tmp"), out / "report.json", out / "tokenizer.json", out / STATE]
+    for split in SPLITS:
+        folder = out / split
+        stale += [*folder.glob("*.tmp"), *folder.glob("shard-*.tar"), folder / "index.json"]
+    for path in stale:
+        path.unlink(missing_ok=True)
+
+
+def _make_dirs(out: Path) -> None:
     try:
         for split in SPLITS:
             (out / split).mkdir(parents=True, exist_ok=True)
@@ -50,27 +66,79 @@ def prepare_out(out: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise UsageError(f"output directory {out} is not writable: {e}") from e
-    stale = [*out.glob("*.tmp"), out / "report.json", out / "tokenizer.json"]
-    for split in SPLITS:
-        folder = out / split
-        stale += [*folder.glob("*.tmp"), *folder.glob("shard-*.tar"), folder / "index.json"]
-    for path in stale:
-        path.unlink(missing_ok=True)
+
+
+def empty_stats() -> dict:
+    return {
+        "num_images": 0, "image_bytes": 0, "stored_original": 0,
+        "min_width": None, "max_width": None, "min_height": None, "max_height": None,
+        "count_landscape": 0, "count_portrait": 0, "count_square": 0,
+    }  # fmt: skip
+
+
+def _add_image(stats: dict, img: StoredImage) -> None:
+    w, h = img.width, img.height
+    stats["num_images"] += 1
+    stats["image_bytes"] += len(img.data)
+    stats["stored_original"] += img.ext != "png"
+    for key, v, pick in (("min_width", w, min), ("max_width", w, max),
+                         ("min_height", h, min), ("max_height", h, max)):  # fmt: skip
+        stats[key] = v if stats[key] is None else pick(stats[key], v)
+    stats["count_landscape"] += w > h
+    stats["count_portrait"] += h > w
+    stats["count_square"] += w == h
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = {}
+    for key in a:
+        values = [v for v in (a[key], b[key]) if v is not None]
+        if key.startswith("min_") or key.startswith("max_"):
+            out[key] = (min if key.startswith("min_") else max)(values) if values else None
+        else:
+            out[key] = a[key] + b[key]
+    return out
 
 
 class SplitWriter:
-    """Writes one split's samples into shard-NNNNNN.tar files of at most `shard_size`."""
+    """Writes one split's samples into shard-NNNNNN.tar files of at most `shard_size`.
 
-    def __init__(self, folder: Path, shard_size: int):
+    `saved` is this split's part of a progress state: its finished shards and its
+    resume point (`resume_item`, `skip_samples`: the first `skip_samples` samples of item
+    `resume_item` are already in a finished shard, as are all samples of earlier items).
+    """
+
+    def __init__(self, folder: Path, shard_size: int, saved: dict | None = None):
+        saved = saved or {}
         self.folder, self.shard_size = folder, shard_size
-        self.shards: list[dict] = []  # finished shards: name, samples, images
-        self.sizes: list[tuple[int, int]] = []  # (width, height) of every written image
-        self.num_samples = 0
+        self.shards: list[dict] = [dict(s) for s in saved.get("shards", [])]  # finished
+        self.stats = dict(saved.get("stats") or empty_stats())  # of the finished shards
+        self.resume_item = saved.get("resume_item", 0)
+        self.skip_samples = saved.get("skip_samples", 0)
+        self.num_samples = sum(s["samples"] for s in self.shards)
+        self._open_stats = empty_stats()
+        self._item, self._item_samples = -1, 0
         self._file = self._tar = None
 
-    def add(self, elements: list[dict], source: str, images: list[Image.Image]) -> None:
-        """Append one sample; `elements` holds one image element per entry of `images`,
-        in order, whose file/width/height fields are filled in here."""
+    def state(self) -> dict:
+        return {
+            "shards": self.shards if self._tar is None else self.shards[:-1],
+            "stats": self.stats,
+            "resume_item": self.resume_item,
+            "skip_samples": self.skip_samples,
+        }
+
+    def add(self, item: int, elements: list[dict], source: str, images: list[StoredImage]) -> bool:
+        """Append sample number k (counted within `item`) unless a finished shard already
+        holds it. `elements` holds one image element per entry of `images`, in order; its
+        file/width/height fields are filled in here. True when this closed a shard."""
+        if item != self._item:
+            self._item, self._item_samples = item, 0
+        self._item_samples += 1
+        if item < self.resume_item or (
+            item == self.resume_item and self._item_samples <= self.skip_samples
+        ):
+            return False
         if self._tar is None:
             self._open()
         key = f"{self.num_samples:08d}"
@@ -80,9 +148,9 @@ class SplitWriter:
             raise ValueError(f"{len(image_elements)} image elements but {len(images)} images")
         members = {}
         for i, (el, img) in enumerate(zip(image_elements, images)):
-            el.update(file=f"img{i}.png", width=img.width, height=img.height)
-            members[el["file"]] = png_bytes(img)
-            self.sizes.append(img.size)
+            el.update(file=f"img{i}.{img.ext}", width=img.width, height=img.height)
+            members[el["file"]] = img.data
+            _add_image(self._open_stats, img)
         doc = {"elements": elements, "source": source}
         members["json"] = json.dumps(doc, ensure_ascii=False, sort_keys=True).encode()
         for ext in sorted(members):
@@ -96,6 +164,15 @@ class SplitWriter:
         self.shards[-1]["images"] += len(images)
         if self.shards[-1]["samples"] == self.shard_size:
             self._close()
+            self.resume_item, self.skip_samples = item, self._item_samples
+            return True
+        return False
+
+    def item_done(self, item: int) -> None:
+        """All samples of `item` are added. If a shard closed on its last one, the resume
+        point moves past it, so a rerun does not read it again."""
+        if (self.resume_item, self.skip_samples) == (item, self._item_samples) and self._item == item:
+            self.resume_item, self.skip_samples = item + 1, 0
 
     def _open(self) -> None:
         name = f"shard-{len(self.shards):06d}.tar"
@@ -112,6 +189,8 @@ class SplitWriter:
         name = self.shards[-1]["name"]
         os.replace(self.folder / (name + ".tmp"), self.folder / name)
         self._file = self._tar = None
+        self.stats = _merge(self.stats, self._open_stats)
+        self._open_stats = empty_stats()
 
     def finish(self) -> None:
         """Close the last, partly filled shard."""
@@ -125,57 +204,164 @@ class SplitWriter:
             self._file = self._tar = None
 
     def index(self, kind: str, split: str, tokenizer: str | None, packing, args) -> dict:
-        ws, hs = [w for w, _ in self.sizes], [h for _, h in self.sizes]
+        sizes = ("min_width", "max_width", "min_height", "max_height",
+                 "count_landscape", "count_portrait", "count_square")  # fmt: skip
         return {
             "format": FORMAT,
             "kind": kind,
             "split": split,
             "shards": self.shards,
             "num_samples": self.num_samples,
-            "num_images": len(self.sizes),
-            "image_sizes": {
-                "min_width": min(ws, default=None),
-                "max_width": max(ws, default=None),
-                "min_height": min(hs, default=None),
-                "max_height": max(hs, default=None),
-                "count_landscape": sum(w > h for w, h in self.sizes),
-                "count_portrait": sum(h > w for w, h in self.sizes),
-                "count_square": sum(w == h for w, h in self.sizes),
-            },
+            "num_images": self.stats["num_images"],
+            "image_sizes": {k: self.stats[k] for k in sizes},
             "tokenizer": tokenizer,
             "packing": packing,
             "args": args,
         }
 
 
-class DatasetWriter:
-    """Both splits of one output directory. Use as a context manager: on a clean exit the
-    last shards are closed and then the indexes written; on an error nothing is finalized."""
+def fingerprint(args: dict) -> dict:
+    """What must match for a rerun to continue a build: every argument but --out."""
+    return {k: v for k, v in args.items() if k != "out"}
 
-    def __init__(self, out: Path, kind: str, shard_size: int, args: dict):
-        prepare_out(out)
+
+class DatasetWriter:
+    """Both splits of one output directory, resumable (see the module docstring).
+
+    Opening it checks OUT/progress.json: no state (or `overwrite`) starts afresh; a state
+    with other arguments or another input count is refused (UsageError); an unfinished
+    state is continued; a finished one sets `complete` (nothing left to do).
+    Use `skip()` for skipped inputs, `add()` for samples, then `finish(inputs_seen)`; on
+    an error call `abandon()`: finished shards and the state stay for the next run.
+    """
+
+    def __init__(self, out: Path, kind: str, shard_size: int, args: dict, num_inputs: int,
+                 overwrite: bool = False):  # fmt: skip
         self.out, self.kind, self.args = out, kind, args
-        self.splits = {s: SplitWriter(out / s, shard_size) for s in SPLITS}
         self.tokenizer: str | None = None  # set to "../tokenizer.json" when one is written
         self.packing: dict | None = None
+        self.complete = self.resumed = False
+        self._skipped: list[dict] = []  # with "item" and "split", dropped in report.json
+        self._closed = False  # a shard was finished since the state was last saved
+        state = None if overwrite else _read_state(out)
+        if state is not None:
+            _check_state(state, out, args, num_inputs)
+        if state is None:
+            prepare_out(out)
+            state = {"splits": {}, "skipped": []}
+        else:
+            _make_dirs(out)
+            self.complete, self.resumed = bool(state.get("complete")), True
+            if not self.complete:
+                _clear_unfinished(out, state)
+        self.num_inputs = num_inputs
+        self.splits = {
+            s: SplitWriter(out / s, shard_size, state["splits"].get(s)) for s in SPLITS
+        }
+        self._skipped = list(state["skipped"])
+        if not self.complete:
+            self.save_state()
 
-    def add(self, split: str, elements: list[dict], source: str, images) -> None:
-        self.splits[split].add(elements, source, images)
+    def wants(self, item: int, split: str) -> bool:
+        """False when every sample of `item` is already in a finished shard."""
+        return item >= self.splits[split].resume_item
 
-    def __enter__(self):
-        return self
+    def add(self, item: int, split: str, elements: list[dict], source: str, images) -> None:
+        self._closed |= self.splits[split].add(item, elements, source, images)
 
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            for writer in self.splits.values():
-                writer.abandon()  # the .tmp stays; the next run deletes it
-            return False
+    def item_done(self, item: int, split: str) -> None:
+        """All of `item`'s samples are added: save the state if a shard was finished."""
+        self.splits[split].item_done(item)
+        if self._closed:
+            self.save_state()
+            self._closed = False
+
+    def skip(self, item: int, split: str, path: str, kind: str, reason: str) -> None:
+        self._skipped.append(
+            {"item": item, "split": split, "path": str(path), "kind": kind, "reason": reason}
+        )
+
+    def save_state(self, complete: bool = False) -> None:
+        # Skips of items at or after their split's resume point are found again on resume.
+        skipped = [s for s in self._skipped if s["item"] < self.splits[s["split"]].resume_item]
+        state = {
+            "format": STATE_FORMAT,
+            "fingerprint": fingerprint(self.args),
+            "num_inputs": self.num_inputs,
+            "complete": complete,
+            "splits": {s: w.state() for s, w in self.splits.items()},
+            "skipped": self._skipped if complete else skipped,
+        }
+        write_json_atomic(self.out / STATE, state)
+
+    def abandon(self) -> None:
+        for writer in self.splits.values():
+            writer.abandon()  # the .tmp stays; the next run deletes it
+
+    def finish(self, inputs_seen: int) -> dict:
+        """Close the last shards, write both indexes, then report.json; return the report."""
+        from .report import build_report  # report imports this module
+
         for writer in self.splits.values():
             writer.finish()
         for split, writer in self.splits.items():
             index = writer.index(self.kind, split, self.tokenizer, self.packing, self.args)
             write_json_atomic(self.out / split / "index.json", index)
-        return False
+        self._skipped.sort(key=lambda s: s["item"])  # input order, whatever the workers did
+        skipped = [{k: s[k] for k in ("path", "kind", "reason")} for s in self._skipped]
+        report = build_report(inputs_seen, self.counts(), skipped, self.stats())
+        write_json_atomic(self.out / "report.json", report)
+        self.save_state(complete=True)
+        return report
+
+    def saved_report(self) -> dict:
+        return json.loads((self.out / "report.json").read_text(encoding="utf-8"))
 
     def counts(self) -> dict:
         return {s: w.num_samples for s, w in self.splits.items()}
+
+    def stats(self) -> dict:
+        return {s: w.stats for s, w in self.splits.items()}
+
+
+def _read_state(out: Path) -> dict | None:
+    path = out / STATE
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path} is unreadable ({e}); add --overwrite to start over") from e
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise UsageError(f"{path} is not a {STATE_FORMAT} file; add --overwrite to start over")
+    return state
+
+
+def _check_state(state: dict, out: Path, args: dict, num_inputs: int) -> None:
+    old, new = state["fingerprint"], fingerprint(args)
+    changed = [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
+    if state["num_inputs"] != num_inputs:
+        changed.append(f"number of inputs: {state['num_inputs']} -> {num_inputs}")
+    if changed:
+        raise UsageError(
+            f"{out / STATE} records a build with other arguments or inputs ("
+            + "; ".join(changed)
+            + "); rerun with the same arguments to continue it, or add --overwrite to start over"
+        )
+
+
+def _clear_unfinished(out: Path, state: dict) -> None:
+    """Before continuing: drop temp files, the indexes and report (rewritten at the end),
+    and any shard the state does not list as finished (it is written again)."""
+    stale = [*out.glob("*.tmp"), out / "report.json"]
+    for split in SPLITS:
+        folder = out / split
+        done = {s["name"] for s in state["splits"].get(split, {}).get("shards", [])}
+        stale += [*folder.glob("*.tmp"), folder / "index.json"]
+        stale += [p for p in folder.glob("shard-*.tar") if p.name not in done]
+    for path in stale:
+        path.unlink(missing_ok=True)

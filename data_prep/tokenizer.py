@@ -43,3 +43,22 @@ def save_tokenizer(tokenizer: Tokenizer, out: Path) -> Path:
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """Load a tokenizer.json written by `train_tokenizer(...).save()`."""
     return Tokenizer.from_file(str(path))
+
+
+def load_checked_tokenizer(path: str | Path) -> Tokenizer:
+    """Load an existing tokenizer.json for reuse (`prep mixed --tokenizer`): it must hold
+    the six special tokens at ids 0-5, or the model's vocabulary layout would be wrong."""
+    from .errors import UsageError
+
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # missing file, not JSON, not a tokenizer
+        raise UsageError(f"tokenizer {path} cannot be loaded: {e}") from e
+    ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
+    if ids != list(range(len(SPECIAL_TOKENS))):
+        found = ", ".join(f"{t}={i}" for t, i in zip(SPECIAL_TOKENS, ids))
+        raise UsageError(
+            f"tokenizer {path} does not have the special tokens {' '.join(SPECIAL_TOKENS)} "
+            + f"at ids 0-5 (found {found}); train one with `pixword prep mixed` instead"
+        )
+    return tok

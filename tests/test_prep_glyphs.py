@@ -3,7 +3,6 @@
 import io
 import json
 import re
-import time
 
 import numpy as np
 import pytest
@@ -86,10 +85,10 @@ def test_bitmap_font_fallback_warns(monkeypatch):
         glyphs.font.cache_clear()
 
 
-def test_default_glyph_build_is_fast(tmp_path, capsys):
-    start = time.perf_counter()
+def test_default_glyph_build(tmp_path, capsys):
+    # What `make quickstart` builds (with the default --workers, all cores); its speed is
+    # measured in README, not asserted here.
     assert main(["glyphs", "--out", str(tmp_path / "g")]) == 0
-    assert time.perf_counter() - start < 30
     assert "4000 train, 256 val" in capsys.readouterr().out
     index = json.loads((tmp_path / "g" / "train" / "index.json").read_text())
     assert [s["samples"] for s in index["shards"]] == [1000] * 4

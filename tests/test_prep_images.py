@@ -12,7 +12,7 @@ from PIL import Image
 from data_prep import images as images_mod
 from data_prep.cli import main
 from data_prep.errors import BadInput
-from data_prep.imageio import load_rgb, to_rgb
+from data_prep.imageio import load_rgb, shard_image, to_rgb
 from data_prep.images import build_images
 from data_prep.shards import assign_split
 
@@ -204,13 +204,13 @@ def test_crash_leaves_no_partial_shard_and_rerun_succeeds(tmp_path, monkeypatch)
     out = tmp_path / "out"
     calls = {"n": 0}
 
-    def crashing_load(path, max_side=0):
+    def crashing_load(path, max_side=0, store="original"):
         calls["n"] += 1
         if calls["n"] == 4:  # first shard (2 samples) done, second one half written
             raise RuntimeError("simulated crash")
-        return load_rgb(path, max_side)
+        return shard_image(path, max_side, store)
 
-    monkeypatch.setattr(images_mod, "load_rgb", crashing_load)
+    monkeypatch.setattr(images_mod, "shard_image", crashing_load)
     with pytest.raises(RuntimeError):
         build_images(src, out, val_fraction=0, shard_size=2)
     train = out / "train"
@@ -267,7 +267,7 @@ def test_unusable_input_exits_2(tmp_path, capsys):
     assert "not writable" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["images", "mixed", "glyphs"])
+@pytest.mark.parametrize("command", ["images", "mixed", "llava", "glyphs"])
 def test_help(command, capsys):
     assert main([command, "--help"]) == 0
     assert "usage: pixword prep " + command in capsys.readouterr().out

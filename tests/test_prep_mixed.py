@@ -16,7 +16,31 @@ from data_prep.mixed import build_mixed
 from data_prep.pack import count_tokens, image_cost, pack_document
 from data_prep.tokenizer import SPECIAL_TOKENS, load_tokenizer, train_tokenizer
 
-SAMPLES = sorted(Path("/work/shared/data/upw_mixed_samples").glob("sample_*.txt"))
+# The authors' four example documents, when the project's shared data sits beside the
+# repository (a plain clone has none; the test that uses them is then skipped).
+AUTHORS_SAMPLES = Path(__file__).resolve().parents[1].parent / "shared/data/upw_mixed_samples"
+
+# Documents in the paper's format written by the tests: several images per document,
+# long text, non-ASCII text, whitespace around tags, a missing image, an unclosed tag.
+DOCS = {
+    "sample_1.txt": "Provide a brief description of the given image. "
+    "<|image|>GCC_train_002582585.jpg<|/image|> olive oil is a healthy ingredient used liberally .",
+    "flowers.txt": (
+        "Blooming in the sun, blue and red flowers paint vivid strokes on nature's canvas. " * 6
+        + "\n\n<|image|>flower1.jpg<|/image|>\n<|image|>flower2.jpg<|/image|>\n"
+        + "<|image|>flower3.jpg<|/image|>\n\n"
+        + "In contrast, red flowers burst with fiery energy. Bold roses and tulips. " * 8
+    ),
+    "sub/moto.txt": "张雪的摩托车是一头哑光黑色的野兽。 Zhang Xue's motorcycle — très élégante. "
+    "<|image|>jiche1.jpeg<|/image|> Ça roule ! 🏍️ Fahrräder sind schön. "
+    "<|image|> jiche2.jpeg <|/image|> The motorcycle blends with nature.",
+    "pets.txt": "I have two cute pets.\n\n<|image|>my_dog.jpg<|/image|> \nThis is my dog.\n\n"
+    "<|image|>my_cat.jpg<|/image|>\nThis is my cat.",
+    "missing.txt": "A photo that was lost: <|image|>lost_photo.jpg<|/image|> but the text stays.",
+    "unclosed.txt": "A tag left open <|image|>flower1.jpg and the text goes on.",
+}
+IMAGES = ["GCC_train_002582585.jpg", "flower1.jpg", "flower2.jpg", "flower3.jpg",
+          "jiche1.jpeg", "jiche2.jpeg", "my_dog.jpg", "my_cat.jpg"]  # fmt: skip
 LOREM = (
     "Blooming in the sun, blue and red flowers paint vivid strokes on nature's canvas. "
     "Bold roses, vibrant poppies, and striking tulips command attention with their hue. "
@@ -98,12 +122,24 @@ def test_resolve_image(tmp_path):
     assert resolve_image("/abs/c.jpg", tmp_path) == Path("/abs/c.jpg")
 
 
-@pytest.mark.parametrize("path", SAMPLES, ids=[p.name for p in SAMPLES])
-def test_paper_samples_parse(path):
-    elements = parse_document(read_document(path), path.name)
+def write_docs(folder: Path, docs: dict = DOCS) -> Path:
+    for name, text in docs.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("name", [n for n in DOCS if n != "unclosed.txt"])
+def test_paper_format_documents_parse(name, tmp_path):
+    path = write_docs(tmp_path) / name
+    elements = parse_document(read_document(path), name)
     names = [e["name"] for e in elements if e["type"] == "image"]
-    assert names == re.findall(r"<\|image\|>(.*?)<\|/image\|>", path.read_text())
+    tags = re.findall(r"<\|image\|>(.*?)<\|/image\|>", path.read_text(encoding="utf-8"))
+    assert names == [t.strip() for t in tags] and names
     assert all(e["text"] and e["text"] == e["text"].strip() for e in elements if "text" in e)
+    if name == "sub/moto.txt":
+        text = " ".join(e["text"] for e in elements if "text" in e)
+        assert all(piece in text for piece in ("张雪", "très", "🏍️"))
 
 
 # --- tokenizer --------------------------------------------------------------------------
@@ -165,11 +201,10 @@ def test_pack_drops_image_that_cannot_fit(tok):
 # --- builds -----------------------------------------------------------------------------
 
 
-def placeholder_images(folder: Path, docs: list[Path]) -> None:
+def placeholder_images(folder: Path, names: list[str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for i, doc in enumerate(docs):
-        for name in re.findall(r"<\|image\|>(.*?)<\|/image\|>", doc.read_text()):
-            Image.new("RGB", (20 + 10 * i, 16), (40 * i, 90, 200)).save(folder / name.strip())
+    for i, name in enumerate(names):
+        Image.new("RGB", (20 + 10 * i, 16), (40 * i % 256, 90, 200)).save(folder / name.strip())
 
 
 def read_split(folder):
@@ -181,22 +216,17 @@ def read_split(folder):
     return index, samples
 
 
-def test_paper_samples_build(tmp_path, capsys):
-    placeholder_images(tmp_path / "img", SAMPLES)
-    out = tmp_path / "out"
-    argv = ["mixed", str(SAMPLES[0].parent), "--images", str(tmp_path / "img"), "--out", str(out)]
-    argv += ["--image-size", "32", "--window-size", "8", "--max-seq-len", "48"]
-    assert main([*argv, "--vocab-size", "500", "--val-fraction", "0"]) == 0
-    assert "tokenizer:" in capsys.readouterr().out
+def check_build(docs: Path, out: Path, names: list[str]) -> tuple[dict, list]:
+    """Shards of a mixed build: every sample within the budget, every text piece a
+    substring of its document, every image a decodable RGB of the stated size."""
     tokenizer = load_tokenizer(out / "tokenizer.json")
     index, samples = read_split(out / "train")
     assert index["kind"] == "mixed" and index["tokenizer"] == "../tokenizer.json"
     assert index["packing"] == {"image_size": 32, "window_size": 8, "max_seq_len": 48}
-    assert index["num_images"] == 8
     seen = []
     for s in samples:
         doc = json.loads(s["json"])
-        assert doc["source"] in {p.name for p in SAMPLES}
+        assert doc["source"] in names
         assert layout_len(doc["elements"], tokenizer, 32, 8) <= 49
         for el in doc["elements"]:
             if el["type"] == "image":
@@ -204,10 +234,55 @@ def test_paper_samples_build(tmp_path, capsys):
                 assert img.mode == "RGB" and img.size == (el["width"], el["height"])
                 seen.append(el["name"])
             else:
-                assert el["text"] in (SAMPLES[0].parent / doc["source"]).read_text()
-    assert sorted(seen) == sorted(p.name for p in (tmp_path / "img").iterdir())
+                assert el["text"] in (docs / doc["source"]).read_text(encoding="utf-8")
+                ids = tokenizer.encode(el["text"], add_special_tokens=False).ids
+                assert tokenizer.decode(ids) == el["text"]  # NFKC-stable, non-ASCII intact
+    return index, seen
+
+
+PACKING = ["--image-size", "32", "--window-size", "8", "--max-seq-len", "48", "--workers", "1"]
+
+
+def test_paper_format_build(tmp_path, capsys):
+    docs = write_docs(tmp_path / "docs")
+    placeholder_images(tmp_path / "img", IMAGES)
+    out = tmp_path / "out"
+    argv = ["mixed", str(docs), "--images", str(tmp_path / "img"), "--out", str(out), *PACKING]
+    assert main([*argv, "--vocab-size", "500", "--val-fraction", "0"]) == 0
+    assert "tokenizer:" in capsys.readouterr().out
+    index, seen = check_build(docs, out, list(DOCS))
+    assert index["num_images"] == len(IMAGES) and sorted(seen) == sorted(IMAGES)
     report = json.loads((out / "report.json").read_text())
-    assert report["inputs_seen"] == 4 and report["skipped"] == []
+    assert report["inputs_seen"] == len(DOCS)
+    assert report["skipped_counts"] == {"missing_image": 1, "unclosed_tag": 1}
+    assert {s["path"] for s in report["skipped"]} == {
+        "unclosed.txt", str(tmp_path / "img" / "lost_photo.jpg")}  # fmt: skip
+    _, samples = read_split(out / "train")
+    sources = [json.loads(s["json"])["source"] for s in samples]
+    assert sources.count("flowers.txt") > 2  # long text packed into several samples
+    assert "missing.txt" in sources  # its text is kept without the lost image
+
+
+@pytest.mark.skipif(
+    not AUTHORS_SAMPLES.is_dir(),
+    reason=f"the authors' example documents are not beside the repository ({AUTHORS_SAMPLES})",
+)
+def test_authors_samples_build(tmp_path):
+    paths = sorted(AUTHORS_SAMPLES.glob("sample_*.txt"))
+    assert paths
+    names = []
+    for path in paths:
+        elements = parse_document(read_document(path), path.name)
+        names += [e["name"] for e in elements if e["type"] == "image"]
+        tags = re.findall(r"<\|image\|>(.*?)<\|/image\|>", path.read_text(encoding="utf-8"))
+        assert [e["name"] for e in elements if e["type"] == "image"] == [t.strip() for t in tags]
+    placeholder_images(tmp_path / "img", names)
+    out = tmp_path / "out"
+    report = build_mixed(AUTHORS_SAMPLES, tmp_path / "img", out, image_size=32, window_size=8,
+                         max_seq_len=48, vocab_size=500, val_fraction=0)  # fmt: skip
+    assert report["inputs_seen"] == len(paths) and report["skipped"] == []
+    _, seen = check_build(AUTHORS_SAMPLES, out, [p.name for p in paths])
+    assert sorted(seen) == sorted(names)
 
 
 def test_bad_documents_and_images_are_reported(tmp_path):
@@ -247,9 +322,10 @@ def test_bad_documents_and_images_are_reported(tmp_path):
 
 
 def test_mixed_builds_are_byte_identical(tmp_path):
-    placeholder_images(tmp_path / "img", SAMPLES)
+    docs = write_docs(tmp_path / "docs")
+    placeholder_images(tmp_path / "img", IMAGES)
     for name in ("a", "b"):
-        build_mixed(SAMPLES[0].parent, tmp_path / "img", tmp_path / name, image_size=32,
+        build_mixed(docs, tmp_path / "img", tmp_path / name, image_size=32,
                     window_size=8, max_seq_len=40, vocab_size=400, val_fraction=0.5)  # fmt: skip
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*"))
     assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*"))
@@ -275,3 +351,83 @@ def test_mixed_unusable_input_exits_2(tmp_path, capsys):
     (docs / "d.txt").write_bytes(b"\xff")
     assert main(["mixed", str(docs / "d.txt"), "--images", str(imgs), *out]) == 2
     assert "no samples" in capsys.readouterr().err
+
+
+# --- split and tokenizer ------------------------------------------------------------------
+
+
+def marker(i: int) -> str:
+    """A word only document i contains (letters only, so BPE can learn it whole)."""
+    return "zq" + "".join(chr(97 + int(d)) for d in f"{i:02d}") + "word"
+
+
+def test_split_is_per_document_and_tokenizer_sees_train_only(tmp_path):
+    docs, imgs = tmp_path / "docs", tmp_path / "img"
+    docs.mkdir()
+    placeholder_images(imgs, [f"{i}.png" for i in range(12)])
+    for i in range(12):  # long enough to be packed into several samples each
+        body = f"{marker(i)} " * 40
+        (docs / f"d{i:02d}.txt").write_text(f"{body}<|image|>{i}.png<|/image|> {body}")
+    out = tmp_path / "out"
+    build_mixed(docs, imgs, out, image_size=16, window_size=8, max_seq_len=40,
+                vocab_size=3000, val_fraction=0.5, seed=2)  # fmt: skip
+    sources = {}
+    for split in ("train", "val"):
+        _, samples = read_split(out / split)
+        for s in samples:
+            doc = json.loads(s["json"])
+            sources.setdefault(doc["source"], set()).add(split)
+            assert all(marker(int(doc["source"][1:3])) in el["text"]
+                       for el in doc["elements"] if el["type"] == "text")  # fmt: skip
+    assert all(len(splits) == 1 for splits in sources.values())  # no document in both
+    train = {name for name, splits in sources.items() if splits == {"train"}}
+    assert len(sources) == 12 and 0 < len(train) < 12
+    vocab = load_tokenizer(out / "tokenizer.json").get_vocab()
+    for i in range(12):
+        learned = any(marker(i) in token for token in vocab)
+        assert learned == (f"d{i:02d}.txt" in train), f"document {i}: learned={learned}"
+
+
+def test_existing_tokenizer_is_reused(tmp_path, tok, capsys):
+    docs = write_docs(tmp_path / "docs")
+    placeholder_images(tmp_path / "img", IMAGES)
+    given = tmp_path / "given.json"
+    tok.save(str(given))
+    out = tmp_path / "out"
+    argv = ["mixed", str(docs), "--images", str(tmp_path / "img"), "--out", str(out), *PACKING]
+    assert main([*argv, "--tokenizer", str(given), "--val-fraction", "0"]) == 0
+    assert (out / "tokenizer.json").read_bytes() == given.read_bytes()  # not retrained
+    index, seen = check_build(docs, out, list(DOCS))
+    assert sorted(seen) == sorted(IMAGES)
+    assert index["args"]["tokenizer"] == str(given)
+    capsys.readouterr()
+    # Another tokenizer file is another build: continuing the finished one is refused.
+    other = tmp_path / "other.json"
+    train_tokenizer(["some other text"], 300).save(str(other))
+    assert main([*argv, "--tokenizer", str(other), "--val-fraction", "0"]) == 2
+    assert "tokenizer" in capsys.readouterr().err
+
+
+def test_tokenizer_without_the_special_ids_is_refused(tmp_path, capsys):
+    from tokenizers import Tokenizer, models, trainers
+
+    docs = write_docs(tmp_path / "docs")
+    placeholder_images(tmp_path / "img", IMAGES)
+    wrong = Tokenizer(models.BPE(unk_token="<unk>"))
+    order = ["<pad>", "<unk>", "<s>", "</s>", "<|image|>", "<|/image|>"]  # ids 0-3 swapped
+    wrong.train_from_iterator(["a b c"], trainers.BpeTrainer(vocab_size=50, special_tokens=order))
+    none = Tokenizer(models.BPE())
+    none.train_from_iterator(["a b c"], trainers.BpeTrainer(vocab_size=50))
+    bad = {"wrong.json": wrong, "none.json": none}
+    for name, t in bad.items():
+        t.save(str(tmp_path / name))
+    (tmp_path / "junk.json").write_text("not a tokenizer")
+    out = tmp_path / "out"
+    argv = ["mixed", str(docs), "--images", str(tmp_path / "img"), "--out", str(out), *PACKING]
+    for name in [*bad, "junk.json", "absent.json"]:
+        assert main([*argv, "--tokenizer", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(tmp_path / name) in err, err
+        if name in bad:
+            assert "at ids 0-5" in err
+    assert not out.exists()  # refused before anything was written
