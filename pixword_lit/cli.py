@@ -1,5 +1,5 @@
-"""The `pixword` command: prep | fit | validate | inspect | print-config (and grid, compare,
-convert-ckpt). Each subcommand has --help."""
+"""The `pixword` command: prep | fit | validate | generate | eval | inspect | print-config
+(and grid, compare, bench, convert-ckpt). Each subcommand has --help."""
 
 from __future__ import annotations
 
