@@ -182,11 +182,11 @@ class PixWordLit(L.LightningModule):
         if s["word_n"] == 0:
             out["val/word_loss"] = float("nan")  # image-only data has no word targets
         self.last_val = out
-        for k, v in out.items():
-            if math.isfinite(v):
-                self.log(k, v, sync_dist=False)  # already reduced over ranks
         fresh = self.global_step != getattr(self, "_last_val_step", None)  # final re-validation
         self._last_val_step = self.global_step
+        for k, v in out.items():
+            if math.isfinite(v) and fresh:  # the final re-validation adds no second curve point
+                self.log(k, v, sync_dist=False)  # already reduced over ranks
         if self.global_rank == 0 and self.run_dir and fresh and not self.trainer.sanity_checking:
             rec = {"step": int(self.global_step), "epoch": int(self.current_epoch), **out}
             with open(self.run_dir / "metrics.jsonl", "a") as f:
