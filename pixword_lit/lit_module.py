@@ -67,7 +67,8 @@ class PixWordLit(L.LightningModule):
         log = dict(on_step=True, on_epoch=False, batch_size=batch["targets"].shape[0])
         self.log("train/loss", loss, prog_bar=True, **log)
         self.log("train/pix_loss", t["pix_sum"] / t["pix_n"].clamp(min=1), **log)
-        self.log("train/word_loss", t["word_sum"] / t["word_n"].clamp(min=1), **log)
+        if self.cfg.data.mode != "image_only":  # image-only data has no word targets
+            self.log("train/word_loss", t["word_sum"] / t["word_n"].clamp(min=1), **log)
         self.log("train/pix_acc", t["pix_correct"] / t["pix_n"].clamp(min=1), **log)
         if int(batch["n_skipped"]):
             self.log("data/skipped", batch["n_skipped"].float(), reduce_fx="sum", **log)
@@ -179,8 +180,10 @@ class PixWordLit(L.LightningModule):
         }
         if s["pixel_all_n"] > 0:
             out["val/pix_loss_all"] = s["pixel_all_sum"] / s["pixel_all_n"]
-        if s["word_n"] == 0:
-            out["val/word_loss"] = float("nan")  # image-only data has no word targets
+        if s["word_n"] == 0 or self.cfg.data.mode == "image_only":
+            # image-only data has no words: its only word-class targets are the structural
+            # <|image|> <|/image|> </s> (scored in val/loss), so no word loss is reported
+            out["val/word_loss"] = float("nan")
         self.last_val = out
         fresh = self.global_step != getattr(self, "_last_val_step", None)  # final re-validation
         self._last_val_step = self.global_step
