@@ -243,6 +243,16 @@ def test_build_sample_masked_last_window_predicts_image_end():
     assert s["positions"].tolist() == [0, 1, 2, -1, -1, 3]
 
 
+def test_placeholder_is_shaped_like_a_sample_without_images():
+    """Placeholders travel in the same batches as real samples: same keys, same dtypes."""
+    e, real = empty_sample(), build_sample([], Vocab(20, 50), 8)
+    assert set(e) == set(real)
+    arrays = [k for k in real if isinstance(real[k], np.ndarray)]
+    assert len(arrays) == 9
+    for k in arrays:
+        assert e[k].dtype == real[k].dtype and e[k].shape[1:] == real[k].shape[1:], k
+
+
 def test_empty_sample_and_collate_padding():
     v = Vocab(20, 50)
     e = empty_sample()
