@@ -196,6 +196,9 @@ def test_build_sample_layout_by_hand():
     assert s["summary_index"].tolist() == [3] * 6
     assert s["window_valid"].tolist() == [True, True, True, True, True, False]
     assert s["fold_se"] == 3.5 and s["n_pixels"] == 14 and s["truncated"] is False
+    for k in ("input_ids", "window_slot", "positions", "targets", "pix", "pix_pos", "summary_index"):
+        assert s[k].dtype == np.int64, k
+    assert s["elem_valid"].dtype == bool and s["window_valid"].dtype == bool
 
 
 def test_build_sample_without_elements_and_text_only():
