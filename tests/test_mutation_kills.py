@@ -253,7 +253,7 @@ def test_placeholder_is_shaped_like_a_sample_without_images():
     arrays = [k for k in real if isinstance(real[k], np.ndarray)]
     assert len(arrays) == 9
     for k in arrays:
-        assert e[k].dtype == real[k].dtype and e[k].shape[1:] == real[k].shape[1:], k
+        assert e[k].dtype == real[k].dtype and e[k].shape == real[k].shape, k
 
 
 def test_empty_sample_and_collate_padding():
