@@ -1,5 +1,5 @@
 """`make mutation`'s summary: reads `mutmut results --all true` on stdin and prints, per module,
-how many of the mutants that were run the tests killed. Not a test (pytest does not collect it)."""
+how many of the mutants that were run the tests killed (or timed out on). Not a test (pytest does not collect it)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def main() -> int:
     for module, c in sorted(counts.items()):
         total = sum(c.values())
         detail = ", ".join(f"{n} {s}" for s, n in sorted(c.items()))
-        print(f"{module:40s} {c['killed'] / total:6.1%} killed of {total} ({detail})")
+        detected = c["killed"] + c["timeout"]  # a mutant that makes the tests hang is caught too
+        print(f"{module:40s} {detected / total:6.1%} killed of {total} ({detail})")
     return 0
 
 

@@ -113,6 +113,15 @@ def test_fit_palette_is_a_function_of_its_seed():
     assert defaults["iters"].default == PaletteParams().iters == 25
 
 
+def test_fit_palette_edges():
+    # exactly k pixels is enough, and k-means++ picks every distinct one (never a duplicate)
+    four = np.array([[9, 9, 9], [0, 0, 0], [0, 0, 1], [200, 0, 0]], np.uint8)
+    assert fit_palette(four, 4, iters=0).tolist() == sorted(four.tolist())
+    near = np.array([[0, 0, 0]] * 5 + [[0, 0, 1]], np.uint8)  # squared distances sum to 1
+    for seed in range(8):
+        assert fit_palette(near, 2, iters=0, seed=seed).tolist() == [[0, 0, 0], [0, 0, 1]]
+
+
 def test_palette_from_a_checkpoint_list():
     """Checkpoints and palette.json hold the palette as lists: folding is the same."""
     pal = [[0, 0, 0], [250, 0, 0], [0, 0, 250], [255, 255, 255]]
