@@ -1,5 +1,6 @@
 """`make mutation`'s summary: reads `mutmut results --all true` on stdin and prints, per module,
-how many of the mutants that were run the tests killed (or timed out on). Not a test (pytest does not collect it)."""
+how many of the mutants that were run the tests killed (or timed out on). Not a test (pytest
+does not collect it)."""
 
 from __future__ import annotations
 
