@@ -61,6 +61,10 @@ def test_uniform_folding_by_hand():
     assert f.unfold(np.array([[0, 63]])).tolist() == [[[32, 32, 32], [224, 224, 224]]]
     assert f.state() == {"name": "uniform", "factor": 64}
     assert UniformFolding().factor == 16 and UniformFolding().n_pix == 4096
+    one = UniformFolding(1)  # no folding: every 8-bit color its own token (no colors() table here)
+    assert (one.levels, one.n_pix) == (256, 256**3)
+    assert one.fold(np.array([[255, 255, 255], [1, 2, 3]], np.uint8)).tolist() == [256**3 - 1,
+                                                                                    1 + 2 * 256 + 3 * 65536]
     assert UniformFolding(128).colors().tolist()[:2] == [[64, 64, 64], [192, 64, 64]]
 
 
