@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show the traceback of an error (anywhere on the line; or PIXWORD_DEBUG=1)")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("prep", add_help=False,
-                   help="build WebDataset shards (images | mixed | llava | glyphs); see `pixword prep --help`")
+                   help="build WebDataset shards (images | mixed | llava | glyphs); "
+                   "see `pixword prep --help`")
 
     f = sub.add_parser("fit", help="train an experiment",
                        description="Train from an experiment YAML; dotted overrides follow it, "

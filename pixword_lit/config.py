@@ -144,9 +144,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """schema <- base.yaml <- `path` (with its `defaults:` chain) <- dotted overrides; validated."""
     cfg = OmegaConf.structured(Config)
     layers = [BASE_YAML] if BASE_YAML.exists() else []
-    if path is not None:
-        layers += _yaml_chain(Path(path))
     try:
+        if path is not None:
+            layers += _yaml_chain(Path(path))
         for layer in layers:
             cfg = _merge(cfg, _read_yaml(layer))
         if overrides:
@@ -157,11 +157,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except ConfigError:
         raise
     except Exception as e:  # OmegaConf names the key and the file position
-        raise ConfigError(f"{e}") from None
+        raise ConfigError(_one_line(e)) from None
     if path is not None and cfg.run.name == "run":
         cfg.run.name = Path(path).stem
     validate(cfg)
     return cfg
+
+
+def _one_line(e: Exception) -> str:
+    """OmegaConf's and YAML's multi-line messages as one line that starts with the key."""
+    key = getattr(e, "full_key", None)
+    msg = getattr(e, "msg", None) if key else None
+    lines = [line.strip() for line in str(msg or e).splitlines()]
+    noise = ("full_key:", "reference_type=", "object_type=")  # repeated in every OmegaConf message
+    text = " ".join(x for x in lines if x and not x.startswith(noise))
+    return f"{key}: {text}" if key else text
 
 
 def _merge(cfg: DictConfig, layer: DictConfig) -> DictConfig:

@@ -90,7 +90,8 @@ class PixWordLit(L.LightningModule):
         log = dict(on_step=True, on_epoch=False, batch_size=batch["targets"].shape[0])
         self.log("train/loss", mean, prog_bar=True, **log)
         self.log("train/pix_loss", g["pix_sum"] / g["pix_n"].clamp(min=1), **log)
-        self.log("train/word_loss", g["word_sum"] / g["word_n"].clamp(min=1), **log)
+        if self.cfg.data.mode != "image_only":  # image-only data has no word targets
+            self.log("train/word_loss", g["word_sum"] / g["word_n"].clamp(min=1), **log)
         self.log("train/pix_acc", g["pix_correct"] / g["pix_n"].clamp(min=1), **log)
         if int(batch["n_skipped"]):
             self.log("data/skipped", batch["n_skipped"].float(), reduce_fx="sum", **log)
@@ -212,14 +213,18 @@ class PixWordLit(L.LightningModule):
         }
         if s["pixel_all_n"] > 0:  # every valid pixel predicted (dense; full_causal in evaluation)
             out.update(image_likelihood(s["pixel_all_sum"] / s["pixel_all_n"], self.folding))
-        if s["word_n"] == 0:
-            out["val/word_loss"] = float("nan")  # image-only data has no word targets
+        if s["word_n"] == 0 or self.cfg.data.mode == "image_only":
+            # image-only data has no words: its only word-class targets are the structural
+            # <|image|> <|/image|> </s> (scored in val/loss), so no word loss is reported
+            out["val/word_loss"] = float("nan")
         self.last_val = out
-        for k, v in out.items():
-            if math.isfinite(v) or k == "val/loss":  # a NaN val/loss is logged: the run diverged
-                self.log(k, v, sync_dist=False)  # already reduced over ranks
         fresh = self.global_step != getattr(self, "_last_val_step", None)  # final re-validation
         self._last_val_step = self.global_step
+        for k, v in out.items():
+            # the final re-validation adds no second curve point; a NaN val/loss is logged
+            # (the run diverged, and ModelCheckpoint needs the key)
+            if fresh and (math.isfinite(v) or k == "val/loss"):
+                self.log(k, v, sync_dist=False)  # already reduced over ranks
         if self.global_rank == 0 and self.run_dir and fresh and not self.trainer.sanity_checking:
             rec = {"step": int(self.global_step), "epoch": int(self.current_epoch), **out}
             with open(self.run_dir / "metrics.jsonl", "a") as f:

@@ -7,6 +7,7 @@ Distributed set-up lives here and in the config only (`trainer.strategy`, `devic
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -167,10 +168,21 @@ def _fit(cfg, resume, overwrite, run_dir: Path, control: RunControl):
         summary.update(eval_captions_after_fit(cfg, module, parts, run_dir))
     write_json(run_dir / "summary.json", summary)
     hp = {k: v for k, v in flatten(summary["config"]).items() if isinstance(v, (int, float, str, bool))}
-    metrics = {k: v for k, v in summary.items() if k.startswith(("val/", "baseline/"))}
-    trainer.logger.log_hyperparams(hp, metrics)  # TensorBoard's HParams view
+    metrics = {k: v for k, v in summary.items() if k.startswith(("val/", "baseline/")) and math.isfinite(v)}
+    log_hparams_view(trainer.logger, hp, metrics)
     trainer.logger.finalize("success")  # the writer log_hyperparams reopened: flush it before exit
     return summary
+
+
+def log_hparams_view(logger, hp: dict, metrics: dict) -> None:
+    """TensorBoard's HParams view: the config, and the final metrics, which TensorBoard reads
+    as the last point of each metric's own curve. (logger.log_hyperparams would also write
+    the metrics again as points at step 0, drawing every val/ curve back to its start.)"""
+    from torch.utils.tensorboard.summary import hparams
+
+    writer = logger.experiment._get_file_writer()
+    for part in hparams(hp, metrics):
+        writer.add_summary(part)
 
 
 def eval_captions_after_fit(cfg, module, parts, run_dir: Path) -> dict:

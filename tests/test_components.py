@@ -59,8 +59,36 @@ def is_valid(fold: str, attn: str, emb: str) -> bool:
         return False
 
 
-COMBOS = [c for c in itertools.product(FOLDINGS, ATTENTIONS, EMBEDDINGS) if is_valid(*c)]
+# Written out from the rules in pixword_lit/components/__init__.py, not computed by the code
+# under test: factorized needs uniform folding; patch_linear needs global_conditional.
+COMBOS = [
+    ("uniform", "global_conditional", "pix_table"),
+    ("uniform", "global_conditional", "factorized"),
+    ("uniform", "global_conditional", "linear_rgb"),
+    ("uniform", "global_conditional", "patch_linear"),
+    ("uniform", "full_causal", "pix_table"),
+    ("uniform", "full_causal", "factorized"),
+    ("uniform", "full_causal", "linear_rgb"),
+    ("uniform", "pooled", "pix_table"),
+    ("uniform", "pooled", "factorized"),
+    ("uniform", "pooled", "linear_rgb"),
+    ("palette", "global_conditional", "pix_table"),
+    ("palette", "global_conditional", "linear_rgb"),
+    ("palette", "global_conditional", "patch_linear"),
+    ("palette", "full_causal", "pix_table"),
+    ("palette", "full_causal", "linear_rgb"),
+    ("palette", "pooled", "pix_table"),
+    ("palette", "pooled", "linear_rgb"),
+]
 UNIFORM_COMBOS = [(a, e) for f, a, e in COMBOS if f == "uniform"]
+
+
+def test_valid_combinations_are_exactly_the_documented_ones():
+    """A combination wrongly refused (or wrongly accepted) fails here by name."""
+    product = list(itertools.product(FOLDINGS, ATTENTIONS, EMBEDDINGS))
+    assert set(COMBOS) <= set(product)  # a registry entry renamed or removed
+    for combo in product:
+        assert is_valid(*combo) == (combo in COMBOS), combo
 
 
 def make_model(fold: str, attn: str, emb: str, seed: int = 0):
@@ -151,6 +179,47 @@ def test_image_block_causality(attn):
             assert not torch.allclose(out[:, j], ref[:, j])
 
 
+# make_batch's layout, by hand. Sample 0: <s> 6 7 8 <|image|> W0 W1 W2 W3 <|/image|> 9 10;
+# sample 1: <s> <|image|> W0 W1 W2 W3 <|/image|> 11 (W2, W3 masked), then 4 padding slots.
+# (sample, element position) -> target class of every scored word target; pix targets are
+# the class (V + pix id) of the first pixel of the predicted window k.
+SCORED_WORDS = {(0, 0): 6, (0, 1): 7, (0, 2): 8, (0, 3): 4, (0, 8): 5, (0, 9): 9, (0, 10): 10,
+                (0, 11): 2, (1, 0): 4, (1, 3): 5, (1, 6): 11, (1, 7): 2}
+SCORED_PIX = {(0, 4): 0, (0, 5): 1, (0, 6): 2, (0, 7): 3, (1, 1): 0, (1, 2): 1}  # -> window k
+# full_causal: each window element expands to its 16 pixel tokens; the token that scores an
+# element's target is the element's own token, or its window's last valid pixel (square
+# windows: pixel 15; the wide image's top windows have 3 valid rows: pixel 11).
+FULL_CAUSAL_GATHER = {
+    0: {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 5 + 15, 6: 21 + 15, 7: 37 + 15, 8: 53 + 15, 9: 69,
+        10: 70, 11: 71},
+    1: {0: 0, 1: 1, 2: 2 + 11, 3: 18 + 11, 6: 66, 7: 67},
+}
+
+
+def _first_pixel_classes(folding):
+    """Class of the first (top-left) pixel of each window of make_batch's two images."""
+    rng = np.random.default_rng(1)
+    square = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    wide = rng.integers(0, 256, (3, SIZE, 3), dtype=np.uint8)
+    corners = [(0, 0), (0, 4), (4, 0), (4, 4)]
+    return [[N_WORDS + int(folding.fold(img[r : r + 1, c : c + 1])[0, 0]) for r, c in corners[:n]]
+            for img, n in ((square, 4), (wide, 2))]
+
+
+def _expected_targets(folding):
+    first = _first_pixel_classes(folding)
+    want = dict(SCORED_WORDS)
+    want.update({(i, t): first[i][k] for (i, t), k in SCORED_PIX.items()})
+    return want
+
+
+def test_make_batch_targets_are_the_hand_derived_ones():
+    folding = folding_of("uniform")
+    batch = make_batch(folding, Vocab(N_WORDS, folding.n_pix))
+    scored = torch.nonzero(batch["targets"] != IGNORE).tolist()
+    assert {(i, t): int(batch["targets"][i, t]) for i, t in scored} == _expected_targets(folding)
+
+
 def test_full_causal_pixel_causality_and_per_pixel_loss():
     model, vocab, folding = make_model("uniform", "full_causal", "pix_table")
     model.eval()
@@ -158,11 +227,23 @@ def test_full_causal_pixel_causality_and_per_pixel_loss():
     with torch.no_grad():
         logits, extras = model(batch)
         pt, pl = extras["pixel_targets"], extras["pixel_logits"]
-        # every valid pixel is predicted by the token before it, and nothing else is a pixel target
-        assert int((pt != IGNORE).sum()) == int(batch["n_pixels"].sum())
-        assert bool(((pt == IGNORE) | (pt >= vocab.n_words)).all())
-        # the paper's targets are scored at window summary pixels of the same per-pixel logits
-        assert torch.isin(logits[0], pl[0]).all()
+        # every valid pixel token is predicted by the valid token before it, by hand:
+        # sample 0: token 4 (<|image|>) predicts pixel 0 of W0 (token 5); tokens 5..67 predict
+        # the next pixel; token 68 (last pixel of W3) predicts <|/image|>, not a pixel.
+        want = torch.full_like(pt, IGNORE)
+        want[0, 4:68] = N_WORDS + batch["pix"][0, :4].reshape(-1)
+        # sample 1: valid pixel tokens are rows 0-2 of W0 (tokens 2..13) and of W1 (18..29);
+        # token 1 predicts token 2, token 13 predicts token 18, token 29 predicts <|/image|>
+        tokens = list(range(2, 14)) + list(range(18, 30))
+        ids = [int(batch["pix"][1, w, k]) for w in (0, 1) for k in range(12)]
+        for before, pix_id in zip([1] + tokens[:-1], ids):
+            want[1, before] = N_WORDS + pix_id
+        assert torch.equal(pt, want)
+        assert int((pt != IGNORE).sum()) == int(batch["n_pixels"].sum()) == 64 + 24
+        # the paper's targets are scored by the logits at exactly these tokens
+        for i, where in FULL_CAUSAL_GATHER.items():
+            for t, j in where.items():
+                assert torch.equal(logits[i, t], pl[i, j]), (i, t, j)
         # changing the 10th pixel of window 0 (element 5 of sample 0) changes no earlier token
         b = {k: v.clone() for k, v in batch.items()}
         b["pix"][0, 0, 9] = (b["pix"][0, 0, 9] + 1) % folding.n_pix
@@ -171,30 +252,73 @@ def test_full_causal_pixel_causality_and_per_pixel_loss():
         assert torch.equal(ex2["pixel_logits"][0, :first], pl[0, :first])
         assert not torch.allclose(ex2["pixel_logits"][0, first], pl[0, first])
     model.train()
-    _, extras = model(batch)
+    train_logits, extras = model(batch)
     assert "pixel_logits" not in extras  # training scores only the paper's targets
+    scored = batch["targets"] != IGNORE
+    assert torch.allclose(train_logits[scored], logits[scored], atol=1e-5)  # at the same tokens
 
 
-def test_every_variant_scores_the_same_targets():
-    """Fairness: for one batch, every attention x embedding variant scores the same target ids
-    at the same positions and counts, so their val/loss rows are comparable."""
-    seen = {}
-    for attn, emb in UNIFORM_COMBOS:
-        model, vocab, folding = make_model("uniform", attn, emb)
-        batch = make_batch(folding, vocab)
-        with torch.no_grad():
-            logits, _ = model.eval()(batch)
-        t = loss_terms(logits, batch["targets"], vocab.n_words)
-        scored = batch["targets"] != IGNORE
-        assert torch.isfinite(logits[scored]).all()
-        seen[(attn, emb)] = (
-            torch.nonzero(scored).tolist(), batch["targets"][scored].tolist(),
-            int(t["n"]), int(t["pix_n"]), int(t["word_n"]),
-        )
-    first = next(iter(seen.values()))
-    assert first[2] == first[3] + first[4] > 0 and first[3] > 0 and first[4] > 0
-    for key, val in seen.items():
-        assert val == first, key
+def _reference_summaries(model, batch, attn):
+    """(B, Nw, dim) window summaries computed apart from the variant's own gather code: the
+    image block's state at each window's last valid pixel (found from pix_pos), the mean of
+    its valid states (pooled), or the patch embedding (no image block)."""
+    out = []
+    pixels = model.pixels
+    for i in range(batch["pix"].shape[0]):
+        pix, pos = batch["pix"][i], batch["pix_pos"][i]
+        if pixels.block is None:
+            out.append(pixels.embed(pix))
+            continue
+        h = pixels.block(pixels.embed(pix), pos, pos >= 0)
+        rows = []
+        for w in range(len(pix)):
+            ok = torch.nonzero(pos[w] >= 0).flatten()
+            if len(ok) == 0:
+                rows.append(torch.zeros_like(h[w, 0]))
+            elif attn == "pooled":
+                rows.append(h[w, ok].mean(0))
+            else:
+                rows.append(h[w, int(ok.max())])
+        out.append(torch.stack(rows))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("attn,emb", UNIFORM_COMBOS)
+def test_every_variant_scores_the_same_targets(attn, emb):
+    """Fairness: every attention x embedding variant scores exactly the hand-derived (position,
+    class) pairs, each with the logits of the right decoder token, so val/loss rows compare."""
+    model, vocab, folding = make_model("uniform", attn, emb)
+    model.eval()
+    batch = make_batch(folding, vocab)
+    want = _expected_targets(folding)
+    with torch.no_grad():
+        logits, _ = model(batch)
+        x_words = model.word_embed(batch["input_ids"])
+        x, _, _, gather, _ = model.pixels(batch, x_words)
+        if attn == "full_causal":
+            for i, where in FULL_CAUSAL_GATHER.items():
+                for t, j in where.items():
+                    assert int(gather[i, t]) == j, (i, t)
+        else:
+            # one decoder token per element (its own), whose input for a window is its summary
+            assert torch.equal(gather, torch.arange(gather.shape[1]).expand_as(gather))
+            ref = _reference_summaries(model, batch, attn)
+            for i, t in torch.nonzero(batch["window_slot"] >= 0).tolist():
+                k = int(batch["window_slot"][i, t])
+                if batch["window_valid"][i, k]:
+                    assert torch.allclose(x[i, t], ref[i, k], atol=1e-5), (i, t)
+    t = loss_terms(logits, batch["targets"], vocab.n_words)
+    logp = torch.log_softmax(logits.float(), -1)
+    assert float(t["sum"]) == pytest.approx(-sum(float(logp[i, p, c]) for (i, p), c in want.items()),
+                                            rel=1e-5)
+    n_pix = len(SCORED_PIX)
+    assert (int(t["n"]), int(t["pix_n"]), int(t["word_n"])) == (len(want), n_pix, len(want) - n_pix)
+    assert float(t["pix_sum"]) == pytest.approx(
+        -sum(float(logp[i, p, want[i, p]]) for (i, p) in SCORED_PIX), rel=1e-5)
+    assert float(t["word_sum"]) == pytest.approx(
+        -sum(float(logp[i, p, c]) for (i, p), c in SCORED_WORDS.items()), rel=1e-5)
+    correct = sum(int(logits[i, p].argmax()) == want[i, p] for (i, p) in SCORED_PIX)
+    assert int(t["pix_correct"]) == correct
 
 
 def test_pooled_and_global_conditional_differ_only_in_the_summary(monkeypatch):

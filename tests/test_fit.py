@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 import json
+import math
+import re
+import subprocess
 
 import pytest
+import torch
 from conftest import tiny_config
 
+from pixword_lit.config import REPO_ROOT
 from pixword_lit.train import fit
+
+pytestmark = pytest.mark.slow  # real fits: `make test-fast` leaves them out
+
+README_TB_SCALARS = [  # README "TensorBoard": for train and validation, then throughput and lr
+    *(f"{split}/{name}" for split in ("train", "val") for name in ("loss", "word_loss", "pix_loss",
+                                                                    "pix_acc")),
+    "train/pix_tokens_per_s",
+]
+
+
+def tb_tags(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    return acc
 
 
 def test_tiny_fit_learns_and_writes_outputs(glyph_shards, tmp_path):
@@ -16,7 +37,8 @@ def test_tiny_fit_learns_and_writes_outputs(glyph_shards, tmp_path):
     summary = fit(cfg)
     run = tmp_path / "run"
     curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [c["step"] for c in curve][:4] == [10, 20, 30, 40]
+    # one line per validation, the final re-validation of the same weights not repeated
+    assert [c["step"] for c in curve] == [10, 20, 30, 40]
     assert curve[-1]["val/loss"] < curve[0]["val/loss"]
     assert curve[-1]["val/pix_loss"] < curve[0]["val/pix_loss"]
     saved = json.loads((run / "summary.json").read_text())
@@ -25,25 +47,77 @@ def test_tiny_fit_learns_and_writes_outputs(glyph_shards, tmp_path):
                 "pix_tokens_per_s", "val/loss", "val/pix_loss", "val/word_loss", "val/pix_acc",
                 "baseline/pix_loss", "param_checksum", "world_size"):
         assert key in saved, key
+    if (REPO_ROOT / ".git").exists():  # a git checkout (a source tarball has no commit to record)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True).stdout.strip()
+        assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", saved["git_commit"] or "")
+        assert saved["git_commit"].split("-")[0] == head
     assert saved["steps"] == 40 and saved["world_size"] == 1 and saved["params"] > 0
     assert saved["pix_tokens_per_s"] > 0 and saved["tokens_seen"] > 0
     assert 0 <= saved["val/pix_acc"] <= 1 and saved["val/word_loss"] > 0
+    for key in ("val/loss", "val/pix_loss", "val/word_loss", "val/pix_acc"):
+        assert saved[key] == curve[-1][key], key  # the summary is the last validation
     names = {p.name for p in (run / "checkpoints").iterdir()}
     assert {"last.ckpt", "best.ckpt", "step0000020.ckpt", "step0000040.ckpt"} <= names
     assert not [n for n in names if n.endswith(".tmp")]
     assert (run / "pictures" / "val_latest.png").exists()
-    assert list((run / "tb").glob("events.out.tfevents.*"))
     assert (run / "config.yaml").exists()
-    # the last checkpoint, validated from a fresh process state, reproduces the final metrics
+    # TensorBoard holds the tags README lists
+    acc = tb_tags(run)
+    tags = acc.Tags()
+    assert set(README_TB_SCALARS) <= set(tags["scalars"])
+    assert any(t.startswith("lr-") for t in tags["scalars"])  # the learning rate
+    assert "val/prediction" in tags["images"]
+    assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")  # the HParams view
+    # one point per validation (Lightning counts steps from 0: the point after step 10 is at 9),
+    # the final re-validation and the HParams view adding none
+    points = acc.Scalars("val/loss")
+    assert [e.step for e in points] == [9, 19, 29, 39]
+    assert [e.value for e in points] == pytest.approx([c["val/loss"] for c in curve])
+    # best.ckpt is the checkpoint of the lowest val/loss
     from pixword_lit.train import validate
 
+    low = min(curve, key=lambda c: c["val/loss"])
+    best = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert best["global_step"] == low["step"]
+    assert validate(str(run / "checkpoints" / "best.ckpt"), [])["val/loss"] == pytest.approx(
+        low["val/loss"], rel=1e-6)
+    # the last checkpoint, validated from a fresh process state, reproduces the final metrics
     again = validate(str(run / "checkpoints" / "last.ckpt"), [])
     for key in ("val/loss", "val/pix_loss", "val/word_loss", "val/pix_acc", "baseline/pix_loss"):
         assert again[key] == pytest.approx(saved[key], rel=1e-6), key
 
 
+def _linear_output_dtypes(cfg):
+    """fit(cfg), recording the dtype of every nn.Linear output computed with autograd on."""
+    dtypes = set()
+
+    def hook(module, args, out):
+        if isinstance(module, torch.nn.Linear) and torch.is_grad_enabled():
+            dtypes.add(out.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        summary = fit(cfg)
+    finally:
+        handle.remove()
+    return summary, dtypes
+
+
 def test_bf16_mixed_precision_fit(glyph_shards, tmp_path):
-    cfg = tiny_config(glyph_shards, tmp_path, "trainer.precision=bf16-mixed", "trainer.max_steps=4",
-                      "trainer.val_check_interval=4", "data.val_limit=8")
-    summary = fit(cfg)
-    assert summary["steps"] == 4 and summary["val/loss"] == summary["val/loss"]  # finite, not NaN
+    runs = {}
+    for precision in ("32-true", "bf16-mixed"):
+        cfg = tiny_config(glyph_shards, tmp_path / precision, f"trainer.precision={precision}",
+                          "trainer.max_steps=4", "trainer.val_check_interval=4", "data.val_limit=8")
+        summary, dtypes = _linear_output_dtypes(cfg)
+        losses = [json.loads(x)["loss"] for x in
+                  (tmp_path / precision / "run" / "train_log.jsonl").read_text().splitlines()]
+        runs[precision] = (summary, dtypes, losses)
+    (s32, d32, l32), (s16, d16, l16) = runs["32-true"], runs["bf16-mixed"]
+    assert d32 == {torch.float32} and d16 == {torch.bfloat16}  # bf16 autocast really ran
+    assert s16["steps"] == 4 and len(l16) == 4
+    assert all(math.isfinite(x) for x in [*l16, s16["val/loss"], s16["val/pix_loss"]])
+    # same seed, data and initial weights: bf16 matmuls (8-bit mantissa) change the loss by
+    # well under 2%; a broken cast or scale would not
+    assert l16 == pytest.approx(l32, rel=2e-2)
+    assert s16["val/loss"] == pytest.approx(s32["val/loss"], rel=2e-2)

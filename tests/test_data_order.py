@@ -1,0 +1,189 @@
+"""The data order README promises, against references written from the documentation, not
+from the code under test: shards permuted then the units inside each shard, contiguous rank
+blocks of ceil(N / W) units, placeholders that score nothing for a rank whose block runs
+short, every unit exactly once per epoch, equal batch counts on every rank.
+
+Units are identified by their tar key: the shards here hold only a json per sample and the
+builder turns each unit into a two-target sample whose first target is its key.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tarfile
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_MODEL
+
+from pixword_lit import data as data_mod
+from pixword_lit.config import load_config
+from pixword_lit.data import SampleBuilder, ShardSet, ShardStream, resolve_shards
+from pixword_lit.image import build_sample
+from pixword_lit.model import loss_terms
+from pixword_lit.tokens import IGNORE, Vocab
+
+
+def write_keyed_shards(folder, sizes) -> list[list[int]]:
+    """Mixed-mode tar shards of `sizes` samples; sample u of shard s has key s * 10000 + u.
+    -> the keys of each shard in file order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shards, keys = [], []
+    meta = json.dumps({"elements": [{"type": "text", "text": "x"}]}).encode()
+    for s, n in enumerate(sizes):
+        name = f"shard-{s:06d}.tar"
+        with tarfile.open(folder / name, "w") as tar:
+            for u in range(n):
+                info = tarfile.TarInfo(f"{s * 10000 + u:08d}.json")
+                info.size = len(meta)
+                tar.addfile(info, io.BytesIO(meta))
+        shards.append({"name": name, "samples": n, "images": 0})
+        keys.append([s * 10000 + u for u in range(n)])
+    (folder / "index.json").write_text(json.dumps({"shards": shards}))
+    return keys
+
+
+class KeyBuilder(SampleBuilder):
+    """The real builder's unit split; each unit becomes `<s> key </s>` (targets: key, </s>)."""
+
+    def build(self, unit):
+        return build_sample([np.array([int(unit["raw"]["__key__"])])], self.vocab, self.max_seq_len)
+
+
+def keyed(tmp_path, sizes):
+    keys = write_keyed_shards(tmp_path / "keyed", sizes)
+    cfg = load_config(None, [*TINY_MODEL, "data.mode=mixed", "data.max_seq_len=64"])
+    builder = KeyBuilder(cfg.model, cfg.data, Vocab(6, 64), None)
+    return resolve_shards(str(tmp_path / "keyed"), None, "mixed", "data.train"), builder, keys
+
+
+def run_workers(stream, workers, monkeypatch):
+    """Iterate as a DataLoader with `workers` workers would: worker j's batches, round-robin."""
+    per_worker = []
+    for j in range(workers):
+        info = SimpleNamespace(num_workers=workers, id=j)
+        monkeypatch.setattr(data_mod, "get_worker_info", lambda info=info: info)
+        per_worker.append(list(stream))
+    out = []
+    for i in range(max(len(w) for w in per_worker)):
+        out += [w[i] for w in per_worker if i < len(w)]
+    return out
+
+
+def rows(batch) -> list:
+    """The key of each row of a batch; None for a placeholder (which must score nothing)."""
+    out = []
+    for i, t in enumerate(batch["targets"]):
+        if (t == IGNORE).all():
+            assert not batch["elem_valid"][i].any() and int(batch["n_pixels"][i]) == 0
+            out.append(None)
+        else:
+            out.append(int(t[0]))
+    return out
+
+
+def expected_batches(global_order: list, world: int, rank: int, batch: int) -> list[list]:
+    """README: rank r takes the contiguous block [r * per, (r + 1) * per) of the epoch's order,
+    per = ceil(N / W), padded with placeholders (None) to per, cut into batches in order."""
+    per = math.ceil(len(global_order) / world)
+    block = global_order[rank * per : (rank + 1) * per]
+    block += [None] * (per - len(block))
+    return [block[i : i + batch] for i in range(0, per, batch)]
+
+
+@pytest.mark.parametrize("world,workers", [(1, 1), (2, 2), (3, 2), (2, 3), (4, 1)])
+def test_unshuffled_batches_are_the_documented_order(tmp_path, monkeypatch, world, workers):
+    shards, builder, keys = keyed(tmp_path, (13, 7, 11))  # 31 units
+    in_file_order = [k for shard in keys for k in shard]
+    for rank in range(world):
+        stream = ShardStream(shards, builder, 5, 7, False, rank, world)
+        batches = run_workers(stream, workers, monkeypatch)
+        assert [int(b["batch_index"]) for b in batches] == list(range(len(batches)))
+        assert [rows(b) for b in batches] == expected_batches(in_file_order, world, rank, 5)
+
+
+@pytest.mark.parametrize("world,workers", [(1, 2), (2, 2), (3, 1)])
+def test_shuffled_batches_follow_the_epoch_order(tmp_path, monkeypatch, world, workers):
+    shards, builder, keys = keyed(tmp_path, (13, 7, 11))
+    order = ShardStream(shards, builder, 5, 7, True).order(1)
+    global_order = [keys[s][u] for s, u in order.tolist()]
+    assert sorted(global_order) == sorted(k for shard in keys for k in shard)
+    for rank in range(world):
+        stream = ShardStream(shards, builder, 5, 7, True, rank, world)
+        stream.epoch = 1
+        got = [rows(b) for b in run_workers(stream, workers, monkeypatch)]
+        assert got == expected_batches(global_order, world, rank, 5)
+
+
+def test_97_units_on_2_ranks_placeholders_score_nothing(tmp_path, monkeypatch):
+    shards, builder, keys = keyed(tmp_path, (40, 31, 26))
+    assert shards.total == 97
+    scored, n_batches, placeholders = [], [], 0
+    logits_gen = torch.Generator().manual_seed(0)
+    for rank in range(2):
+        stream = ShardStream(shards, builder, 8, 3, True, rank, 2)
+        batches = run_workers(stream, 2, monkeypatch)
+        n_batches.append(len(batches))
+        for b in batches:
+            r = rows(b)
+            placeholders += r.count(None)
+            logits = torch.randn(*b["targets"].shape, 2 ** 17, generator=logits_gen)
+            t = loss_terms(logits, b["targets"], 6)
+            # every real row scores its 2 targets (key, </s>), a placeholder none
+            assert int(t["n"]) == 2 * (len(r) - r.count(None))
+            scored += [k for k in r if k is not None]
+    assert n_batches == [7, 7]  # ceil(ceil(97 / 2) / 8) on both ranks: nobody waits
+    assert placeholders == 1  # rank 1's block: 48 units + 1 placeholder
+    assert sorted(scored) == sorted(k for shard in keys for k in shard)  # each unit once
+
+
+def fake_shards(units) -> ShardSet:
+    return ShardSet([f"s{i}.tar" for i in range(len(units))], list(units), "")
+
+
+def test_order_structure_shards_permuted_then_units():
+    units = [5, 3, 8, 1, 4, 6]
+    shard_orders, identity_units = set(), 0
+    for seed in range(4):
+        for epoch in range(3):
+            order = ShardStream(fake_shards(units), None, 4, seed, True).order(epoch)
+            s, u = order[:, 0].tolist(), order[:, 1].tolist()
+            runs = [s[0]] + [b for a, b in zip(s, s[1:]) if a != b]  # shard of each run
+            assert sorted(runs) == list(range(len(units)))  # each shard one contiguous run
+            start = 0
+            for shard in runs:
+                inside = u[start : start + units[shard]]
+                assert sorted(inside) == list(range(units[shard]))  # its units, each once
+                identity_units += inside == sorted(inside)
+                start += units[shard]
+            shard_orders.add(tuple(runs))
+    assert len(shard_orders) > 1  # the shard order is permuted, differently per (seed, epoch)
+    assert identity_units < 4 * 3 * len(units) // 2  # and so are the units inside the shards
+
+
+def test_order_is_a_function_of_seed_and_epoch():
+    units = [5, 3, 8, 1, 4, 6]
+    a = ShardStream(fake_shards(units), None, 4, 3, True)
+    b = ShardStream(fake_shards(units), None, 2, 3, True, rank=1, world_size=2)  # built apart
+    for epoch in range(3):
+        assert np.array_equal(a.order(epoch), b.order(epoch))
+    assert not np.array_equal(a.order(0), a.order(1))
+    other = [ShardStream(fake_shards(units), None, 4, seed, True).order(0) for seed in (4, 5, 6)]
+    assert all(not np.array_equal(a.order(0), o) for o in other)
+    plain = ShardStream(fake_shards(units), None, 4, 3, False).order(5)
+    assert plain.tolist() == [[s, u] for s, n in enumerate(units) for u in range(n)]
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_rank_blocks_are_contiguous(world):
+    units = [5, 3, 8, 1, 4, 6]  # 27 units
+    per = math.ceil(27 / world)
+    full = ShardStream(fake_shards(units), None, 4, 1, True).order(2).tolist()
+    for rank in range(world):
+        mine = ShardStream(fake_shards(units), None, 4, 1, True, rank, world).rank_units(2).tolist()
+        block = full[rank * per : (rank + 1) * per]
+        assert mine == block + [[-1, -1]] * (per - len(block))

@@ -1,0 +1,93 @@
+"""Uneven shards on 2 ddp CPU processes: one epoch of 91 units in shards of 37, 30 and 24.
+
+Each rank takes ceil(91 / 2) = 46 units (rank 1: 45 and one placeholder), 12 batches of 4.
+The run is bounded by one epoch, not by max_steps, so a rank that ran more or fewer batches
+shows in the step count (or hangs at a collective, which the timeout turns into a failure),
+and the tokens trained on, summed over both ranks, are those of the 91 units exactly once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from conftest import TINY_MODEL
+
+from pixword_lit.config import REPO_ROOT
+
+pytestmark = pytest.mark.multiproc
+
+SIZES = (37, 30, 24)
+
+
+def reshard(folder: Path, sizes) -> None:
+    """Re-cut the samples of a prep folder into shards of the given sizes (same index format)."""
+    index = json.loads((folder / "index.json").read_text())
+    members = []
+    for s in index["shards"]:
+        with tarfile.open(folder / s["name"]) as tar:
+            members += [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+        (folder / s["name"]).unlink()
+    keys = sorted({m.name.split(".")[0] for m, _ in members})
+    assert len(keys) == sum(sizes)
+    shards, start = [], 0
+    for i, n in enumerate(sizes):
+        chunk = set(keys[start : start + n])
+        start += n
+        name = f"shard-{i:06d}.tar"
+        with tarfile.open(folder / name, "w") as tar:
+            for m, data in members:
+                if m.name.split(".")[0] in chunk:
+                    tar.addfile(m, io.BytesIO(data))
+        shards.append({"name": name, "samples": n, "images": n})
+    index["shards"] = shards
+    (folder / "index.json").write_text(json.dumps(index))
+
+
+def test_uneven_shards_two_ranks_one_epoch(tmp_path):
+    from data_prep.glyphs import build_glyphs
+    from pixword_lit.build import build_parts
+    from pixword_lit.config import load_config
+    from pixword_lit.data import read_shard
+
+    shards = tmp_path / "g"
+    build_glyphs(shards, num_train=sum(SIZES), num_val=8, seed=1)
+    reshard(shards / "train", SIZES)
+    run = tmp_path / "run"
+    overrides = [
+        *TINY_MODEL, f"data.train={shards}/train", f"data.val={shards}/val", "data.batch_size=4",
+        "data.num_workers=2", "data.max_seq_len=64", "data.shuffle=true", "data.val_limit=8",
+        "trainer.accelerator=cpu", "trainer.strategy=ddp", "trainer.devices=2",
+        "trainer.max_steps=1000", "trainer.max_epochs=1", "trainer.val_check_interval=null",
+        "trainer.check_val_every_n_epoch=1", "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false", f"run.dir={run}",
+    ]
+    cmd = [sys.executable, "-m", "pixword_lit.cli", "fit", str(REPO_ROOT / "experiments" / "quickstart.yaml"),
+           *overrides]
+    res = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True,
+                         text=True, timeout=400)
+    assert res.returncode == 0, f"{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
+    summary = json.loads((run / "summary.json").read_text())
+    log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    # ceil(ceil(91 / 2) / 4) = 12 batches on rank 0, one epoch, and 12 optimizer steps in all
+    assert [(r["epoch"], r["batch"]) for r in log] == [(0, b) for b in range(12)]
+    assert summary["steps"] == 12 and summary["world_size"] == 2
+    # what both ranks trained on, summed: every unit once, the placeholder nothing
+    cfg = load_config(REPO_ROOT / "experiments" / "quickstart.yaml", overrides)
+    parts = build_parts(cfg, None)
+    elements = pixels = units = 0
+    for url in parts.train.urls:
+        for raw in read_shard(url):
+            for unit in parts.builder.units(raw):
+                sample = parts.builder.build(unit)
+                elements += int(sample["elem_valid"].sum())
+                pixels += sample["n_pixels"]
+                units += 1
+    assert units == sum(SIZES)
+    assert (summary["tokens_seen"], summary["pix_tokens_seen"]) == (elements, pixels)

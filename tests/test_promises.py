@@ -1,0 +1,147 @@
+"""README and base.yaml promises that need no training run: the LR schedule (warm-up, cosine
+to min_lr_ratio, flat after), which parameters get weight decay, the color-frequency baseline
+against a hand-computed value, `pixword print-config`, and the refusal to reuse a run folder.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import TINY_MODEL
+from omegaconf import OmegaConf
+
+from pixword_lit.cli import main
+from pixword_lit.config import REPO_ROOT, load_config
+from pixword_lit.layers import RMSNorm
+from pixword_lit.lit_module import PixWordLit, lr_lambda
+from pixword_lit.tokens import IGNORE
+
+QUICKSTART = str(REPO_ROOT / "experiments" / "quickstart.yaml")
+
+
+def module_of(*overrides, folding_state=None) -> PixWordLit:
+    base = [o for o in TINY_MODEL if not (folding_state and o.startswith("model.folding."))]
+    cfg = load_config(None, [*base, *overrides])
+    return PixWordLit(OmegaConf.to_container(cfg, resolve=True), 6,
+                      folding_state or {"name": "uniform", "factor": 64})
+
+
+def test_lr_lambda_by_hand():
+    f = lr_lambda(4, 14, 0.1)  # 4 warm-up steps, cosine over steps 4..14, to 0.1
+    assert [f(s) for s in range(5)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+    assert f(9) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way down the cosine
+    assert f(14) == pytest.approx(0.1) and f(100) == pytest.approx(0.1)  # flat at the floor
+    g = lr_lambda(0, 10, 0.25)  # the paper's: no warm-up
+    assert g(0) == 1.0 and g(5) == pytest.approx(0.25 + 0.75 * 0.5) and g(10) == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("overrides,warmup,total", [
+    (["optim.warmup_steps=3", "optim.decay_steps=11", "trainer.max_steps=50"], 3, 11),
+    (["trainer.max_steps=8"], 0, 8),  # decay_steps null: the cosine spans max_steps
+])
+def test_optimizer_steps_follow_the_schedule(overrides, warmup, total):
+    module = module_of("optim.lr=0.002", "optim.min_lr_ratio=0.1", *overrides)
+    conf = module.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert conf["lr_scheduler"]["interval"] == "step"  # stepped per optimizer step, not epoch
+    assert isinstance(opt, torch.optim.AdamW)
+    seen = []
+    for _ in range(total + 3):
+        seen.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    for step, lrs in enumerate(seen):  # every parameter group, by hand
+        if step < warmup:
+            want = (step + 1) / warmup
+        else:
+            progress = min(1.0, (step - warmup) / (total - warmup))
+            want = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+        assert lrs == pytest.approx([0.002 * want] * len(lrs)), step
+    assert seen[-1][0] == pytest.approx(0.0002)  # cosine ends at min_lr_ratio * lr
+
+
+@pytest.mark.parametrize("embedding", ["pix_table", "linear_rgb"])
+def test_weight_decay_on_matrices_and_tables_not_on_norms(embedding):
+    """base.yaml: `AdamW decay on matrices and tables (not on norms)`; biases are not decayed."""
+    module = module_of("optim.weight_decay=0.05", f"model.embedding.name={embedding}")
+    opt = module.configure_optimizers()["optimizer"]
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert len(decay) == sum(len(g["params"]) for g in opt.param_groups)  # no parameter twice
+    assert set(decay) == {id(p) for p in module.parameters()}  # and none left out
+    kinds = {"norm": 0, "table": 0, "matrix": 0, "bias": 0}
+    for m in module.modules():
+        if isinstance(m, RMSNorm):
+            assert decay[id(m.weight)] == 0.0
+            kinds["norm"] += 1
+        elif isinstance(m, torch.nn.Embedding):
+            assert decay[id(m.weight)] == 0.05
+            kinds["table"] += 1
+        elif isinstance(m, torch.nn.Linear):
+            assert decay[id(m.weight)] == 0.05
+            kinds["matrix"] += 1
+            if m.bias is not None:
+                assert decay[id(m.bias)] == 0.0
+                kinds["bias"] += 1
+    assert kinds["norm"] >= 2 * 3 + 1 and kinds["matrix"] > 0  # 3 blocks x 2 norms + final
+    assert kinds["table"] == (2 if embedding == "pix_table" else 1)  # word table (+ pix table)
+    assert kinds["bias"] == (1 if embedding == "linear_rgb" else 0)
+
+
+def test_color_frequency_baseline_by_hand():
+    # 4 pix tokens (a 4-color palette), 6 word ids: class 6 + t is pix token t
+    palette = [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]]
+    module = module_of("model.folding.name=palette", "model.folding.colors=4",
+                       folding_state={"name": "palette", "palette": palette})
+    module.color_counts.copy_(torch.tensor([3.0, 0.0, 1.0, 0.0], dtype=torch.float64))
+    module.on_validation_epoch_start()
+    # add-one smoothing: p = (count + 1) / (4 + 4) = 1/2, 1/8, 1/4, 1/8
+    targets = torch.tensor([[6, 6, 8, 7, IGNORE, 2, 5]])  # pix 0, 0, 2, 1; the rest not pix
+    want = -(2 * math.log(1 / 2) + math.log(1 / 4) + math.log(1 / 8))  # = 7 ln 2
+    assert float(module._baseline_sum(targets)) == pytest.approx(want, rel=1e-12)
+    assert want == pytest.approx(7 * math.log(2))
+
+
+def test_print_config_prints_the_resolved_config(capsys):
+    overrides = ["model.dim=128", "optim.lr=0.001", "data.batch_size=3"]
+    assert main(["print-config", QUICKSTART, *overrides]) == 0
+    printed = OmegaConf.create(capsys.readouterr().out)
+    want = load_config(QUICKSTART, overrides)
+    assert OmegaConf.to_container(printed) == OmegaConf.to_container(want, resolve=True)
+    assert printed.model.dim == 128 and printed.optim.lr == 0.001 and printed.data.batch_size == 3
+    assert printed.run.name == "quickstart"
+    quick = OmegaConf.load(QUICKSTART)  # the experiment's own values reach the printout
+    for key in ("trainer.max_steps", "model.image_size", "data.mode"):
+        assert OmegaConf.select(printed, key) == OmegaConf.select(quick, key), key
+    # a bad key: one error line naming it, nothing on stdout
+    assert main(["print-config", QUICKSTART, "model.dimm=3"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and "dimm" in out.err and len(out.err.strip().splitlines()) == 1
+
+
+def test_run_folder_with_checkpoints_is_not_reused_without_overwrite(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"an earlier run")
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    rc = main(["fit", QUICKSTART, f"run.dir={run}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "run.dir" in err and "--overwrite" in err and "--resume last" in err
+    assert len(err.strip().splitlines()) == 1
+    # nothing of the earlier run was touched, nothing new was written
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == [
+        "checkpoints", "checkpoints/last.ckpt", "metrics.jsonl"]
+    assert (run / "checkpoints" / "last.ckpt").read_bytes() == b"an earlier run"
+    from pixword_lit.train import prepare_run_dir
+
+    prepare_run_dir(run, None, overwrite=True)  # --overwrite starts the folder again
+    assert run.is_dir() and list(run.iterdir()) == []
+
+
+def test_broken_experiment_yaml_is_one_error_line_naming_the_file(tmp_path, capsys):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("model:\n  dim: [1\n")
+    assert main(["print-config", str(bad)]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and str(bad) in out.err and len(out.err.strip().splitlines()) == 1
