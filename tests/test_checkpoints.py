@@ -324,3 +324,18 @@ def test_vocabulary_and_palette_differences_named():
         assert key in diff, key
     # a key the checkpoint's config lacks entirely (an older schema) is not compared
     assert checkpoints.config_differences({"model": {}}, {"model": {"new_key": 1}}, resume=True) == []
+
+
+def test_generate_and_eval_read_a_sharded_folder(fsdp_run, glyph_shards, tmp_path, capsys):
+    """`pixword generate` takes a sharded fsdp checkpoint folder, converted aside safely."""
+    import json
+
+    _, run = fsdp_run
+    folder = run / "checkpoints" / "last.ckpt"
+    assert folder.is_dir()
+    out = tmp_path / "gen.jsonl"
+    assert main(["generate", str(folder), "--data", f"{glyph_shards}/val", "--out", str(out),
+                 "--prompt", 'The text says "', "--max-new-tokens", "2"]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(recs) == 16 and all(len(r["tokens"]) <= 2 for r in recs)
+    assert not list(folder.parent.glob("*single*"))  # the converted copy stayed in a temp dir

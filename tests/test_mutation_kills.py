@@ -160,6 +160,7 @@ def test_resize_uses_the_named_filter(name):
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 256, (7, 11, 3), dtype=np.uint8))
     want = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+            "bilinear_antialias": Image.BILINEAR,  # PIL bilinear is antialiased (image.py)
             "lanczos": Image.LANCZOS, "box": Image.BOX}[name]
     got = resize_longer_side(img, 16, "upscale", name)
     assert got.size == (16, 10)  # int(16 * 7 / 11)
