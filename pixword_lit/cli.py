@@ -127,8 +127,9 @@ def _bench(a) -> int:
     from pixword_lit.train import git_commit, machine
 
     rows = bench.decoding(a.config, a.new_tokens, threads=a.threads)
-    header = (f"`pixword bench decoding --config {a.config} --new-tokens {a.new_tokens}` at commit "
-              f"{git_commit()} on {machine()}")
+    threads = f" --threads {a.threads}" if a.threads else ""
+    header = (f"`pixword bench decoding --config {a.config} --new-tokens {a.new_tokens}{threads}` at "
+              f"commit {git_commit()} on {machine()}")
     for f in bench.write_table(rows, Path(a.out), "decoding", header):
         print(f"wrote {f}")
     for r in rows:
