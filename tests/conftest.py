@@ -75,3 +75,16 @@ def matrix_runs(tmp_path_factory, glyph_shards, small_shards):
         return done[strategy]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a busy 2-core machine: a second intra-op thread makes each small op
+    slower (up to ~500x), never faster. Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -34,13 +34,7 @@ TINY = ["model.dim=16", "model.n_heads=2", "model.n_kv_heads=1", "model.image_la
         "model.ffn_multiple_of=16"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny ops on a busy 2-core machine: a second intra-op thread makes each call ~500x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 def folding_of(name: str):

@@ -27,12 +27,7 @@ COMBOS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: a second thread only adds overhead
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 def make_model(attn: str, emb: str, seed: int = 0):

@@ -29,12 +29,7 @@ DENSE = [("global_conditional", "pix_table"), ("global_conditional", "factorized
          ("full_causal", "pix_table"), ("full_causal", "factorized")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 def make(attn: str, emb: str, objective: str = "dense", seed: int = 0):

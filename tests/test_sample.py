@@ -21,12 +21,7 @@ TINY = ["model.dim=16", "model.n_heads=2", "model.n_kv_heads=1", "model.image_la
 DENSE = [("global_conditional", "pix_table"), ("pooled", "linear_rgb"), ("full_causal", "pix_table")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 def make(attn: str, emb: str, objective: str = "dense"):
