@@ -177,8 +177,10 @@ def fit_processes(marker: str) -> list[int]:
 @pytest.mark.skipif(not Path("/proc").exists(), reason="reads live processes from /proc")
 def test_ctrl_c_leaves_cells_interrupted_and_the_next_launch_resumes_them(glyph_shards, tmp_path):
     axes = "  optim:\n    - {lr: 0.003, label: a}\n    - {lr: 0.002, label: b}\n"
-    path = write_grid(tmp_path / "g.yaml", glyph_shards, axes, **{"trainer.max_steps": 60,
-                                                                  "trainer.val_check_interval": 30,
+    # long enough that the cells are still training when the signal arrives, even on an idle
+    # machine (at 60 steps they could finish within the polling interval)
+    path = write_grid(tmp_path / "g.yaml", glyph_shards, axes, **{"trainer.max_steps": 400,
+                                                                  "trainer.val_check_interval": 200,
                                                                   "run.ckpt_every_n_steps": 5})
     root = tmp_path / "root"
     cmd = [sys.executable, "-m", "pixword_lit.cli", "grid", str(path), "--root", str(root),
@@ -205,7 +207,7 @@ def test_ctrl_c_leaves_cells_interrupted_and_the_next_launch_resumes_them(glyph_
     assert counts == {"finished": len(stopped), **({"skipped": 1} if len(stopped) == 1 else {})}
     for n in stopped:
         assert load_state(root)["runs"][n]["resume"] is True
-        assert final(root, n)["resumed_from"] and final(root, n)["steps"] == 60
+        assert final(root, n)["resumed_from"] and final(root, n)["steps"] == 400
 
 
 def test_a_preempted_summary_counts_only_for_the_attempt_that_wrote_it(tmp_path):
