@@ -185,7 +185,11 @@ def test_ctrl_c_leaves_cells_interrupted_and_the_next_launch_resumes_them(glyph_
     root = tmp_path / "root"
     cmd = [sys.executable, "-m", "pixword_lit.cli", "grid", str(path), "--root", str(root),
            "--parallel", "2", "--allow-dirty", "--launcher-opt", "poll_s=0.2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # SIGINT as a terminal delivers it: an ignored SIGINT is inherited through exec (something
+    # earlier in a full test session leaves it ignored in this process), and a Python started
+    # with SIGINT ignored never raises KeyboardInterrupt
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     names = [r.name for r in load_grid(path).runs()]
     deadline = time.time() + 240
     while not all((root / n / "checkpoints" / "step0000005.ckpt").exists() for n in names):
