@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import multiprocessing
 import os
 import sys
 from dataclasses import dataclass, field
@@ -262,6 +263,25 @@ def _warn(msg: str) -> None:
     print(f"pixword data: {msg}", file=sys.stderr, flush=True)
 
 
+def worker_context():
+    """How DataLoader workers start: from a fork server (where the platform has one) that
+    imported torch and this module once, not by forking the training process itself.
+
+    Forking a process that runs other threads copies locks those threads may hold at that
+    instant (gloo's threads, torch's thread pools) into a child that can then wait on them
+    forever (pytorch/pytorch#130610); a fresh-clone test run hung with two fsdp ranks and
+    their forked workers all asleep (issue #9). The fork server is a clean
+    single-threaded process started once per training process (about 5 s on 2 CPU cores),
+    after which starting workers costs what a fork does; `spawn` would re-import torch for
+    every worker of every epoch and validation (about 10 s each). The batches are the same
+    under every start method: each worker builds its batches from the seeds alone."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None  # Windows: spawn, the platform's only method
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "pixword_lit.data"])
+    return ctx
+
+
 class PixLoader(DataLoader):
     """A DataLoader whose position in the data is saved in checkpoints (Lightning calls
     state_dict/load_state_dict on stateful loaders), so a resumed run continues with the
@@ -277,7 +297,8 @@ class PixLoader(DataLoader):
     def __init__(self, stream: ShardStream, num_workers: int, progress=None, seed: int = 0):
         super().__init__(stream, batch_size=None, num_workers=num_workers,
                          persistent_workers=False, pin_memory=torch.cuda.is_available(),
-                         generator=torch.Generator().manual_seed(seed))
+                         generator=torch.Generator().manual_seed(seed),
+                         multiprocessing_context=worker_context() if num_workers else None)
         self.progress = progress  # () -> (trainer epoch, batches done in it); from the trainer
         self._resume: tuple[int, int] | None = None
 

@@ -52,7 +52,7 @@ def source(dataset: str, kind: str) -> str:
 
 def cases(strategy: str):
     for dataset in DATASETS:
-        for workers in ((0,) if strategy == "fsdp" else (0, 2)):  # fsdp x 2 workers hung once
+        for workers in (0, 2):
             for kind in STRATEGIES[strategy][2]:
                 if kind != "epoch_boundary" or dataset == "small":
                     yield dataset, workers, kind
@@ -81,7 +81,7 @@ def run_matrix(strategy: str, root: Path, shards: dict) -> Path:
         fits.append({"config": QUICKSTART, "overrides": over, "resume": resume})
 
     for dataset in DATASETS:
-        for workers in ((0,) if strategy == "fsdp" else (0, 2)):  # fsdp x 2 workers hung once
+        for workers in (0, 2):
             stopped = root / f"{dataset}-w{workers}" / "stopped" / "checkpoints"
             fit(dataset, workers, "reference", STEPS)
             fit(dataset, workers, "stopped", STOP)

@@ -94,3 +94,23 @@ def test_shards_by_folder_brace_pattern_and_pipe(glyph_shards):
     assert len(list(read_shard(piped.urls[0]))) == 16  # read through a pipe: command
     with pytest.raises(data_mod.DataError, match="data.val_index"):
         resolve_shards(f"pipe:cat {glyph_shards}/val/shard-000000.tar", None, "mixed", "data.val")
+
+
+def test_real_workers_start_from_a_fork_server_and_give_the_in_process_batches(parts):
+    """Workers are started from a fork server, never forked from a training process that runs
+    other threads (a fork can copy a held lock into the worker: the fsdp hang of issue 9), and
+    two real worker processes yield exactly the batches of the in-process loader."""
+    import multiprocessing
+
+    import torch
+
+    inline = list(PixLoader(ShardStream(parts.train, parts.builder, 4, 3, True), 0))
+    loader = PixLoader(ShardStream(parts.train, parts.builder, 4, 3, True), 2)
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        assert loader.multiprocessing_context.get_start_method() == "forkserver"
+    workers = list(loader)
+    assert len(workers) == len(inline) > 2
+    for a, b in zip(inline, workers):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]) if torch.is_tensor(a[key]) else a[key] == b[key]
