@@ -8,7 +8,6 @@ Derived values (vocabulary sizes, number of windows) are computed, never written
 
 from __future__ import annotations
 
-import math
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,15 +15,14 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from pixword_lit.components import validate_components
+from pixword_lit.errors import ConfigError  # noqa: F401  (raised here; imported from here by callers)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASE_YAML = REPO_ROOT / "experiments" / "base.yaml"
 # PIL filters (image.py); bilinear_antialias is PIL's bilinear, named for what it matches:
 # torchvision's Resize on PIL images, which the authors' loader uses
 RESAMPLE_NAMES = ("nearest", "bilinear", "bilinear_antialias", "bicubic", "lanczos", "box")
-
-
-class ConfigError(ValueError):
-    """An invalid config; the message names the offending key."""
 
 
 @dataclass
@@ -207,8 +205,6 @@ def _yaml_chain(path: Path) -> list[Path]:
 
 def validate(cfg: DictConfig) -> None:
     """Checks that need more than types; each error names the key. Reads no data."""
-    from pixword_lit.components import validate_components
-
     m, d, t = cfg.model, cfg.data, cfg.trainer
     _check(m.image_size > 0, "model.image_size", f"must be positive, got {m.image_size}")
     _check(m.window_size > 0, "model.window_size", f"must be positive, got {m.window_size}")
@@ -269,10 +265,6 @@ def validate(cfg: DictConfig) -> None:
 def _check(ok: bool, key: str, msg: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {msg}")
-
-
-def is_power_of_two(x: int) -> bool:
-    return x >= 1 and 2 ** int(round(math.log2(x))) == x
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -18,9 +18,9 @@ from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from omegaconf import OmegaConf
 from torchmetrics import SumMetric
 
-from pixword_lit.components.folding import psnr
+from pixword_lit.components.folding import folding_from_state, psnr
 from pixword_lit.model import PixWordModel, loss_terms
-from pixword_lit.parallel import is_sharded
+from pixword_lit.parallel import apply_fsdp, is_sharded
 from pixword_lit.pictures import completion_picture, prediction_picture
 from pixword_lit.tokens import Vocab
 
@@ -35,8 +35,6 @@ class PixWordLit(L.LightningModule):
         # config, vocab size, palette and the word tokenizer (JSON text) travel with
         # checkpoints, so a checkpoint alone is enough to generate from (pixword_lit.inference)
         self.save_hyperparameters()
-        from pixword_lit.build import folding_from_state
-
         self.cfg = OmegaConf.create(config)
         self.folding = folding_from_state(folding_state)
         self.vocab = Vocab(n_words, self.folding.n_pix)
@@ -137,8 +135,6 @@ class PixWordLit(L.LightningModule):
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.trainer.num_devices))
 
     def configure_model(self):
-        from pixword_lit.parallel import apply_fsdp
-
         # fsdp (ModelParallelStrategy): shard the finished model, once (fit, then validate)
         if self.device_mesh is not None and not is_sharded(self.model):
             apply_fsdp(self.model, self.device_mesh["data_parallel"])

@@ -17,7 +17,7 @@ from torch import nn
 
 from pixword_lit.components import component_params
 from pixword_lit.components.attention import ATTENTIONS, FullCausal
-from pixword_lit.components.embedding import build_embedding
+from pixword_lit.components.embedding import EMBEDDINGS
 from pixword_lit.components.objective import LocalDecoder
 from pixword_lit.layers import RMSNorm, Stack
 from pixword_lit.tokens import IGNORE, Vocab
@@ -31,7 +31,7 @@ class PixWordModel(nn.Module):
         attn_name, _ = component_params("attention", mcfg.attention)
         pixels_per_window = mcfg.window_size**2
         self.word_embed = nn.Embedding(vocab.n_words, mcfg.dim)
-        pix_embed = build_embedding(emb_name, mcfg.dim, folding, pixels_per_window)
+        pix_embed = EMBEDDINGS[emb_name](mcfg.dim, folding, pixels_per_window)
         self.pixels = ATTENTIONS[attn_name](mcfg, pix_embed, vocab)  # embedding + image block
         self.decoder = Stack(mcfg, mcfg.decoder_layers)
         self.norm = RMSNorm(mcfg.dim, mcfg.norm_eps)

@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pixword_lit import checkpoints, parallel
 from pixword_lit.build import build_datamodule, build_module, build_parts
-from pixword_lit.config import ConfigError
+from pixword_lit.config import ConfigError, load_config
+from pixword_lit.config import validate as check
 from pixword_lit.control import (
     Preempted,
     RunControl,
@@ -34,6 +35,10 @@ from pixword_lit.control import (
     disable_lightning_signals,
     requeue_slurm_job,
 )
+from pixword_lit.data import PixLoader
+from pixword_lit.evaluate import evaluate_run
+from pixword_lit.inference import Run
+from pixword_lit.lit_module import PixWordLit
 from pixword_lit.parallel import AtomicCheckpointIO, find_resume_checkpoint
 
 # each DataLoader worker builds whole, distinct batches (data.py), so __len__ is exact
@@ -187,9 +192,6 @@ def log_hparams_view(logger, hp: dict, metrics: dict) -> None:
 
 def eval_captions_after_fit(cfg, module, parts, run_dir: Path) -> dict:
     """`eval.captions`: the reading eval of the in-memory final model on data.val (rank 0)."""
-    from pixword_lit.evaluate import evaluate_run
-    from pixword_lit.inference import Run
-
     if parallel.is_sharded(module.model):  # rank 0 alone cannot run a sharded model
         print("pixword: eval.captions skipped under fsdp; run `pixword eval captions "
               f"{run_dir}/checkpoints/last` on the converted checkpoint", flush=True)
@@ -250,8 +252,6 @@ def make_summary(cfg, module, trainer, control: RunControl, status: str = "finis
 def epochs_begun(trainer) -> int:
     """Passes over the training data begun (the last one possibly partial), from the loader's
     position: the trainer's epoch counter also counts a pass stopped at max_steps as done."""
-    from pixword_lit.data import PixLoader
-
     loader = trainer.train_dataloader
     if not isinstance(loader, PixLoader):
         return int(trainer.current_epoch)
@@ -261,10 +261,6 @@ def epochs_begun(trainer) -> int:
 
 def validate(ckpt: str, overrides: list[str]) -> dict:
     """Evaluate a checkpoint (a .ckpt file, or a sharded fsdp checkpoint folder)."""
-    from pixword_lit.config import load_config
-    from pixword_lit.config import validate as check
-    from pixword_lit.lit_module import PixWordLit
-
     saved = checkpoints.saved_hparams(ckpt)  # read safely; missing or damaged -> one line
     try:
         cfg = OmegaConf.merge(load_config(), saved["config"], OmegaConf.from_dotlist(overrides))
