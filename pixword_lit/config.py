@@ -25,6 +25,16 @@ BASE_YAML = REPO_ROOT / "experiments" / "base.yaml"
 RESAMPLE_NAMES = ("nearest", "bilinear", "bilinear_antialias", "bicubic", "lanczos", "box")
 
 
+# The `debug` model (torchtitan's `debugmodel`): every part of the architecture at a few
+# thousand parameters, for tests and smoke runs; every test builds its models from it (some
+# change the image geometry or the folding their hand-made batches need)
+DEBUG_MODEL = [
+    "model.dim=32", "model.n_heads=4", "model.n_kv_heads=2", "model.image_layers=1",
+    "model.decoder_layers=2", "model.image_size=16", "model.window_size=4",
+    "model.folding.factor=64",
+]
+
+
 @dataclass
 class RopeScaling:
     factor: float = 8.0  # LLaMA-3.1 frequency scaling (spec section 4)

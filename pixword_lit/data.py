@@ -21,6 +21,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
+from pixword_lit.batch import StreamBatch
 from pixword_lit.image import (
     SkipImage,
     build_sample,
@@ -191,7 +193,7 @@ class ShardStream(IterableDataset):
         pad = np.full((per - len(mine), 2), -1)
         return np.concatenate([mine, pad]) if len(pad) else mine
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[StreamBatch]:
         info = get_worker_info()
         k, j = (info.num_workers, info.id) if info else (1, 0)
         units = self.rank_units(self.epoch)

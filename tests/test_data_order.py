@@ -18,10 +18,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL
 
 from pixword_lit import data as data_mod
-from pixword_lit.config import load_config
+from pixword_lit.config import DEBUG_MODEL, load_config
 from pixword_lit.data import SampleBuilder, ShardSet, ShardStream, resolve_shards
 from pixword_lit.image import build_sample
 from pixword_lit.model import loss_terms
@@ -56,7 +55,7 @@ class KeyBuilder(SampleBuilder):
 
 def keyed(tmp_path, sizes):
     keys = write_keyed_shards(tmp_path / "keyed", sizes)
-    cfg = load_config(None, [*TINY_MODEL, "data.mode=mixed", "data.max_seq_len=64"])
+    cfg = load_config(None, [*DEBUG_MODEL, "data.mode=mixed", "data.max_seq_len=64"])
     builder = KeyBuilder(cfg.model, cfg.data, Vocab(6, 64), None)
     return resolve_shards(str(tmp_path / "keyed"), None, "mixed", "data.train"), builder, keys
 

@@ -17,9 +17,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import TINY_MODEL
 
-from pixword_lit.config import REPO_ROOT
+from pixword_lit.config import DEBUG_MODEL, REPO_ROOT
 
 pytestmark = pytest.mark.multiproc
 
@@ -61,7 +60,7 @@ def test_uneven_shards_two_ranks_one_epoch(tmp_path):
     reshard(shards / "train", SIZES)
     run = tmp_path / "run"
     overrides = [
-        *TINY_MODEL, f"data.train={shards}/train", f"data.val={shards}/val", "data.batch_size=4",
+        *DEBUG_MODEL, f"data.train={shards}/train", f"data.val={shards}/val", "data.batch_size=4",
         "data.num_workers=2", "data.max_seq_len=64", "data.shuffle=true", "data.val_limit=8",
         "trainer.accelerator=cpu", "trainer.strategy=ddp", "trainer.devices=2",
         "trainer.max_steps=1000", "trainer.max_epochs=1", "trainer.val_check_interval=null",

@@ -9,11 +9,10 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_MODEL
 from omegaconf import OmegaConf
 
 from pixword_lit.cli import main
-from pixword_lit.config import REPO_ROOT, load_config
+from pixword_lit.config import DEBUG_MODEL, REPO_ROOT, load_config
 from pixword_lit.layers import RMSNorm
 from pixword_lit.lit_module import PixWordLit, lr_lambda
 from pixword_lit.tokens import IGNORE
@@ -22,7 +21,7 @@ QUICKSTART = str(REPO_ROOT / "experiments" / "quickstart.yaml")
 
 
 def module_of(*overrides, folding_state=None) -> PixWordLit:
-    base = [o for o in TINY_MODEL if not (folding_state and o.startswith("model.folding."))]
+    base = [o for o in DEBUG_MODEL if not (folding_state and o.startswith("model.folding."))]
     cfg = load_config(None, [*base, *overrides])
     return PixWordLit(OmegaConf.to_container(cfg, resolve=True), 6,
                       folding_state or {"name": "uniform", "factor": 64})
