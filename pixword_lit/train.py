@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pixword_lit import checkpoints, parallel
 from pixword_lit.build import build_datamodule, build_module, build_parts
+from pixword_lit.callbacks import PixThroughput, run_callbacks
 from pixword_lit.config import ConfigError, load_config
 from pixword_lit.config import validate as check
 from pixword_lit.control import (
@@ -82,6 +83,8 @@ def prepare_run_dir(run_dir: Path, resume: str | None, overwrite: bool) -> None:
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, logger=True, control=None) -> L.Trainer:
+    """`logger` False (`pixword validate`): no TensorBoard and nothing written to run_dir but
+    checkpoints; True: the run folder's logs, metrics and pictures too (callbacks.py)."""
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     t.pop("default_root_dir")
     strategy = parallel.make_strategy(t.pop("strategy"), t["devices"], t["num_nodes"])
@@ -101,6 +104,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, logger=True, control=None) -> L
     if control is not None:
         callbacks.append(control)
     if logger:
+        callbacks[:0] = run_callbacks(cfg, run_dir)
         callbacks.append(LearningRateMonitor(logging_interval="step"))
         logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="",
                                    default_hp_metric=False)
@@ -147,7 +151,6 @@ def _fit(cfg, resume, overwrite, run_dir: Path, control: RunControl):
         checkpoints.refuse_mismatch(ckpt_path, checkpoints.derived_differences(
             saved, parts.vocab.n_words, parts.folding_state), resume=True)
     module, dm = build_module(parts), build_datamodule(parts)
-    module.run_dir = run_dir
     if is_launcher_rank0():
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     trainer = make_trainer(cfg, run_dir, control=control)
@@ -224,8 +227,9 @@ def warn_schedule_change(cfg: DictConfig, before: dict, step: int) -> None:
 
 def make_summary(cfg, module, trainer, control: RunControl, status: str = "finished") -> dict:
     """The whole run, across resumes: counters and wall time travel in checkpoints."""
-    seen = module.seen.cpu()  # totals over all ranks (see PixWordLit)
-    train_s = float(seen[2])  # rank 0's time between batch starts, validation excluded
+    tokens, pix_tokens = float(module.tokens_seen), float(module.pix_tokens_seen)  # all ranks
+    # rank 0's time between batch starts, validation excluded
+    train_s = next(c.train_seconds for c in trainer.callbacks if isinstance(c, PixThroughput))
     wall_s = control.wall_s()
     return {
         "status": status,
@@ -237,11 +241,11 @@ def make_summary(cfg, module, trainer, control: RunControl, status: str = "finis
         "steps": int(trainer.global_step),
         "epochs": epochs_begun(trainer),
         "world_size": int(trainer.world_size),
-        "tokens_seen": int(seen[0]),
-        "pix_tokens_seen": int(seen[1]),
+        "tokens_seen": int(tokens),
+        "pix_tokens_seen": int(pix_tokens),
         "wall_s": round(wall_s, 2),
         "train_s": round(train_s, 2),
-        "pix_tokens_per_s": round(float(seen[1]) / train_s, 1) if train_s > 0 else None,
+        "pix_tokens_per_s": round(pix_tokens / train_s, 1) if train_s > 0 else None,
         "resumed_from": list(control.resumed_from),  # every checkpoint this run went through
         "machine": machine(),
         # a preempted run has not validated its model: no metrics rather than older ones

@@ -62,6 +62,15 @@ def test_tiny_fit_learns_and_writes_outputs(glyph_shards, tmp_path):
     assert not [n for n in names if n.endswith(".tmp")]
     assert (run / "pictures" / "val_latest.png").exists()
     assert (run / "config.yaml").exists()
+    # the counters travel in checkpoints: the module's as named buffers, the training seconds
+    # as the throughput callback's state (callbacks.PixThroughput)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert int(ckpt["state_dict"]["tokens_seen"]) == saved["tokens_seen"]
+    assert int(ckpt["state_dict"]["pix_tokens_seen"]) == saved["pix_tokens_seen"] > 0
+    (timer,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("PixThroughput")]
+    assert timer["train_seconds"] == pytest.approx(saved["train_s"], abs=0.01)
+    assert saved["pix_tokens_per_s"] == pytest.approx(saved["pix_tokens_seen"] / timer["train_seconds"],
+                                                      rel=1e-3)
     # TensorBoard holds the tags README lists
     acc = tb_tags(run)
     tags = acc.Tags()
