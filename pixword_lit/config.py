@@ -74,7 +74,7 @@ class DataConfig:
     tokenizer: Optional[str] = None  # tokenizer.json; default: the one index.json points to
     max_seq_len: int = 1024  # decoder inputs per sample; an image counts as its windows
     batch_size: int = 2  # per process
-    num_workers: int = 0
+    num_workers: int = 2
     small_images: str = "upscale"  # upscale | skip: images whose both sides are below S
     resample: str = "bicubic"  # nearest | bilinear | bilinear_antialias | bicubic | lanczos | box
     short_side_rounding: str = "floor"  # floor: int(S * short / long) | authors: int(short / long * S)

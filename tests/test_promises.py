@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pixword_lit.cli import main
-from pixword_lit.config import DEBUG_MODEL, REPO_ROOT, load_config
+from pixword_lit.config import BASE_YAML, DEBUG_MODEL, REPO_ROOT, Config, load_config
 from pixword_lit.layers import RMSNorm
 from pixword_lit.lit_module import PixWordLit, lr_lambda
 from pixword_lit.tokens import IGNORE
@@ -25,6 +25,22 @@ def module_of(*overrides, folding_state=None) -> PixWordLit:
     cfg = load_config(None, [*base, *overrides])
     return PixWordLit(OmegaConf.to_container(cfg, resolve=True), 6,
                       folding_state or {"name": "uniform", "factor": 64})
+
+
+def _leaves(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_base_yaml_states_the_schema_defaults():
+    """base.yaml documents every key with its default: it must list exactly the schema's keys
+    with exactly the schema's values (they once drifted: data.num_workers 0 vs 2)."""
+    schema = _leaves(OmegaConf.to_container(OmegaConf.structured(Config)))
+    base = _leaves(OmegaConf.to_container(OmegaConf.load(BASE_YAML)))
+    assert sorted(base) == sorted(schema)
+    assert {k: v for k, v in base.items() if schema[k] != v} == {}
 
 
 def test_lr_lambda_by_hand():
