@@ -14,8 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 from pixword_lit.components import component_params
 from pixword_lit.components.folding import fit_palette, folding_from_state
 from pixword_lit.config import ConfigError
-from pixword_lit.data import PixDataModule, SampleBuilder, ShardSet, resolve_shards, sample_pixels
+from pixword_lit.data import PixDataModule, SampleBuilder, sample_pixels
 from pixword_lit.lit_module import PixWordLit
+from pixword_lit.shards import ShardSet, resolve_shards
 from pixword_lit.tokens import N_SPECIAL, SPECIAL_TOKENS, Vocab
 
 

@@ -20,11 +20,12 @@ from omegaconf import DictConfig
 from data_prep.errors import BadInput
 from data_prep.imageio import IMAGE_EXTS, load_rgb, png_bytes
 from pixword_lit import checkpoints
-from pixword_lit.data import SampleBuilder, read_shard, resolve_shards
+from pixword_lit.data import SampleBuilder
 from pixword_lit.generate import GenerateError, Generation, Sampling, generate
 from pixword_lit.image import SkipImage
 from pixword_lit.lit_module import PixWordLit
 from pixword_lit.sample import blank, kept_windows, sample_images, to_rgb
+from pixword_lit.shards import read_shard, resolve_shards
 from pixword_lit.tokens import N_SPECIAL
 
 

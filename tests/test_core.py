@@ -14,9 +14,10 @@ from pixword_lit.build import build_parts
 from pixword_lit.cli import main
 from pixword_lit.components.folding import UniformFolding
 from pixword_lit.config import REPO_ROOT, ConfigError, load_config
-from pixword_lit.data import DataError, ShardStream, resolve_shards
+from pixword_lit.data import ShardStream
 from pixword_lit.image import image_windows, resize_longer_side
 from pixword_lit.model import PixWordModel
+from pixword_lit.shards import DataError, resolve_shards
 from pixword_lit.tokens import IGNORE, Vocab
 
 EXAMPLE = {

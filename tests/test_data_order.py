@@ -21,9 +21,10 @@ import torch
 
 from pixword_lit import data as data_mod
 from pixword_lit.config import DEBUG_MODEL, load_config
-from pixword_lit.data import SampleBuilder, ShardSet, ShardStream, resolve_shards
+from pixword_lit.data import DataPosition, SampleBuilder, ShardStream
 from pixword_lit.image import build_sample
 from pixword_lit.model import loss_terms
+from pixword_lit.shards import ShardSet, resolve_shards
 from pixword_lit.tokens import IGNORE, Vocab
 
 
@@ -113,7 +114,7 @@ def test_shuffled_batches_follow_the_epoch_order(tmp_path, monkeypatch, world, w
     assert sorted(global_order) == sorted(k for shard in keys for k in shard)
     for rank in range(world):
         stream = ShardStream(shards, builder, 5, 7, True, rank, world)
-        stream.epoch = 1
+        stream.position = DataPosition(1)
         got = [rows(b) for b in run_workers(stream, workers, monkeypatch)]
         assert got == expected_batches(global_order, world, rank, 5)
 

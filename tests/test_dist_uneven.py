@@ -53,7 +53,7 @@ def test_uneven_shards_two_ranks_one_epoch(tmp_path):
     from data_prep.glyphs import build_glyphs
     from pixword_lit.build import build_parts
     from pixword_lit.config import load_config
-    from pixword_lit.data import read_shard
+    from pixword_lit.shards import read_shard
 
     shards = tmp_path / "g"
     build_glyphs(shards, num_train=sum(SIZES), num_val=8, seed=1)
