@@ -160,3 +160,38 @@ def test_broken_experiment_yaml_is_one_error_line_naming_the_file(tmp_path, caps
     assert main(["print-config", str(bad)]) == 2
     out = capsys.readouterr()
     assert out.out == "" and str(bad) in out.err and len(out.err.strip().splitlines()) == 1
+
+
+def test_every_third_party_import_is_declared_in_pyproject():
+    """pyproject.toml declares what the code imports: the package and data_prep in
+    `dependencies`, the tests also in the `dev` extra (grid.py once imported an undeclared yaml)."""
+    import ast
+    import importlib.metadata
+    import re
+    import sys
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(reqs):
+        return {re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
+
+    runtime = names(project["dependencies"])
+    dev = runtime | names(project["optional-dependencies"]["dev"])
+    dists = importlib.metadata.packages_distributions()
+    local = {"pixword_lit", "data_prep", "conftest"} | {p.stem for p in (REPO_ROOT / "tests").glob("*.py")}
+    for folders, declared in (("pixword_lit data_prep", runtime), ("tests", dev)):
+        for folder in folders.split():
+            for path in (REPO_ROOT / folder).rglob("*.py"):
+                for node in ast.walk(ast.parse(path.read_text())):
+                    if isinstance(node, ast.Import):
+                        tops = [a.name.split(".")[0] for a in node.names]
+                    elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                        tops = [node.module.split(".")[0]]
+                    else:
+                        continue
+                    for top in tops:
+                        if top in sys.stdlib_module_names or top in local or top == "__future__":
+                            continue
+                        dist = {d.lower() for d in dists.get(top, [top])}
+                        assert dist & declared, f"{path.relative_to(REPO_ROOT)} imports {top} ({dist})"
