@@ -22,14 +22,6 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from pixword_lit import checkpoints
-from pixword_lit.checkpoints import (  # noqa: F401  (moved to checkpoints.py; old imports work)
-    METADATA,
-    SINGLE_SUFFIX,
-    checkpoint_step,
-    find_resume_checkpoint,
-    is_complete,
-    single_file_checkpoint,
-)
 from pixword_lit.errors import ConfigError
 from pixword_lit.layers import Block
 

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from pixword_lit import checkpoints, parallel
 from pixword_lit.build import build_datamodule, build_module, build_parts
 from pixword_lit.callbacks import PixThroughput, run_callbacks
+from pixword_lit.checkpoints import find_resume_checkpoint
 from pixword_lit.config import ConfigError, load_config
 from pixword_lit.config import validate as check
 from pixword_lit.control import (
@@ -40,7 +41,7 @@ from pixword_lit.data import PixLoader
 from pixword_lit.evaluate import evaluate_run
 from pixword_lit.inference import Run
 from pixword_lit.lit_module import PixWordLit
-from pixword_lit.parallel import AtomicCheckpointIO, find_resume_checkpoint
+from pixword_lit.parallel import AtomicCheckpointIO
 
 # each DataLoader worker builds whole, distinct batches (data.py), so __len__ is exact
 warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined")
