@@ -195,3 +195,35 @@ def test_every_third_party_import_is_declared_in_pyproject():
                             continue
                         dist = {d.lower() for d in dists.get(top, [top])}
                         assert dist & declared, f"{path.relative_to(REPO_ROOT)} imports {top} ({dist})"
+
+
+def test_package_imports_have_no_circles():
+    """Module-level imports inside pixword_lit form no cycle (build <-> lit_module and
+    components <-> config once did, hidden by imports inside functions)."""
+    import ast
+
+    root = REPO_ROOT / "pixword_lit"
+    graph = {}
+    for path in root.rglob("*.py"):
+        name = ".".join(("pixword_lit", *path.with_suffix("").relative_to(root).parts))
+        deps = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pixword_lit"):
+                deps |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("pixword_lit")}
+        graph[name.removesuffix(".__init__")] = deps
+    state = {}
+
+    def visit(mod, path):
+        state[mod] = "open"
+        for dep in sorted(d for d in graph[mod] if d in graph):
+            assert state.get(dep) != "open", " -> ".join([*path, mod, dep])
+            if dep not in state:
+                visit(dep, [*path, mod])
+        state[mod] = "done"
+
+    for mod in sorted(graph):
+        if mod not in state:
+            visit(mod, [])
+    assert {"pixword_lit.build", "pixword_lit.lit_module", "pixword_lit.config"} <= set(graph)
