@@ -148,6 +148,7 @@ class PixWordLit(L.LightningModule):
         checkpoint["rng_states"] = states
 
     def on_load_checkpoint(self, checkpoint):
+        _upgrade_counters(checkpoint)
         if "rng_states" in checkpoint:
             states = dict(checkpoint["rng_states"])
             kind, keys, pos, has_gauss, cached = states["numpy"]
@@ -203,6 +204,18 @@ class PixWordLit(L.LightningModule):
             # (the run diverged, and ModelCheckpoint needs the key)
             if fresh and (math.isfinite(v) or k == "val/loss"):
                 self.log(k, v, sync_dist=False)  # already reduced over ranks
+
+
+def _upgrade_counters(checkpoint: dict) -> None:
+    """Single-file checkpoints written before the counters had names held one buffer
+    `seen` = [elements, pix tokens, training seconds]: give its parts their names (the
+    seconds to callbacks.PixThroughput's state), so such runs still load and resume."""
+    sd = checkpoint.get("state_dict", {})
+    if "seen" not in sd:
+        return
+    seen = sd.pop("seen")
+    sd["tokens_seen"], sd["pix_tokens_seen"] = seen[0].clone(), seen[1].clone()
+    checkpoint.setdefault("callbacks", {}).setdefault("PixThroughput", {"train_seconds": float(seen[2])})
 
 
 def image_likelihood(nll: float, folding) -> dict:
