@@ -12,18 +12,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from pixword_lit.components import component_params
-from pixword_lit.components.folding import PaletteFolding, UniformFolding, fit_palette
+from pixword_lit.components.folding import fit_palette, folding_from_state
 from pixword_lit.config import ConfigError
-from pixword_lit.data import PixDataModule, SampleBuilder, ShardSet, resolve_shards, sample_pixels
+from pixword_lit.data import PixDataModule, SampleBuilder, sample_pixels
+from pixword_lit.lit_module import PixWordLit
+from pixword_lit.shards import ShardSet, resolve_shards
 from pixword_lit.tokens import N_SPECIAL, SPECIAL_TOKENS, Vocab
-
-
-def folding_from_state(state: dict):
-    if state["name"] == "uniform":
-        return UniformFolding(state["factor"])
-    if state["name"] == "palette":
-        return PaletteFolding(state["palette"])
-    raise ConfigError(f"model.folding.name: unknown folding {state['name']!r}")
 
 
 def load_tokenizer(cfg: DictConfig, train: ShardSet | None):
@@ -99,9 +93,7 @@ def build_parts(cfg: DictConfig, run_dir: Path | None, folding_state: dict | Non
     return RunParts(cfg, train, val, tokenizer, vocab, state, builder)
 
 
-def build_module(parts: RunParts):
-    from pixword_lit.lit_module import PixWordLit
-
+def build_module(parts: RunParts) -> PixWordLit:
     config = OmegaConf.to_container(parts.cfg, resolve=True)
     tokenizer = parts.tokenizer.to_str() if parts.tokenizer is not None else None
     return PixWordLit(config, parts.vocab.n_words, parts.folding_state, tokenizer)

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pixword_lit.checkpoints import find_resume_checkpoint
 from pixword_lit.config import ConfigError
 from pixword_lit.grid import fit_command
 
@@ -96,8 +97,6 @@ def log_path(name: str, rank: int = 0) -> str:
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    from pixword_lit.parallel import find_resume_checkpoint
-
     try:
         find_resume_checkpoint(run_dir, "last")
         return True

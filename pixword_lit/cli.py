@@ -334,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     from pixword_lit.checkpoints import CheckpointError
     from pixword_lit.config import ConfigError
-    from pixword_lit.data import DataError
     from pixword_lit.generate import GenerateError
+    from pixword_lit.shards import DataError
 
     try:
         return args.fn(args)

@@ -8,13 +8,15 @@ Derived values (vocabulary sizes, number of windows) are computed, never written
 
 from __future__ import annotations
 
-import math
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
+
+from pixword_lit.components import validate_components
+from pixword_lit.errors import ConfigError  # noqa: F401  (raised here; imported from here by callers)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASE_YAML = REPO_ROOT / "experiments" / "base.yaml"
@@ -23,8 +25,14 @@ BASE_YAML = REPO_ROOT / "experiments" / "base.yaml"
 RESAMPLE_NAMES = ("nearest", "bilinear", "bilinear_antialias", "bicubic", "lanczos", "box")
 
 
-class ConfigError(ValueError):
-    """An invalid config; the message names the offending key."""
+# The `debug` model (torchtitan's `debugmodel`): every part of the architecture at a few
+# thousand parameters, for tests and smoke runs; every test builds its models from it (some
+# change the image geometry or the folding their hand-made batches need)
+DEBUG_MODEL = [
+    "model.dim=32", "model.n_heads=4", "model.n_kv_heads=2", "model.image_layers=1",
+    "model.decoder_layers=2", "model.image_size=16", "model.window_size=4",
+    "model.folding.factor=64",
+]
 
 
 @dataclass
@@ -66,7 +74,7 @@ class DataConfig:
     tokenizer: Optional[str] = None  # tokenizer.json; default: the one index.json points to
     max_seq_len: int = 1024  # decoder inputs per sample; an image counts as its windows
     batch_size: int = 2  # per process
-    num_workers: int = 0
+    num_workers: int = 2
     small_images: str = "upscale"  # upscale | skip: images whose both sides are below S
     resample: str = "bicubic"  # nearest | bilinear | bilinear_antialias | bicubic | lanczos | box
     short_side_rounding: str = "floor"  # floor: int(S * short / long) | authors: int(short / long * S)
@@ -207,8 +215,6 @@ def _yaml_chain(path: Path) -> list[Path]:
 
 def validate(cfg: DictConfig) -> None:
     """Checks that need more than types; each error names the key. Reads no data."""
-    from pixword_lit.components import validate_components
-
     m, d, t = cfg.model, cfg.data, cfg.trainer
     _check(m.image_size > 0, "model.image_size", f"must be positive, got {m.image_size}")
     _check(m.window_size > 0, "model.window_size", f"must be positive, got {m.window_size}")
@@ -269,10 +275,6 @@ def validate(cfg: DictConfig) -> None:
 def _check(ok: bool, key: str, msg: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {msg}")
-
-
-def is_power_of_two(x: int) -> bool:
-    return x >= 1 and 2 ** int(round(math.log2(x))) == x
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -22,17 +22,16 @@ import math
 import multiprocessing
 import os
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import lightning as L
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
+from pixword_lit.batch import StreamBatch
 from pixword_lit.image import (
     SkipImage,
     build_sample,
@@ -41,77 +40,8 @@ from pixword_lit.image import (
     image_windows,
     resize_longer_side,
 )
+from pixword_lit.shards import DataError, ShardSet, read_shard
 from pixword_lit.tokens import Vocab
-
-
-class DataError(ValueError):
-    """Unusable data settings; the message names the config key or file."""
-
-
-@dataclass
-class ShardSet:
-    urls: list[str]
-    units: list[int]  # units per shard in the current mode
-    index_path: str
-    index: dict = field(repr=False, default_factory=dict)
-
-    @property
-    def total(self) -> int:
-        return int(sum(self.units))
-
-
-def resolve_shards(spec: str, index_path: str | None, mode: str, key: str) -> ShardSet:
-    """Shard URLs (folder, brace pattern, pipe: command) + their index.json -> ShardSet."""
-    if not spec:
-        raise DataError(f"{key}: no shards given (a folder made by `pixword prep`, or URLs)")
-    local = Path(spec)
-    if local.is_dir():
-        index_path = index_path or str(local / "index.json")
-        urls = None
-    else:
-        urls = wds.shardlists.expand_urls(spec)
-        if not _is_url(spec):  # a local file or brace pattern: its folder must exist
-            missing = local if "{" not in spec else Path(urls[0]).parent
-            if not missing.exists():
-                raise DataError(
-                    f"{key}: {str(missing)!r} does not exist (relative paths are relative to the "
-                    f"current directory, so it was looked for at {missing.resolve()}); run pixword "
-                    "where the data is, give an absolute path, or build the built-in data there with "
-                    "`pixword prep glyphs --out data/glyphs`"
-                )
-        if index_path is None:
-            if _is_url(urls[0]):
-                raise DataError(f"{key}_index: give the index.json of {spec!r} (it is not local)")
-            index_path = str(Path(urls[0]).parent / "index.json")
-    if not Path(index_path).exists():
-        raise DataError(f"{key}: no index.json at {index_path} (was `pixword prep` completed?)")
-    index = json.loads(Path(index_path).read_text())
-    counts = {s["name"]: s["images" if mode == "image_only" else "samples"] for s in index["shards"]}
-    if urls is None:
-        urls = [str(local / s["name"]) for s in index["shards"]]
-    units = []
-    for url in urls:
-        names = [n for n in counts if n in url]
-        if len(names) != 1:
-            raise DataError(f"{key}: shard {url!r} is not listed in {index_path}")
-        units.append(counts[names[0]])
-    if sum(units) == 0:
-        raise DataError(f"{key}: the shards of {index_path} hold no {mode} units")
-    return ShardSet(urls, units, index_path, index)
-
-
-def _is_url(spec: str) -> bool:
-    return spec.startswith("pipe:") or "://" in spec
-
-
-def read_shard(url: str):
-    """Raw samples of one tar shard, in file order: dicts of bytes keyed by extension."""
-    stream = wds.gopen(url)
-    try:
-        files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
-        yield from group_by_keys(files)
-    finally:
-        stream.close()
 
 
 class SampleBuilder:
@@ -155,15 +85,42 @@ class SampleBuilder:
         return build_sample(elements, self.vocab, self.max_seq_len)
 
 
+@dataclass(frozen=True)
+class DataPosition:
+    """Where a rank is in the data: `batch` batches of epoch `epoch`'s order are done (the
+    next one read is batch `batch`). Owned by `PixLoader`, saved in its checkpoint state."""
+
+    epoch: int
+    batch: int = 0
+
+    def normalized(self, n_batches: int) -> DataPosition:
+        """(epoch, all its batches done) is (epoch + 1, none done)."""
+        return DataPosition(self.epoch + 1, 0) if self.batch >= n_batches else self
+
+
+@dataclass
+class ReadPlan:
+    """What one DataLoader worker builds from a position: its batches and the shard units
+    they need (each shard is read once, in one pass, and freed after its last batch)."""
+
+    batches: list[int]  # batch indices of this worker, in order
+    units: np.ndarray  # (N, 2) the rank's (shard, unit) rows of the epoch; -1 rows: placeholders
+    wanted: dict[int, set]  # shard -> unit indices some batch of this worker needs
+    last_use: dict[int, int]  # shard -> the last batch that needs it
+
+
 class ShardStream(IterableDataset):
-    """Yields whole collated batches for one rank; see the module docstring for the order."""
+    """Yields whole collated batches for one rank; see the module docstring for the order.
+
+    Iterating reads from `position`, which only `PixLoader` sets (before it starts the
+    workers, which each receive a copy of the stream)."""
 
     def __init__(self, shards: ShardSet, builder: SampleBuilder, batch_size: int, seed: int,
                  shuffle: bool, rank: int = 0, world_size: int = 1, limit: int | None = None):
         self.shards, self.builder, self.batch_size = shards, builder, batch_size
         self.seed, self.shuffle, self.rank, self.world_size = seed, shuffle, rank, world_size
         self.limit = limit
-        self.epoch, self.start_batch = 0, 0
+        self.position = DataPosition(0)
 
     def order(self, epoch: int) -> np.ndarray:
         """(N, 2) array of (shard, unit-in-shard) in this epoch's global order."""
@@ -192,12 +149,17 @@ class ShardStream(IterableDataset):
         pad = np.full((per - len(mine), 2), -1)
         return np.concatenate([mine, pad]) if len(pad) else mine
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[StreamBatch]:
         info = get_worker_info()
-        k, j = (info.num_workers, info.id) if info else (1, 0)
-        units = self.rank_units(self.epoch)
-        b = self.batch_size
-        batches = [i for i in range(self.start_batch, len(self)) if (i - self.start_batch) % k == j]
+        n_workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        return self.read(self.plan(self.position, worker, n_workers))
+
+    def plan(self, position: DataPosition, worker: int = 0, n_workers: int = 1) -> ReadPlan:
+        """Batch b (from position.batch on) is built by worker (b - position.batch) % n_workers,
+        the order in which the DataLoader collects batches from its workers."""
+        units = self.rank_units(position.epoch)
+        b, start = self.batch_size, position.batch
+        batches = [i for i in range(start, len(self)) if (i - start) % n_workers == worker]
         wanted: dict[int, set] = {}
         last_use: dict[int, int] = {}
         for i in batches:
@@ -205,8 +167,13 @@ class ShardStream(IterableDataset):
                 if s >= 0:
                     wanted.setdefault(int(s), set()).add(int(u))
                     last_use[int(s)] = i
+        return ReadPlan(batches, units, wanted, last_use)
+
+    def read(self, plan: ReadPlan) -> Iterator[StreamBatch]:
+        """Build the plan's batches: read shards as first needed, decode only wanted units."""
+        b, units, wanted, last_use = self.batch_size, plan.units, plan.wanted, plan.last_use
         cache: dict[int, dict] = {}
-        for i in batches:
+        for i in plan.batches:
             rows = units[i * b : (i + 1) * b]
             samples, skipped = [], 0
             for s, u in rows:
@@ -264,17 +231,12 @@ def _warn(msg: str) -> None:
 
 
 def worker_context():
-    """How DataLoader workers start: from a fork server (where the platform has one) that
-    imported torch and this module once, not by forking the training process itself.
-
-    Forking a process that runs other threads copies locks those threads may hold at that
-    instant (gloo's threads, torch's thread pools) into a child that can then wait on them
-    forever (pytorch/pytorch#130610); a fresh-clone test run hung with two fsdp ranks and
-    their forked workers all asleep (issue #9). The fork server is a clean
-    single-threaded process started once per training process (about 5 s on 2 CPU cores),
-    after which starting workers costs what a fork does; `spawn` would re-import torch for
-    every worker of every epoch and validation (about 10 s each). The batches are the same
-    under every start method: each worker builds its batches from the seeds alone."""
+    """DataLoader workers start from a fork server that imported torch and this module once,
+    not by forking the training process: a fork copies locks that the process's other threads
+    (gloo's, torch's pools) may hold into a worker that can then wait forever (pytorch#130610;
+    a test run hung with two fsdp ranks and their forked workers asleep, issue #9). The server
+    starts once per process (~5 s on 2 cores); `spawn` would re-import torch per iterator
+    (~10 s). Batches do not depend on the start method: workers build them from seeds alone."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return None  # Windows: spawn, the platform's only method
     ctx = multiprocessing.get_context("forkserver")
@@ -292,38 +254,45 @@ class PixLoader(DataLoader):
     Lightning advances when a fit stops at max_steps in the middle of an epoch. The first
     iterator after a resume starts at the saved position, whatever epoch the trainer is in.
     The loader has its own torch generator, so making an iterator draws nothing from the
-    global RNG (whose state checkpoints restore exactly)."""
+    global RNG (whose state checkpoints restore exactly).
 
-    def __init__(self, stream: ShardStream, num_workers: int, progress=None, seed: int = 0):
+    `trained` (training loaders): () -> DataPosition, the trainer's epoch and the batches of
+    it trained on (Lightning's count; the loader itself runs ahead by the batches prefetched).
+    """
+
+    def __init__(self, stream: ShardStream, num_workers: int,
+                 trained: Callable[[], DataPosition] | None = None, seed: int = 0):
         super().__init__(stream, batch_size=None, num_workers=num_workers,
                          persistent_workers=False, pin_memory=torch.cuda.is_available(),
                          generator=torch.Generator().manual_seed(seed),
                          multiprocessing_context=worker_context() if num_workers else None)
-        self.progress = progress  # () -> (trainer epoch, batches done in it); from the trainer
-        self._resume: tuple[int, int] | None = None
+        self.trained = trained
+        self._resume: DataPosition | None = None  # from a checkpoint, for the next iterator
+
+    @property
+    def position(self) -> DataPosition:
+        """Where the current (or last) iterator started reading."""
+        return self.dataset.position
 
     def __iter__(self):
         if self._resume is not None:
-            epoch, start = self._resume
-        else:
-            epoch, start = (self.progress()[0] if self.progress else self.dataset.epoch), 0
+            start = self._resume
+        else:  # a new epoch: the trainer's (validation loaders: their own, which stays 0)
+            start = DataPosition(self.trained().epoch if self.trained else self.position.epoch)
         self._resume = None
-        self.dataset.epoch, self.dataset.start_batch = epoch, start
+        self.dataset.position = start  # the stream (and each worker's copy) reads from here
         return super().__iter__()
 
     def state_dict(self) -> dict:
-        done = self.progress()[1] if self.progress else 0
-        epoch, done = self._normalize(self.dataset.epoch, done)
-        return {"epoch": epoch, "batches_done": done, "world_size": self.dataset.world_size}
+        done = self.trained().batch if self.trained else 0
+        pos = DataPosition(self.position.epoch, done).normalized(len(self.dataset))
+        return {"epoch": pos.epoch, "batches_done": pos.batch, "world_size": self.dataset.world_size}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("world_size", self.dataset.world_size) != self.dataset.world_size:
             _warn("resuming with a different world size: the data order of this epoch changes")
-        self._resume = self._normalize(state["epoch"], state["batches_done"])
-
-    def _normalize(self, epoch: int, done: int) -> tuple[int, int]:
-        """(epoch, all its batches done) is (epoch + 1, none done)."""
-        return (int(epoch) + 1, 0) if done >= len(self.dataset) else (int(epoch), int(done))
+        pos = DataPosition(int(state["epoch"]), int(state["batches_done"]))
+        self._resume = pos.normalized(len(self.dataset))
 
 
 def sample_pixels(shards: ShardSet, builder: SampleBuilder, n: int, seed: int) -> np.ndarray:
@@ -358,16 +327,18 @@ class PixDataModule(L.LightningDataModule):
         t = self.trainer
         return (t.global_rank, t.world_size) if t is not None else (0, 1)
 
-    def _progress(self):
+    def _trained(self) -> DataPosition:
+        """The trainer's epoch and the batches of it trained on (Lightning's batch progress,
+        which its own checkpoints restore), for PixLoader's checkpoint state."""
         t = self.trainer
-        return t.current_epoch, t.fit_loop.epoch_loop.batch_progress.current.processed
+        return DataPosition(t.current_epoch, t.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def train_dataloader(self):
         d = self.cfg.data
         rank, world = self._rank()
         stream = ShardStream(self.train_set, self.builder, d.batch_size, self.cfg.run.seed,
                              d.shuffle, rank, world)
-        return PixLoader(stream, d.num_workers, self._progress, self.cfg.run.seed)
+        return PixLoader(stream, d.num_workers, self._trained, self.cfg.run.seed)
 
     def val_dataloader(self):
         d = self.cfg.data

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torchmetrics.text import CharErrorRate
 
-from pixword_lit.data import read_shard, resolve_shards
 from pixword_lit.generate import GenerateError, Sampling
 from pixword_lit.image import build_sample, collate
 from pixword_lit.inference import Run, load_run, run_prompts
+from pixword_lit.shards import read_shard, resolve_shards
 from pixword_lit.tokens import IGNORE
 
 # glyph height after resize, in windows: edges of the breakdown's buckets

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pixword_lit.batch import Batch
 from pixword_lit.tokens import BOS, EOS, IGNORE, IMG_END, IMG_START, PAD, Vocab
 
 RESAMPLE = {
@@ -170,8 +171,9 @@ def empty_sample() -> dict:
     }
 
 
-def collate(samples: list[dict], pix_pad: int, pixels_per_window: int) -> dict:
-    """Pad samples to the batch's longest sequence and window count -> torch tensors."""
+def collate(samples: list[dict], pix_pad: int, pixels_per_window: int) -> Batch:
+    """Pad samples to the batch's longest sequence and window count -> torch tensors (every
+    key's shape and meaning: `pixword_lit.batch.Batch`)."""
     b = len(samples)
     t = max(len(s["input_ids"]) for s in samples)
     nw = max(max(len(s["window_valid"]) for s in samples), 1)
@@ -197,7 +199,7 @@ def collate(samples: list[dict], pix_pad: int, pixels_per_window: int) -> dict:
             out["pix_pos"][i, :m] = s["pix_pos"]
             out["summary_index"][i, :m] = s["summary_index"]
             out["window_valid"][i, :m] = s["window_valid"]
-    batch = {k: torch.from_numpy(v) for k, v in out.items()}
+    batch: Batch = {k: torch.from_numpy(v) for k, v in out.items()}
     batch["fold_se"] = torch.tensor([s["fold_se"] for s in samples], dtype=torch.float64)
     batch["n_pixels"] = torch.tensor([s["n_pixels"] for s in samples], dtype=torch.int64)
     batch["truncated"] = torch.tensor([s["truncated"] for s in samples], dtype=torch.bool)

@@ -19,9 +19,13 @@ from omegaconf import DictConfig
 
 from data_prep.errors import BadInput
 from data_prep.imageio import IMAGE_EXTS, load_rgb, png_bytes
-from pixword_lit.data import SampleBuilder, read_shard, resolve_shards
+from pixword_lit import checkpoints
+from pixword_lit.data import SampleBuilder
 from pixword_lit.generate import GenerateError, Generation, Sampling, generate
 from pixword_lit.image import SkipImage
+from pixword_lit.lit_module import PixWordLit
+from pixword_lit.sample import blank, kept_windows, sample_images, to_rgb
+from pixword_lit.shards import read_shard, resolve_shards
 from pixword_lit.tokens import N_SPECIAL
 
 
@@ -54,9 +58,6 @@ def load_run(ckpt: str, tokenizer: str | None = None, words: bool = True) -> Run
     """`words`: the caller generates text, so the model must know words (not image-only).
     The checkpoint is read safely (weights_only; checkpoints.py), a sharded folder converted
     aside; a missing, damaged or hostile one raises CheckpointError naming the file."""
-    from pixword_lit import checkpoints
-    from pixword_lit.lit_module import PixWordLit
-
     checkpoints.saved_hparams(Path(ckpt))  # readable, and a pixword checkpoint
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(ckpt)
@@ -168,8 +169,6 @@ def sample_to_files(run: Run, n: int, prompt: str, complete: str | None, keep_ro
                     sampling, out: Path, label: str) -> dict:
     """`pixword generate --sample N` / `--complete IMAGE`: OUT/samples.png and samples.json."""
     from PIL import Image
-
-    from pixword_lit.sample import blank, kept_windows, sample_images, to_rgb
 
     m = run.cfg.model
     elements = [run.text(prompt)] if prompt else []

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pixword_lit.components.folding import UniformFolding
+from pixword_lit.errors import ConfigError
 from pixword_lit.image import build_sample, image_windows, resize_longer_side
 from pixword_lit.tokens import IGNORE, N_SPECIAL, Vocab
 
@@ -20,8 +21,6 @@ def _windows(path, a, folding, vocab):
 
 
 def inspect_path(a) -> dict:
-    from pixword_lit.config import ConfigError
-
     if a.image_size % a.window_size:
         raise ConfigError(f"--window-size {a.window_size} does not divide --image-size {a.image_size}")
     folding = UniformFolding(a.fold)

@@ -1,15 +1,14 @@
-"""LightningModule: loss split into word and pix parts, torchmetrics, AdamW + cosine schedule,
-throughput in pix tokens/s, the color-frequency baseline and the validation picture.
-The model itself (`PixWordModel`) knows nothing of Lightning.
+"""LightningModule: the model and its loss (split into word and pix parts), the validation
+sums (torchmetrics), AdamW + cosine schedule, the color-frequency baseline and the run's
+counters (`tokens_seen`, `pix_tokens_seen`, `color_counts`, kept in checkpoints).
+The model itself (`PixWordModel`) knows nothing of Lightning; what a fit writes to its run
+folder (logs, metrics, pictures) and the throughput it measures are callbacks (callbacks.py).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import time
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -18,10 +17,9 @@ from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from omegaconf import OmegaConf
 from torchmetrics import SumMetric
 
-from pixword_lit.components.folding import psnr
+from pixword_lit.components.folding import folding_from_state, psnr
 from pixword_lit.model import PixWordModel, loss_terms
-from pixword_lit.parallel import is_sharded
-from pixword_lit.pictures import completion_picture, prediction_picture
+from pixword_lit.parallel import apply_fsdp, is_sharded
 from pixword_lit.tokens import Vocab
 
 LOGGED = ["sum", "n", "pix_sum", "pix_n", "word_sum", "word_n", "pix_correct"]  # loss_terms keys
@@ -35,8 +33,6 @@ class PixWordLit(L.LightningModule):
         # config, vocab size, palette and the word tokenizer (JSON text) travel with
         # checkpoints, so a checkpoint alone is enough to generate from (pixword_lit.inference)
         self.save_hyperparameters()
-        from pixword_lit.build import folding_from_state
-
         self.cfg = OmegaConf.create(config)
         self.folding = folding_from_state(folding_state)
         self.vocab = Vocab(n_words, self.folding.n_pix)
@@ -45,14 +41,17 @@ class PixWordLit(L.LightningModule):
         self.val_sums = torch.nn.ModuleDict({k: SumMetric(nan_strategy="disable") for k in VAL_SUMS})
         # global totals, identical on every rank (increments are summed over ranks each step,
         # so the rank-0 checkpoint holds the whole run's counts): the training set's pix
-        # target frequencies (for the baseline that always predicts them), then elements
-        # and pix tokens trained on; and rank 0's training seconds
+        # target frequencies (for the baseline that always predicts them), elements trained
+        # on (valid decoder inputs) and pix tokens trained on (valid pixels)
         self.register_buffer("color_counts", torch.zeros(self.folding.n_pix, dtype=torch.float64))
-        self.register_buffer("seen", torch.zeros(3, dtype=torch.float64))
-        self.run_dir: Path | None = None
-        self._rate = [0.0, 0.0, None]  # pix tokens, seconds, last batch start
-        self._window: list | None = None  # [provisional loss denominator, scored targets so far]
-        self.last_val: dict = {}
+        self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("pix_tokens_seen", torch.zeros((), dtype=torch.float64))
+        # the gradient-accumulation window being trained (see on_before_optimizer_step): its
+        # provisional loss denominator (None: no window open) and its scored targets so far
+        self._window_denominator: float | None = None
+        self._window_scored = 0.0
+        self.last_val: dict = {}  # the latest validation's results (val/*, baseline/*)
+        self._last_val_step: int | None = None  # optimizer step of the latest validation
 
     # ---- training ---------------------------------------------------------------------
     def forward(self, batch):
@@ -62,7 +61,9 @@ class PixWordLit(L.LightningModule):
         """The loss is one mean over every scored target of the global batch: all ranks and
         all micro-batches of a gradient-accumulation window (as the authors' single-process
         DataParallel takes it), so a sample weighs by its targets wherever it lands and
-        placeholders (no targets) change nothing. See `on_before_optimizer_step`."""
+        placeholders (no targets) change nothing. See `on_before_optimizer_step`.
+        -> the loss to differentiate, and `mean_loss` (the global micro-batch's mean, for the
+        logs; callbacks.TrainLog writes it)."""
         logits, extras = self.model(batch)
         t = loss_terms(logits, batch["targets"], self.vocab.n_words, extras, self.model.dense)
         pix_t = batch["targets"][batch["targets"] >= self.vocab.n_words] - self.vocab.n_words
@@ -74,18 +75,18 @@ class PixWordLit(L.LightningModule):
             inc = self.trainer.strategy.reduce(inc, reduce_op="sum")
         n_pix = self.vocab.n_pix
         self.color_counts += inc[:n_pix]
-        self.seen[:2] += inc[n_pix : n_pix + 2]
-        self._rate[0] += float(inc[n_pix + 1])  # pix tokens of this step on all ranks
+        self.tokens_seen += inc[n_pix]
+        self.pix_tokens_seen += inc[n_pix + 1]
         # global sums and counts of this micro-batch
         g = dict(zip(LOGGED, inc[n_pix + 2 :])) if world > 1 else {k: t[k].detach() for k in LOGGED}
         n_global = float(g["n"])
-        if batch_idx % accum == 0 or self._window is None:  # a window starts (Lightning zeroes grads)
-            # provisional denominator: this micro-batch's count times the window length;
-            # on_before_optimizer_step rescales to the window's true count
-            self._window = [max(n_global, 1.0) * accum, 0.0]
-        self._window[1] += n_global
+        if batch_idx % accum == 0 or self._window_denominator is None:  # a window starts
+            # (Lightning zeroes grads) provisional denominator: this micro-batch's count times
+            # the window length; on_before_optimizer_step rescales to the window's true count
+            self._window_denominator, self._window_scored = max(n_global, 1.0) * accum, 0.0
+        self._window_scored += n_global
         # Lightning divides by accum and DDP/FSDP average over ranks: both are undone here
-        loss = t["sum"] * (world * accum) / self._window[0]
+        loss = t["sum"] * (world * accum) / self._window_denominator
         mean = g["sum"] / g["n"].clamp(min=1)  # the global micro-batch's mean, for the logs
         log = dict(on_step=True, on_epoch=False, batch_size=batch["targets"].shape[0])
         self.log("train/loss", mean, prog_bar=True, **log)
@@ -95,40 +96,19 @@ class PixWordLit(L.LightningModule):
         self.log("train/pix_acc", g["pix_correct"] / g["pix_n"].clamp(min=1), **log)
         if int(batch["n_skipped"]):
             self.log("data/skipped", batch["n_skipped"].float(), reduce_fx="sum", **log)
-        step = self.global_step + 1  # the optimizer step this batch completes
-        if self.global_rank == 0 and self.run_dir and step % self.cfg.trainer.log_every_n_steps == 0:
-            with open(self.run_dir / "train_log.jsonl", "a") as f:  # global mean loss, for comparing runs
-                f.write(json.dumps({"step": step, "epoch": int(self.current_epoch),
-                                    "batch": int(batch["batch_index"]), "loss": float(mean)}) + "\n")
-        return loss
+        return {"loss": loss, "mean_loss": mean.detach()}
 
     def on_before_optimizer_step(self, optimizer):
         # the gradients (unscaled under fp16) hold sum(d ce) / provisional denominator;
         # make it sum(d ce) / (scored targets of the window on all ranks), before clipping
-        if self._window is None:
+        if self._window_denominator is None:
             return
-        provisional, count = self._window
-        self._window = None
-        factor = provisional / max(count, 1.0)
+        factor = self._window_denominator / max(self._window_scored, 1.0)
+        self._window_denominator = None
         if factor != 1.0:
             for p in self.parameters():
                 if p.grad is not None:
                     p.grad.mul_(factor)
-
-    def on_train_batch_start(self, batch, batch_idx):
-        now = time.perf_counter()
-        if self._rate[2] is not None:
-            self._rate[1] += now - self._rate[2]
-            self.seen[2] += now - self._rate[2]
-        self._rate[2] = now
-        if self._rate[1] > 0 and self.global_step % self.cfg.trainer.log_every_n_steps == 0:
-            # pix tokens of all ranks over wall time between batch starts (data included)
-            rate = self._rate[0] / self._rate[1]
-            self.log("train/pix_tokens_per_s", rate, on_step=True, on_epoch=False)
-            self._rate[:2] = [0.0, 0.0]
-
-    def on_validation_start(self):
-        self._rate[2] = None  # validation time is not training throughput
 
     def setup(self, stage):
         if self.device.type == "cpu" and self.trainer.num_devices > 1:
@@ -137,8 +117,6 @@ class PixWordLit(L.LightningModule):
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.trainer.num_devices))
 
     def configure_model(self):
-        from pixword_lit.parallel import apply_fsdp
-
         # fsdp (ModelParallelStrategy): shard the finished model, once (fit, then validate)
         if self.device_mesh is not None and not is_sharded(self.model):
             apply_fsdp(self.model, self.device_mesh["data_parallel"])
@@ -170,6 +148,7 @@ class PixWordLit(L.LightningModule):
         checkpoint["rng_states"] = states
 
     def on_load_checkpoint(self, checkpoint):
+        _upgrade_counters(checkpoint)
         if "rng_states" in checkpoint:
             states = dict(checkpoint["rng_states"])
             kind, keys, pos, has_gauss, cached = states["numpy"]
@@ -178,6 +157,7 @@ class PixWordLit(L.LightningModule):
 
     # ---- validation -------------------------------------------------------------------
     def validation_step(self, batch, batch_idx):
+        """-> the batch's logits (callbacks.Pictures draws the first batch's predictions)."""
         logits, extras = self.model(batch, every_pixel=True)
         # every sum is updated on every rank (zeros where a variant has no such term), so all
         # ranks sync the same metric set
@@ -187,8 +167,7 @@ class PixWordLit(L.LightningModule):
         t["baseline_sum"] = self._baseline_sum(batch["targets"])
         for k, v in t.items():
             self.val_sums[k].update(v.detach().double())
-        if batch_idx == 0 and self.global_rank == 0 and self.run_dir is not None:
-            self._save_picture(batch, logits)
+        return {"logits": logits}
 
     def on_validation_epoch_start(self):
         counts = self.color_counts  # already summed over ranks
@@ -218,46 +197,25 @@ class PixWordLit(L.LightningModule):
             # <|image|> <|/image|> </s> (scored in val/loss), so no word loss is reported
             out["val/word_loss"] = float("nan")
         self.last_val = out
-        fresh = self.global_step != getattr(self, "_last_val_step", None)  # final re-validation
+        fresh = self.global_step != self._last_val_step  # not the final re-validation
         self._last_val_step = self.global_step
         for k, v in out.items():
             # the final re-validation adds no second curve point; a NaN val/loss is logged
             # (the run diverged, and ModelCheckpoint needs the key)
             if fresh and (math.isfinite(v) or k == "val/loss"):
                 self.log(k, v, sync_dist=False)  # already reduced over ranks
-        if self.global_rank == 0 and self.run_dir and fresh and not self.trainer.sanity_checking:
-            rec = {"step": int(self.global_step), "epoch": int(self.current_epoch), **out}
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
 
-    def _save_picture(self, batch, logits):
-        n = self.cfg.run.pictures
-        if n <= 0 or self.trainer.sanity_checking:
-            return
-        img = prediction_picture(batch, logits, self.vocab, self.folding, self.cfg.model, n)
-        if img is None:
-            return
-        out = self.run_dir / "pictures"
-        out.mkdir(parents=True, exist_ok=True)
-        from PIL import Image
 
-        Image.fromarray(img).save(out / f"val_step{self.global_step:07d}.png")
-        Image.fromarray(img).save(out / "val_latest.png")
-        logger = self.logger
-        tb = logger is not None and hasattr(logger, "experiment") and hasattr(logger.experiment, "add_image")
-        if tb:
-            logger.experiment.add_image("val/prediction", np.transpose(img, (2, 0, 1)), self.global_step)
-        if self.model.dense and not is_sharded(self.model):  # dense: complete the bottom half
-            was_training = self.model.training
-            comp = completion_picture(batch, self.model, self.vocab, self.folding, self.cfg.model,
-                                      min(n, 2), seed=self.cfg.run.seed)
-            self.model.train(was_training)
-            if comp is not None:
-                Image.fromarray(comp).save(out / f"completion_step{self.global_step:07d}.png")
-                Image.fromarray(comp).save(out / "completion_latest.png")
-                if tb:
-                    logger.experiment.add_image("val/completion", np.transpose(comp, (2, 0, 1)),
-                                                self.global_step)
+def _upgrade_counters(checkpoint: dict) -> None:
+    """Single-file checkpoints written before the counters had names held one buffer
+    `seen` = [elements, pix tokens, training seconds]: give its parts their names (the
+    seconds to callbacks.PixThroughput's state), so such runs still load and resume."""
+    sd = checkpoint.get("state_dict", {})
+    if "seen" not in sd:
+        return
+    seen = sd.pop("seen")
+    sd["tokens_seen"], sd["pix_tokens_seen"] = seen[0].clone(), seen[1].clone()
+    checkpoint.setdefault("callbacks", {}).setdefault("PixThroughput", {"train_seconds": float(seen[2])})
 
 
 def image_likelihood(nll: float, folding) -> dict:

@@ -6,7 +6,7 @@
 
 Which image block (or none) and which pix embedding are components picked by name
 (`pixword_lit.components`); the decoder, the word table and the head are shared by all.
-The batch layout is produced by `pixword_lit.image` (see `build_sample`).
+The batch's keys, shapes and meaning: `pixword_lit.batch.Batch` (built by `image.collate`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pixword_lit.batch import Batch
 from pixword_lit.components import component_params
 from pixword_lit.components.attention import ATTENTIONS, FullCausal
-from pixword_lit.components.embedding import build_embedding
+from pixword_lit.components.embedding import EMBEDDINGS
 from pixword_lit.components.objective import LocalDecoder
 from pixword_lit.layers import RMSNorm, Stack
 from pixword_lit.tokens import IGNORE, Vocab
@@ -31,7 +32,7 @@ class PixWordModel(nn.Module):
         attn_name, _ = component_params("attention", mcfg.attention)
         pixels_per_window = mcfg.window_size**2
         self.word_embed = nn.Embedding(vocab.n_words, mcfg.dim)
-        pix_embed = build_embedding(emb_name, mcfg.dim, folding, pixels_per_window)
+        pix_embed = EMBEDDINGS[emb_name](mcfg.dim, folding, pixels_per_window)
         self.pixels = ATTENTIONS[attn_name](mcfg, pix_embed, vocab)  # embedding + image block
         self.decoder = Stack(mcfg, mcfg.decoder_layers)
         self.norm = RMSNorm(mcfg.dim, mcfg.norm_eps)
@@ -47,34 +48,36 @@ class PixWordModel(nn.Module):
             self.local = LocalDecoder(mcfg, obj_params, vocab.n_pix)
             self.local.apply(init)
 
-    def forward(self, batch: dict, every_pixel: bool | None = None) -> tuple[torch.Tensor, dict]:
-        """-> logits (B, T, V + n_pix) at the batch's element positions, and extras.
+    def forward(self, batch: Batch, every_pixel: bool = False) -> tuple[torch.Tensor, dict]:
+        """-> logits (B, T, C = V + n_pix) at the batch's elements (each scores the element's
+        target, batch["targets"]), and extras.
 
-        extras (per objective, see components/objective.py):
-        - full_causal with `every_pixel` (default: in evaluation) or the dense objective:
-          `pixel_logits` (B, T', C) at every decoder token, `pixel_targets` (B, T') the class of
-          the next valid token when it is a pixel, else IGNORE;
+        `every_pixel`: full_causal also scores every pixel token (validation reports it as
+        `val/pix_nll_all`); the dense objective always does. extras (components/objective.py):
+        - full_causal with `every_pixel` or the dense objective: `pixel_logits` (B, T', C) at
+          every decoder token, `pixel_targets` (B, T') the class of the next valid token when
+          it is a pixel, else IGNORE;
         - dense with an image block: `dense_logits` (n, P, n_pix) of the local decoder for each
           window that is a target, `dense_targets` (n, P) its pixels (IGNORE at pad pixels).
         """
-        every_pixel = (not self.training) if every_pixel is None else every_pixel
         x_words = self.word_embed(batch["input_ids"])  # (B, T, dim)
-        x, positions, valid, gather, extras = self.pixels(batch, x_words)  # (B, T', dim)
-        h = self.norm(self.decoder(x, positions, valid))
-        if "pixel_targets" in extras and (every_pixel or self.dense):
+        inp = self.pixels(batch, x_words)  # DecoderInputs: T' decoder tokens (T, or one per pixel)
+        h = self.norm(self.decoder(inp.x, inp.positions, inp.valid))  # (B, T', dim)
+        extras = {}
+        if inp.pixel_targets is not None and (every_pixel or self.dense):
+            extras["pixel_targets"] = inp.pixel_targets  # (B, T')
             extras["pixel_logits"] = self.head(h)  # (B, T', C): every pixel predicts the next
             logits = extras["pixel_logits"].gather(
-                1, gather[..., None].expand(-1, -1, self.vocab.n_classes)
-            )
-        else:
-            extras.pop("pixel_targets", None)  # the paper's targets only
-            h = h.gather(1, gather[..., None].expand(-1, -1, h.shape[-1]))  # (B, T, dim)
-            logits = self.head(h)
+                1, inp.gather[..., None].expand(-1, -1, self.vocab.n_classes)
+            )  # (B, T, C)
+        else:  # the paper's targets only
+            h = h.gather(1, inp.gather[..., None].expand(-1, -1, h.shape[-1]))  # (B, T, dim)
+            logits = self.head(h)  # (B, T, C)
             if self.local is not None:
                 extras.update(self.local_logits(batch, h))
         return logits, extras
 
-    def local_logits(self, batch: dict, h: torch.Tensor) -> dict:
+    def local_logits(self, batch: Batch, h: torch.Tensor) -> dict:
         """Dense objective: the local decoder over every window that is a target, conditioned
         on the decoder output (B, T, dim) at the element that predicts it."""
         b_idx, t_idx = (batch["targets"] >= self.vocab.n_words).nonzero(as_tuple=True)  # (n,)
@@ -86,7 +89,7 @@ class PixWordModel(nn.Module):
         return {"dense_logits": logits, "dense_targets": torch.where(ok, pix, IGNORE)}
 
     # ---- generation (pixword_lit.generate, .sample): prefill once, then one step per element ----
-    def prefill_hidden(self, batch: dict, cache) -> torch.Tensor:
+    def prefill_hidden(self, batch: Batch, cache) -> torch.Tensor:
         """Run the prompt batch through the whole model once, filling `cache` (a
         `layers.DecoderCache` of self.decoder) -> (B, dim) normed decoder output after each
         sample's last element.
@@ -96,8 +99,9 @@ class PixWordModel(nn.Module):
         attends exactly to its own prompt. RoPE positions continue from each sample's count.
         """
         x_words = self.word_embed(batch["input_ids"])  # (B, T, dim)
-        x, positions, valid, gather, _ = self.pixels(batch, x_words)  # (B, T', dim)
-        h = self.decoder(x, positions, valid, cache)  # (B, T', dim)
+        inp = self.pixels(batch, x_words)  # DecoderInputs, T' decoder tokens
+        valid, gather = inp.valid, inp.gather
+        h = self.decoder(inp.x, inp.positions, valid, cache)  # (B, T', dim)
         t = batch["elem_valid"].shape[1]
         idx = torch.arange(t, device=valid.device)
         last = torch.where(batch["elem_valid"], idx, -1).max(1).values  # (B,) last element
@@ -112,7 +116,7 @@ class PixWordModel(nn.Module):
         cache.next_pos = cache.next_pos + 1
         return self.norm(h[:, 0])
 
-    def prefill(self, batch: dict, cache) -> torch.Tensor:
+    def prefill(self, batch: Batch, cache) -> torch.Tensor:
         """-> (B, C) logits of the element after each sample's prompt."""
         return self.head(self.prefill_hidden(batch, cache))
 
@@ -124,7 +128,7 @@ class PixWordModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def next_window_slot(batch: dict) -> torch.Tensor:
+def next_window_slot(batch: Batch) -> torch.Tensor:
     """(B, T) window slot of the next valid element after each element, -1 if it is no window
     (the element whose output scores that window's pixels; spec section 5's targets)."""
     valid, slot = batch["elem_valid"], batch["window_slot"]

@@ -18,17 +18,12 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 
 from pixword_lit import checkpoints
-from pixword_lit.checkpoints import (  # noqa: F401  (moved to checkpoints.py; old imports work)
-    METADATA,
-    SINGLE_SUFFIX,
-    checkpoint_step,
-    find_resume_checkpoint,
-    is_complete,
-    single_file_checkpoint,
-)
-from pixword_lit.config import ConfigError
+from pixword_lit.errors import ConfigError
+from pixword_lit.layers import Block
 
 
 def make_strategy(name: str, devices, num_nodes: int):
@@ -55,10 +50,6 @@ def is_fsdp(strategy) -> bool:
 
 def apply_fsdp(model: torch.nn.Module, mesh) -> None:
     """FSDP2: shard each transformer block, then the rest of the model (embeddings, head)."""
-    from torch.distributed.fsdp import fully_shard
-
-    from pixword_lit.layers import Block
-
     for module in model.modules():
         if isinstance(module, Block):
             fully_shard(module, mesh=mesh)
@@ -70,7 +61,7 @@ def is_sharded(module) -> bool:
 
 
 def _is_dtensor(t) -> bool:
-    return type(t).__name__ == "DTensor"
+    return isinstance(t, DTensor)
 
 
 def _full(p: torch.Tensor) -> torch.Tensor:

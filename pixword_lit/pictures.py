@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from pixword_lit.generate import Sampling
+from pixword_lit.image import Windows
+from pixword_lit.sample import kept_windows, sample_images, to_rgb
+from pixword_lit.tokens import IMG_START
+
 GRAY = np.array([128, 128, 128], np.uint8)
 
 
@@ -56,11 +61,6 @@ def completion_picture(batch, model, vocab, folding, mcfg, max_images: int, seed
     """Dense models: for a few validation images, the folded truth | the model's completion of
     its bottom half given the top half (whole window rows), after the sample's own text.
     -> (H, W, 3) uint8, or None when the batch holds no image."""
-    from pixword_lit.generate import Sampling
-    from pixword_lit.image import Windows
-    from pixword_lit.sample import kept_windows, sample_images, to_rgb
-    from pixword_lit.tokens import IMG_START
-
     size, window = mcfg.image_size, mcfg.window_size
     n_win = (size // window) ** 2
     rows = []

@@ -26,7 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from pixword_lit import checkpoints, parallel
 from pixword_lit.build import build_datamodule, build_module, build_parts
-from pixword_lit.config import ConfigError
+from pixword_lit.callbacks import PixThroughput, run_callbacks
+from pixword_lit.checkpoints import find_resume_checkpoint
+from pixword_lit.config import ConfigError, load_config
+from pixword_lit.config import validate as check
 from pixword_lit.control import (
     Preempted,
     RunControl,
@@ -34,7 +37,11 @@ from pixword_lit.control import (
     disable_lightning_signals,
     requeue_slurm_job,
 )
-from pixword_lit.parallel import AtomicCheckpointIO, find_resume_checkpoint
+from pixword_lit.data import PixLoader
+from pixword_lit.evaluate import evaluate_run
+from pixword_lit.inference import Run
+from pixword_lit.lit_module import PixWordLit
+from pixword_lit.parallel import AtomicCheckpointIO
 
 # each DataLoader worker builds whole, distinct batches (data.py), so __len__ is exact
 warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined")
@@ -77,6 +84,8 @@ def prepare_run_dir(run_dir: Path, resume: str | None, overwrite: bool) -> None:
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, logger=True, control=None) -> L.Trainer:
+    """`logger` False (`pixword validate`): no TensorBoard and nothing written to run_dir but
+    checkpoints; True: the run folder's logs, metrics and pictures too (callbacks.py)."""
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     t.pop("default_root_dir")
     strategy = parallel.make_strategy(t.pop("strategy"), t["devices"], t["num_nodes"])
@@ -96,6 +105,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, logger=True, control=None) -> L
     if control is not None:
         callbacks.append(control)
     if logger:
+        callbacks[:0] = run_callbacks(cfg, run_dir)
         callbacks.append(LearningRateMonitor(logging_interval="step"))
         logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="",
                                    default_hp_metric=False)
@@ -142,7 +152,6 @@ def _fit(cfg, resume, overwrite, run_dir: Path, control: RunControl):
         checkpoints.refuse_mismatch(ckpt_path, checkpoints.derived_differences(
             saved, parts.vocab.n_words, parts.folding_state), resume=True)
     module, dm = build_module(parts), build_datamodule(parts)
-    module.run_dir = run_dir
     if is_launcher_rank0():
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     trainer = make_trainer(cfg, run_dir, control=control)
@@ -187,9 +196,6 @@ def log_hparams_view(logger, hp: dict, metrics: dict) -> None:
 
 def eval_captions_after_fit(cfg, module, parts, run_dir: Path) -> dict:
     """`eval.captions`: the reading eval of the in-memory final model on data.val (rank 0)."""
-    from pixword_lit.evaluate import evaluate_run
-    from pixword_lit.inference import Run
-
     if parallel.is_sharded(module.model):  # rank 0 alone cannot run a sharded model
         print("pixword: eval.captions skipped under fsdp; run `pixword eval captions "
               f"{run_dir}/checkpoints/last` on the converted checkpoint", flush=True)
@@ -222,8 +228,9 @@ def warn_schedule_change(cfg: DictConfig, before: dict, step: int) -> None:
 
 def make_summary(cfg, module, trainer, control: RunControl, status: str = "finished") -> dict:
     """The whole run, across resumes: counters and wall time travel in checkpoints."""
-    seen = module.seen.cpu()  # totals over all ranks (see PixWordLit)
-    train_s = float(seen[2])  # rank 0's time between batch starts, validation excluded
+    tokens, pix_tokens = float(module.tokens_seen), float(module.pix_tokens_seen)  # all ranks
+    # rank 0's time between batch starts, validation excluded
+    train_s = next(c.train_seconds for c in trainer.callbacks if isinstance(c, PixThroughput))
     wall_s = control.wall_s()
     return {
         "status": status,
@@ -235,11 +242,11 @@ def make_summary(cfg, module, trainer, control: RunControl, status: str = "finis
         "steps": int(trainer.global_step),
         "epochs": epochs_begun(trainer),
         "world_size": int(trainer.world_size),
-        "tokens_seen": int(seen[0]),
-        "pix_tokens_seen": int(seen[1]),
+        "tokens_seen": int(tokens),
+        "pix_tokens_seen": int(pix_tokens),
         "wall_s": round(wall_s, 2),
         "train_s": round(train_s, 2),
-        "pix_tokens_per_s": round(float(seen[1]) / train_s, 1) if train_s > 0 else None,
+        "pix_tokens_per_s": round(pix_tokens / train_s, 1) if train_s > 0 else None,
         "resumed_from": list(control.resumed_from),  # every checkpoint this run went through
         "machine": machine(),
         # a preempted run has not validated its model: no metrics rather than older ones
@@ -250,8 +257,6 @@ def make_summary(cfg, module, trainer, control: RunControl, status: str = "finis
 def epochs_begun(trainer) -> int:
     """Passes over the training data begun (the last one possibly partial), from the loader's
     position: the trainer's epoch counter also counts a pass stopped at max_steps as done."""
-    from pixword_lit.data import PixLoader
-
     loader = trainer.train_dataloader
     if not isinstance(loader, PixLoader):
         return int(trainer.current_epoch)
@@ -261,10 +266,6 @@ def epochs_begun(trainer) -> int:
 
 def validate(ckpt: str, overrides: list[str]) -> dict:
     """Evaluate a checkpoint (a .ckpt file, or a sharded fsdp checkpoint folder)."""
-    from pixword_lit.config import load_config
-    from pixword_lit.config import validate as check
-    from pixword_lit.lit_module import PixWordLit
-
     saved = checkpoints.saved_hparams(ckpt)  # read safely; missing or damaged -> one line
     try:
         cfg = OmegaConf.merge(load_config(), saved["config"], OmegaConf.from_dotlist(overrides))

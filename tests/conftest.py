@@ -8,13 +8,7 @@ from PIL import Image
 
 from data_prep.glyphs import build_glyphs
 from data_prep.images import build_images
-from pixword_lit.config import load_config
-
-TINY_MODEL = [
-    "model.dim=32", "model.n_heads=4", "model.n_kv_heads=2", "model.image_layers=1",
-    "model.decoder_layers=2", "model.image_size=16", "model.window_size=4",
-    "model.folding.factor=64",
-]
+from pixword_lit.config import DEBUG_MODEL, load_config
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +20,7 @@ def glyph_shards(tmp_path_factory):
 
 def tiny_config(shards, tmp_path, *extra, mode="mixed"):
     return load_config(None, [
-        *TINY_MODEL, f"data.train={shards}/train", f"data.val={shards}/val", f"data.mode={mode}",
+        *DEBUG_MODEL, f"data.train={shards}/train", f"data.val={shards}/val", f"data.mode={mode}",
         "data.batch_size=4", "data.num_workers=0", "data.max_seq_len=64",
         "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.check_val_every_n_epoch=null",
         "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",

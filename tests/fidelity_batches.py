@@ -15,18 +15,14 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from pixword_lit.components.folding import UniformFolding
-from pixword_lit.config import load_config
+from pixword_lit.config import DEBUG_MODEL, load_config
 from pixword_lit.image import build_sample, collate, empty_sample, image_windows
 from pixword_lit.lit_module import PixWordLit
 from pixword_lit.tokens import N_SPECIAL, Vocab
 
 FOLD = 64
 N_WORDS = 48
-MODEL = [  # conftest's TINY_MODEL with a word vocabulary
-    "model.dim=32", "model.n_heads=4", "model.n_kv_heads=2", "model.image_layers=1",
-    "model.decoder_layers=2", "model.image_size=16", "model.window_size=4",
-    f"model.folding.factor={FOLD}", f"model.vocab_size={N_WORDS}",
-]
+MODEL = [*DEBUG_MODEL, f"model.folding.factor={FOLD}", f"model.vocab_size={N_WORDS}"]  # with words
 
 
 def config(*extra):

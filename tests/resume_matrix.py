@@ -22,13 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from pixword_lit.config import REPO_ROOT
+from pixword_lit.config import DEBUG_MODEL, REPO_ROOT
 
-TINY_MODEL = [
-    "model.dim=32", "model.n_heads=4", "model.n_kv_heads=2", "model.image_layers=1",
-    "model.decoder_layers=2", "model.image_size=16", "model.window_size=4",
-    "model.folding.factor=64",
-]
 QUICKSTART = str(REPO_ROOT / "experiments" / "quickstart.yaml")
 DRIVER = str(Path(__file__).with_name("resume_driver.py"))
 STEPS, STOP = 10, 7
@@ -62,7 +57,7 @@ def overrides(strategy, shards, dataset, workers, run_dir, steps) -> list[str]:
     dist, batch, _ = STRATEGIES[strategy]
     every, val_every, _ = DATASETS[dataset]
     return [
-        *TINY_MODEL, *dist, f"data.train={shards}/train", f"data.val={shards}/val",
+        *DEBUG_MODEL, *dist, f"data.train={shards}/train", f"data.val={shards}/val",
         f"data.batch_size={batch}", f"data.num_workers={workers}", "data.max_seq_len=64",
         "data.val_limit=4", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
         f"trainer.val_check_interval={val_every}", "trainer.check_val_every_n_epoch=null",

@@ -23,15 +23,15 @@ from pixword_lit.components.folding import (
     fold_psnr,
     psnr,
 )
-from pixword_lit.config import ConfigError, load_config
+from pixword_lit.config import DEBUG_MODEL, ConfigError, load_config
 from pixword_lit.image import build_sample, collate, image_windows
 from pixword_lit.model import PixWordModel, loss_terms
 from pixword_lit.tokens import IGNORE, Vocab
 
 SIZE, WINDOW, N_WORDS = 8, 4, 12
-TINY = ["model.dim=16", "model.n_heads=2", "model.n_kv_heads=1", "model.image_layers=1",
-        "model.decoder_layers=1", f"model.image_size={SIZE}", f"model.window_size={WINDOW}",
-        "model.ffn_multiple_of=16"]
+# the folding is named per test (a palette takes no `factor`)
+TINY = [*(o for o in DEBUG_MODEL if not o.startswith("model.folding.")),
+        f"model.image_size={SIZE}", f"model.window_size={WINDOW}"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
@@ -219,7 +219,7 @@ def test_full_causal_pixel_causality_and_per_pixel_loss():
     model.eval()
     batch = make_batch(folding, vocab)
     with torch.no_grad():
-        logits, extras = model(batch)
+        logits, extras = model(batch, every_pixel=True)
         pt, pl = extras["pixel_targets"], extras["pixel_logits"]
         # every valid pixel token is predicted by the valid token before it, by hand:
         # sample 0: token 4 (<|image|>) predicts pixel 0 of W0 (token 5); tokens 5..67 predict
@@ -241,7 +241,7 @@ def test_full_causal_pixel_causality_and_per_pixel_loss():
         # changing the 10th pixel of window 0 (element 5 of sample 0) changes no earlier token
         b = {k: v.clone() for k, v in batch.items()}
         b["pix"][0, 0, 9] = (b["pix"][0, 0, 9] + 1) % folding.n_pix
-        _, ex2 = model(b)
+        _, ex2 = model(b, every_pixel=True)
         first = 5 + 9  # tokens <s> 6 7 8 <|image|>, then pixel 0 is token 5: pixel 9 is 14
         assert torch.equal(ex2["pixel_logits"][0, :first], pl[0, :first])
         assert not torch.allclose(ex2["pixel_logits"][0, first], pl[0, first])
@@ -288,7 +288,8 @@ def test_every_variant_scores_the_same_targets(attn, emb):
     with torch.no_grad():
         logits, _ = model(batch)
         x_words = model.word_embed(batch["input_ids"])
-        x, _, _, gather, _ = model.pixels(batch, x_words)
+        inp = model.pixels(batch, x_words)
+        x, gather = inp.x, inp.gather
         if attn == "full_causal":
             for i, where in FULL_CAUSAL_GATHER.items():
                 for t, j in where.items():

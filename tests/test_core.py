@@ -7,17 +7,17 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL, tiny_config, worked_example_rgb
-from omegaconf import OmegaConf
+from conftest import tiny_config, worked_example_rgb
 from PIL import Image
 
 from pixword_lit.build import build_parts
 from pixword_lit.cli import main
 from pixword_lit.components.folding import UniformFolding
-from pixword_lit.config import REPO_ROOT, Config, ConfigError, load_config
-from pixword_lit.data import DataError, ShardStream, resolve_shards
-from pixword_lit.image import build_sample, collate, image_windows, resize_longer_side
+from pixword_lit.config import REPO_ROOT, ConfigError, load_config
+from pixword_lit.data import ShardStream
+from pixword_lit.image import image_windows, resize_longer_side
 from pixword_lit.model import PixWordModel
+from pixword_lit.shards import DataError, resolve_shards
 from pixword_lit.tokens import IGNORE, Vocab
 
 EXAMPLE = {
@@ -132,51 +132,6 @@ def test_uniform_folding_round_trip(factor):
     lv = fold.levels
     r, g, b = (rgb.astype(int) // factor).T
     assert (ids == r + g * lv + b * lv * lv).all()
-
-
-def _tiny_model(**attention):
-    cfg = OmegaConf.structured(Config).model
-    for kv in TINY_MODEL:
-        k, v = kv.split("=")
-        OmegaConf.update(cfg, k.removeprefix("model."), int(v))
-    cfg.image_size, cfg.window_size = 8, 4
-    fold = UniformFolding(64)
-    vocab = Vocab(6, fold.n_pix)
-    torch.manual_seed(0)
-    return PixWordModel(cfg, vocab, fold).eval(), fold, vocab
-
-
-def _batch(fold, vocab, rgb, words=(7 % 6, 3)):
-    win = image_windows(rgb, 8, 4, fold, vocab)
-    return collate([build_sample([np.array([2, 5, 1]), win, np.array([0, 2])], vocab, 64)],
-                   vocab.pix_pad, 16)
-
-
-def test_causality_decoder_and_image_block():
-    model, fold, vocab = _tiny_model()
-    rgb = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    base = _batch(fold, vocab, rgb)
-    logits, _ = model(base)
-    slots = base["window_slot"][0].tolist()
-    w2 = slots.index(2)  # element position of window 2
-    changed = rgb.copy()
-    changed[4:, 0:4] = 255 - changed[4:, 0:4]  # window 2 (bottom-left) only
-    logits2, _ = model(_batch(fold, vocab, changed))
-    assert torch.allclose(logits[0, :w2], logits2[0, :w2], atol=1e-6)  # nothing before W2 moves
-    assert not torch.allclose(logits[0, w2], logits2[0, w2])  # W2's own output does
-    # inside one window: changing the last pixel leaves earlier hidden states unchanged
-    block = model.pixels.block
-    pix = base["pix"][0, :1].clone()
-    pos = base["pix_pos"][0, :1]
-    h1 = block(model.pixels.embed(pix), pos, pos >= 0)
-    pix[0, -1] = (pix[0, -1] + 1) % vocab.n_pix
-    h2 = block(model.pixels.embed(pix), pos, pos >= 0)
-    assert torch.allclose(h1[0, :-1], h2[0, :-1], atol=1e-6) and not torch.allclose(h1[0, -1], h2[0, -1])
-    # a later word token does not change earlier logits
-    later = {k: v.clone() for k, v in base.items()}
-    later["input_ids"][0, -1] = 4
-    logits3, _ = model(later)
-    assert torch.allclose(logits[0, :-1], logits3[0, :-1], atol=1e-6)
 
 
 def test_config_errors_name_the_key_before_reading_data(tmp_path):

@@ -10,7 +10,8 @@ from conftest import tiny_config
 
 from pixword_lit import data as data_mod
 from pixword_lit.build import build_parts
-from pixword_lit.data import PixLoader, ShardSet, ShardStream
+from pixword_lit.data import DataPosition, PixLoader, ShardStream
+from pixword_lit.shards import ShardSet
 from pixword_lit.tokens import IGNORE
 
 
@@ -69,21 +70,21 @@ def test_batches_do_not_depend_on_worker_count(parts, monkeypatch):
 def test_resume_continues_with_the_next_unseen_batch(parts, monkeypatch):
     full = _run(ShardStream(parts.train, parts.builder, 4, 3, True), 2, monkeypatch)
     stream = ShardStream(parts.train, parts.builder, 4, 3, True)
-    loader = PixLoader(stream, 0, progress=None)
+    loader = PixLoader(stream, 0, trained=None)
     loader.load_state_dict({"epoch": 0, "batches_done": 9, "world_size": 1})
-    loader.progress = lambda: (0, 0)
+    loader.trained = lambda: DataPosition(0, 0)
     monkeypatch.setattr(data_mod, "get_worker_info", lambda: None)
     resumed = list(iter(loader))
     assert [int(b["batch_index"]) for b in resumed] == list(range(9, len(stream)))
     assert [_ids(b) for b in resumed] == [_ids(b) for b in full[9:]]
     # the state saved at the end of an epoch resumes at the start of the next one
     loader.load_state_dict({"epoch": 0, "batches_done": len(stream), "world_size": 1})
-    loader.progress = lambda: (1, 0)
-    assert int(next(iter(loader))["batch_index"]) == 0 and stream.epoch == 1
+    loader.trained = lambda: DataPosition(1, 0)
+    assert int(next(iter(loader))["batch_index"]) == 0 and loader.position == DataPosition(1, 0)
 
 
 def test_shards_by_folder_brace_pattern_and_pipe(glyph_shards):
-    from pixword_lit.data import read_shard, resolve_shards
+    from pixword_lit.shards import read_shard, resolve_shards
 
     folder = resolve_shards(str(glyph_shards / "val"), None, "mixed", "data.val")
     brace = resolve_shards(str(glyph_shards / "val" / "shard-{000000..000000}.tar"), None, "mixed",

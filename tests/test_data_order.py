@@ -18,13 +18,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL
 
 from pixword_lit import data as data_mod
-from pixword_lit.config import load_config
-from pixword_lit.data import SampleBuilder, ShardSet, ShardStream, resolve_shards
+from pixword_lit.config import DEBUG_MODEL, load_config
+from pixword_lit.data import DataPosition, SampleBuilder, ShardStream
 from pixword_lit.image import build_sample
 from pixword_lit.model import loss_terms
+from pixword_lit.shards import ShardSet, resolve_shards
 from pixword_lit.tokens import IGNORE, Vocab
 
 
@@ -56,7 +56,7 @@ class KeyBuilder(SampleBuilder):
 
 def keyed(tmp_path, sizes):
     keys = write_keyed_shards(tmp_path / "keyed", sizes)
-    cfg = load_config(None, [*TINY_MODEL, "data.mode=mixed", "data.max_seq_len=64"])
+    cfg = load_config(None, [*DEBUG_MODEL, "data.mode=mixed", "data.max_seq_len=64"])
     builder = KeyBuilder(cfg.model, cfg.data, Vocab(6, 64), None)
     return resolve_shards(str(tmp_path / "keyed"), None, "mixed", "data.train"), builder, keys
 
@@ -114,7 +114,7 @@ def test_shuffled_batches_follow_the_epoch_order(tmp_path, monkeypatch, world, w
     assert sorted(global_order) == sorted(k for shard in keys for k in shard)
     for rank in range(world):
         stream = ShardStream(shards, builder, 5, 7, True, rank, world)
-        stream.epoch = 1
+        stream.position = DataPosition(1)
         got = [rows(b) for b in run_workers(stream, workers, monkeypatch)]
         assert got == expected_batches(global_order, world, rank, 5)
 

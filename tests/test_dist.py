@@ -16,14 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL
 
-from pixword_lit.config import REPO_ROOT
+from pixword_lit.config import DEBUG_MODEL, REPO_ROOT
 
 pytestmark = pytest.mark.multiproc
 
 BASE = [
-    *TINY_MODEL, "data.batch_size=4", "data.num_workers=1", "data.max_seq_len=64",
+    *DEBUG_MODEL, "data.batch_size=4", "data.num_workers=1", "data.max_seq_len=64",
     "data.val_limit=16", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
     "trainer.val_check_interval=4", "trainer.check_val_every_n_epoch=null",
     "trainer.log_every_n_steps=1", "optim.decay_steps=12", "optim.warmup_steps=2",
@@ -87,7 +86,7 @@ def test_two_process_resume_is_exact(strategy, glyph_shards, tmp_path):
 
 
 def _fsdp_checkpoint_in_one_process(shards, part, tmp_path):
-    from pixword_lit.parallel import find_resume_checkpoint
+    from pixword_lit.checkpoints import find_resume_checkpoint
 
     sharded = part / "checkpoints" / "last.ckpt"
     before = sorted(p.name for p in sharded.parent.iterdir())
@@ -119,7 +118,7 @@ def _fsdp_checkpoint_in_one_process(shards, part, tmp_path):
 
 
 def test_sigkill_between_checkpoints_resumes(glyph_shards, tmp_path):
-    from pixword_lit.parallel import checkpoint_step, find_resume_checkpoint
+    from pixword_lit.checkpoints import checkpoint_step, find_resume_checkpoint
 
     run = tmp_path / "killed"
     proc = pixword_fit(glyph_shards, run, "trainer.max_steps=100000", "trainer.val_check_interval=400",

@@ -17,9 +17,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import TINY_MODEL
 
-from pixword_lit.config import REPO_ROOT
+from pixword_lit.config import DEBUG_MODEL, REPO_ROOT
 
 pytestmark = pytest.mark.multiproc
 
@@ -54,14 +53,14 @@ def test_uneven_shards_two_ranks_one_epoch(tmp_path):
     from data_prep.glyphs import build_glyphs
     from pixword_lit.build import build_parts
     from pixword_lit.config import load_config
-    from pixword_lit.data import read_shard
+    from pixword_lit.shards import read_shard
 
     shards = tmp_path / "g"
     build_glyphs(shards, num_train=sum(SIZES), num_val=8, seed=1)
     reshard(shards / "train", SIZES)
     run = tmp_path / "run"
     overrides = [
-        *TINY_MODEL, f"data.train={shards}/train", f"data.val={shards}/val", "data.batch_size=4",
+        *DEBUG_MODEL, f"data.train={shards}/train", f"data.val={shards}/val", "data.batch_size=4",
         "data.num_workers=2", "data.max_seq_len=64", "data.shuffle=true", "data.val_limit=8",
         "trainer.accelerator=cpu", "trainer.strategy=ddp", "trainer.devices=2",
         "trainer.max_steps=1000", "trainer.max_epochs=1", "trainer.val_check_interval=null",

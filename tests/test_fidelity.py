@@ -29,9 +29,10 @@ from PIL import Image
 from data_prep.images import build_images
 from pixword_lit.components.folding import UniformFolding
 from pixword_lit.config import REPO_ROOT, ConfigError, load_config
-from pixword_lit.data import SampleBuilder, ShardStream, resolve_shards
+from pixword_lit.data import SampleBuilder, ShardStream
 from pixword_lit.image import resize_longer_side
 from pixword_lit.model import PixWordModel, loss_terms
+from pixword_lit.shards import resolve_shards
 from pixword_lit.tokens import Vocab
 
 TESTS = Path(__file__).resolve().parent

@@ -62,6 +62,15 @@ def test_tiny_fit_learns_and_writes_outputs(glyph_shards, tmp_path):
     assert not [n for n in names if n.endswith(".tmp")]
     assert (run / "pictures" / "val_latest.png").exists()
     assert (run / "config.yaml").exists()
+    # the counters travel in checkpoints: the module's as named buffers, the training seconds
+    # as the throughput callback's state (callbacks.PixThroughput)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert int(ckpt["state_dict"]["tokens_seen"]) == saved["tokens_seen"]
+    assert int(ckpt["state_dict"]["pix_tokens_seen"]) == saved["pix_tokens_seen"] > 0
+    (timer,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("PixThroughput")]
+    assert timer["train_seconds"] == pytest.approx(saved["train_s"], abs=0.01)
+    assert saved["pix_tokens_per_s"] == pytest.approx(saved["pix_tokens_seen"] / timer["train_seconds"],
+                                                      rel=1e-3)
     # TensorBoard holds the tags README lists
     acc = tb_tags(run)
     tags = acc.Tags()
@@ -121,3 +130,28 @@ def test_bf16_mixed_precision_fit(glyph_shards, tmp_path):
     # well under 2%; a broken cast or scale would not
     assert l16 == pytest.approx(l32, rel=2e-2)
     assert s16["val/loss"] == pytest.approx(s32["val/loss"], rel=2e-2)
+
+
+def test_checkpoint_with_unnamed_counters_still_loads_and_resumes(glyph_shards, tmp_path):
+    """Checkpoints written before the counters had names (one buffer `seen` = [elements,
+    pix tokens, seconds]) load, and resume with their counts and training seconds."""
+    from pixword_lit.lit_module import PixWordLit
+
+    cfg = tiny_config(glyph_shards, tmp_path, "trainer.max_steps=3", "trainer.val_check_interval=3",
+                      "data.val_limit=4", "run.pictures=0")
+    first = fit(cfg)
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpt = torch.load(ckpts / "last.ckpt", weights_only=True)
+    sd = ckpt["state_dict"]
+    seen = torch.stack([sd.pop("tokens_seen"), sd.pop("pix_tokens_seen"),
+                        torch.tensor(100.0, dtype=torch.float64)])  # 100 s trained before
+    sd["seen"] = seen
+    ckpt["callbacks"] = {k: v for k, v in ckpt["callbacks"].items() if not k.startswith("PixThroughput")}
+    torch.save(ckpt, ckpts / "old.ckpt")
+    module = PixWordLit.load_from_checkpoint(ckpts / "old.ckpt", weights_only=True)
+    assert int(module.tokens_seen) == first["tokens_seen"]
+    assert int(module.pix_tokens_seen) == first["pix_tokens_seen"]
+    cfg.trainer.max_steps = 5
+    resumed = fit(cfg, resume=str(ckpts / "old.ckpt"))
+    assert resumed["steps"] == 5 and resumed["tokens_seen"] > first["tokens_seen"]
+    assert resumed["train_s"] > 100.0

@@ -7,16 +7,14 @@ import pytest
 import torch
 
 from pixword_lit.components.folding import UniformFolding
-from pixword_lit.config import load_config
+from pixword_lit.config import DEBUG_MODEL, load_config
 from pixword_lit.generate import GenerateError, Sampling, choose, generate, generate_uncached
 from pixword_lit.image import image_windows
 from pixword_lit.model import PixWordModel
 from pixword_lit.tokens import BOS, EOS, IMG_START, PAD, Vocab
 
 SIZE, WINDOW, N_WORDS = 8, 4, 40
-TINY = ["model.dim=16", "model.n_heads=4", "model.n_kv_heads=2", "model.image_layers=1",
-        "model.decoder_layers=2", f"model.image_size={SIZE}", f"model.window_size={WINDOW}",
-        "model.ffn_multiple_of=16", "model.folding.factor=64"]
+TINY = [*DEBUG_MODEL, f"model.image_size={SIZE}", f"model.window_size={WINDOW}"]
 # written out, not derived from the code under test: every attention x embedding pair with a
 # decoder (patch_linear has no per-pixel tokens, so it pairs with global_conditional only)
 COMBOS = [

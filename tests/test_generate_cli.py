@@ -124,8 +124,8 @@ def _levenshtein(a: str, b: str) -> int:
 def test_eval_captions_numbers_by_hand_on_three_documents(mixed_ckpt, glyph_shards, tmp_path):
     import torch
 
-    from pixword_lit.data import read_shard
     from pixword_lit.evaluate import eval_captions
+    from pixword_lit.shards import read_shard
 
     out = tmp_path / "eval"
     r = eval_captions(str(mixed_ckpt), f"{glyph_shards}/val", out_dir=str(out), limit=3)

@@ -13,7 +13,7 @@ import torch
 from conftest import tiny_config
 
 from pixword_lit.components.folding import UniformFolding
-from pixword_lit.config import ConfigError, load_config
+from pixword_lit.config import DEBUG_MODEL, ConfigError, load_config
 from pixword_lit.image import build_sample, collate, image_windows
 from pixword_lit.lit_module import image_likelihood
 from pixword_lit.model import PixWordModel, loss_terms, next_window_slot
@@ -21,9 +21,7 @@ from pixword_lit.tokens import IGNORE, Vocab
 from pixword_lit.train import fit
 
 SIZE, WINDOW, N_WORDS = 8, 4, 12
-TINY = ["model.dim=16", "model.n_heads=2", "model.n_kv_heads=1", "model.image_layers=1",
-        "model.decoder_layers=1", f"model.image_size={SIZE}", f"model.window_size={WINDOW}",
-        "model.ffn_multiple_of=16", "model.folding.factor=64"]
+TINY = [*DEBUG_MODEL, f"model.image_size={SIZE}", f"model.window_size={WINDOW}"]
 DENSE = [("global_conditional", "pix_table"), ("global_conditional", "factorized"),
          ("global_conditional", "linear_rgb"), ("pooled", "pix_table"), ("pooled", "linear_rgb"),
          ("full_causal", "pix_table"), ("full_causal", "factorized")]

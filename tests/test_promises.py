@@ -9,11 +9,10 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_MODEL
 from omegaconf import OmegaConf
 
 from pixword_lit.cli import main
-from pixword_lit.config import REPO_ROOT, load_config
+from pixword_lit.config import BASE_YAML, DEBUG_MODEL, REPO_ROOT, Config, load_config
 from pixword_lit.layers import RMSNorm
 from pixword_lit.lit_module import PixWordLit, lr_lambda
 from pixword_lit.tokens import IGNORE
@@ -22,10 +21,26 @@ QUICKSTART = str(REPO_ROOT / "experiments" / "quickstart.yaml")
 
 
 def module_of(*overrides, folding_state=None) -> PixWordLit:
-    base = [o for o in TINY_MODEL if not (folding_state and o.startswith("model.folding."))]
+    base = [o for o in DEBUG_MODEL if not (folding_state and o.startswith("model.folding."))]
     cfg = load_config(None, [*base, *overrides])
     return PixWordLit(OmegaConf.to_container(cfg, resolve=True), 6,
                       folding_state or {"name": "uniform", "factor": 64})
+
+
+def _leaves(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_base_yaml_states_the_schema_defaults():
+    """base.yaml documents every key with its default: it must list exactly the schema's keys
+    with exactly the schema's values (they once drifted: data.num_workers 0 vs 2)."""
+    schema = _leaves(OmegaConf.to_container(OmegaConf.structured(Config)))
+    base = _leaves(OmegaConf.to_container(OmegaConf.load(BASE_YAML)))
+    assert sorted(base) == sorted(schema)
+    assert {k: v for k, v in base.items() if schema[k] != v} == {}
 
 
 def test_lr_lambda_by_hand():
@@ -145,3 +160,70 @@ def test_broken_experiment_yaml_is_one_error_line_naming_the_file(tmp_path, caps
     assert main(["print-config", str(bad)]) == 2
     out = capsys.readouterr()
     assert out.out == "" and str(bad) in out.err and len(out.err.strip().splitlines()) == 1
+
+
+def test_every_third_party_import_is_declared_in_pyproject():
+    """pyproject.toml declares what the code imports: the package and data_prep in
+    `dependencies`, the tests also in the `dev` extra (grid.py once imported an undeclared yaml)."""
+    import ast
+    import importlib.metadata
+    import re
+    import sys
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(reqs):
+        return {re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
+
+    runtime = names(project["dependencies"])
+    dev = runtime | names(project["optional-dependencies"]["dev"])
+    dists = importlib.metadata.packages_distributions()
+    local = {"pixword_lit", "data_prep", "conftest"} | {p.stem for p in (REPO_ROOT / "tests").glob("*.py")}
+    for folders, declared in (("pixword_lit data_prep", runtime), ("tests", dev)):
+        for folder in folders.split():
+            for path in (REPO_ROOT / folder).rglob("*.py"):
+                for node in ast.walk(ast.parse(path.read_text())):
+                    if isinstance(node, ast.Import):
+                        tops = [a.name.split(".")[0] for a in node.names]
+                    elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                        tops = [node.module.split(".")[0]]
+                    else:
+                        continue
+                    for top in tops:
+                        if top in sys.stdlib_module_names or top in local or top == "__future__":
+                            continue
+                        dist = {d.lower() for d in dists.get(top, [top])}
+                        assert dist & declared, f"{path.relative_to(REPO_ROOT)} imports {top} ({dist})"
+
+
+def test_package_imports_have_no_circles():
+    """Module-level imports inside pixword_lit form no cycle (build <-> lit_module and
+    components <-> config once did, hidden by imports inside functions)."""
+    import ast
+
+    root = REPO_ROOT / "pixword_lit"
+    graph = {}
+    for path in root.rglob("*.py"):
+        name = ".".join(("pixword_lit", *path.with_suffix("").relative_to(root).parts))
+        deps = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pixword_lit"):
+                deps |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("pixword_lit")}
+        graph[name.removesuffix(".__init__")] = deps
+    state = {}
+
+    def visit(mod, path):
+        state[mod] = "open"
+        for dep in sorted(d for d in graph[mod] if d in graph):
+            assert state.get(dep) != "open", " -> ".join([*path, mod, dep])
+            if dep not in state:
+                visit(dep, [*path, mod])
+        state[mod] = "done"
+
+    for mod in sorted(graph):
+        if mod not in state:
+            visit(mod, [])
+    assert {"pixword_lit.build", "pixword_lit.lit_module", "pixword_lit.config"} <= set(graph)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import tiny_config
 
-from pixword_lit.data import DataError, resolve_shards
+from pixword_lit.shards import DataError, resolve_shards
 from pixword_lit.train import fit
 
 

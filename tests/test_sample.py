@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pixword_lit.components.folding import UniformFolding
-from pixword_lit.config import load_config
+from pixword_lit.config import DEBUG_MODEL, load_config
 from pixword_lit.generate import GenerateError, Sampling
 from pixword_lit.image import build_sample, collate, image_windows
 from pixword_lit.model import PixWordModel, loss_terms
@@ -15,9 +15,8 @@ from pixword_lit.sample import blank, kept_windows, sample_images, sample_uncach
 from pixword_lit.tokens import Vocab
 
 SIZE, WINDOW, N_WORDS = 8, 4, 12
-TINY = ["model.dim=16", "model.n_heads=2", "model.n_kv_heads=1", "model.image_layers=1",
-        "model.decoder_layers=1", f"model.image_size={SIZE}", f"model.window_size={WINDOW}",
-        "model.ffn_multiple_of=16", "model.folding.factor=128"]  # 8 colors: fast, varied draws
+TINY = [*DEBUG_MODEL, f"model.image_size={SIZE}", f"model.window_size={WINDOW}",
+        "model.folding.factor=128"]  # 8 colors: fast, varied draws
 DENSE = [("global_conditional", "pix_table"), ("pooled", "linear_rgb"), ("full_causal", "pix_table")]
 
 

@@ -15,12 +15,14 @@ any data is read. Every other combination works. The ones refused, and why:
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 
 from pixword_lit.components.attention import ATTENTIONS
 from pixword_lit.components.embedding import EMBEDDINGS
 from pixword_lit.components.folding import FOLDINGS
 from pixword_lit.components.objective import OBJECTIVES
+from pixword_lit.errors import ConfigError
 
 REGISTRIES = {"folding": FOLDINGS, "attention": ATTENTIONS, "embedding": EMBEDDINGS,
               "objective": OBJECTIVES}
@@ -28,8 +30,6 @@ REGISTRIES = {"folding": FOLDINGS, "attention": ATTENTIONS, "embedding": EMBEDDI
 
 def component_params(family: str, spec) -> tuple[str, dict]:
     """(name, params) of a `{name: ..., <params>}` mapping, params filled with defaults."""
-    from pixword_lit.config import ConfigError
-
     key = f"model.{family}"
     registry = REGISTRIES[family]
     spec = dict(spec or {})
@@ -47,8 +47,6 @@ def component_params(family: str, spec) -> tuple[str, dict]:
 
 
 def validate_components(cfg) -> None:
-    from pixword_lit.config import ConfigError, is_power_of_two
-
     fold, fp = component_params("folding", cfg.model.folding)
     attn, ap = component_params("attention", cfg.model.attention)
     emb, _ = component_params("embedding", cfg.model.embedding)
@@ -63,7 +61,7 @@ def validate_components(cfg) -> None:
     if obj == "dense" and op["local_dim"] is not None and op["local_dim"] % cfg.model.n_heads:
         raise ConfigError(f"model.objective.local_dim: {op['local_dim']} is not divisible by "
                           f"model.n_heads {cfg.model.n_heads}")
-    if fold == "uniform" and not (is_power_of_two(fp["factor"]) and fp["factor"] <= 128):
+    if fold == "uniform" and not (_is_power_of_two(fp["factor"]) and fp["factor"] <= 128):
         raise ConfigError(
             f"model.folding.factor: fold factor must be a power of two in 1..128, got {fp['factor']}"
         )
@@ -85,3 +83,7 @@ def validate_components(cfg) -> None:
             f"image_size {cfg.model.image_size} gives {cfg.model.image_size**2} per image "
             f"(limit {ap['max_pixels']}); use a smaller model.image_size or raise the limit"
         )
+
+
+def _is_power_of_two(x: int) -> bool:
+    return x >= 1 and 2 ** int(round(math.log2(x))) == x

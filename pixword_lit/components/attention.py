@@ -7,9 +7,10 @@
   unapproximated reference). The decoder output at each window's summary-index pixel is
   what scores the paper's targets, so all variants are scored on the same targets.
 
-Each variant turns a batch into decoder inputs: `(x, positions, valid, gather)` where `gather`
-(B, T) picks, for every element position of the batch, the decoder position whose output
-scores that element's target.
+Each variant turns a batch (`pixword_lit.batch.Batch`) and its word vectors into
+`DecoderInputs`: the decoder's token vectors with their positions and validity, and `gather`,
+which picks for every element of the batch the decoder token whose output scores that
+element's target.
 """
 
 from __future__ import annotations
@@ -19,12 +20,28 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pixword_lit.batch import Batch
 from pixword_lit.layers import Stack
+from pixword_lit.tokens import IGNORE
 
 
 @dataclass
 class NoParams:
     pass
+
+
+@dataclass
+class DecoderInputs:
+    """What an attention variant hands the decoder. T' decoder tokens: T' = T for the windowed
+    variants (a window is one token, its summary), one per pixel for full_causal."""
+
+    x: torch.Tensor  # (B, T', dim) input vectors: word embeddings, window summaries or pixels
+    positions: torch.Tensor  # (B, T') int64 RoPE position of each token, -1 where invalid
+    valid: torch.Tensor  # (B, T') bool: a key the decoder may attend to
+    gather: torch.Tensor  # (B, T) int64 decoder token whose output scores element t's target
+    # full_causal only: (B, T') class of the next valid token when it is a pixel, else IGNORE
+    # (the every-pixel targets; see components/objective.py)
+    pixel_targets: torch.Tensor | None = None
 
 
 def _valid_windows(batch):
@@ -70,11 +87,12 @@ class GlobalConditional(nn.Module):
         h = self.block(self.embed(pix), pos, pos >= 0)  # (n, P, dim), causal inside windows
         return self.summarize(h, summary_index, pos)
 
-    def forward(self, batch, x_words):
-        keep, pix, pos, summary_index = _valid_windows(batch)
-        summaries = self.encode_windows(pix, pos, summary_index)
-        x = _place_summaries(batch, summaries.to(x_words.dtype), keep, x_words)
-        return x, batch["positions"], batch["elem_valid"], _identity_gather(batch), {}
+    def forward(self, batch: Batch, x_words: torch.Tensor) -> DecoderInputs:
+        """x_words (B, T, dim): word embeddings of every element (window slots overwritten)."""
+        keep, pix, pos, summary_index = _valid_windows(batch)  # (B, Nw), (n, P), (n, P), (n,)
+        summaries = self.encode_windows(pix, pos, summary_index)  # (n, dim)
+        x = _place_summaries(batch, summaries.to(x_words.dtype), keep, x_words)  # (B, T, dim)
+        return DecoderInputs(x, batch["positions"], batch["elem_valid"], _identity_gather(batch))
 
 
 class Pooled(GlobalConditional):
@@ -102,7 +120,8 @@ class FullCausal(nn.Module):
         self.embed = embed
         self.n_words = vocab.n_words
 
-    def forward(self, batch, x_words):
+    def forward(self, batch: Batch, x_words: torch.Tensor) -> DecoderInputs:
+        """x_words (B, T, dim) -> T' = (words + valid and pad pixels) tokens per sample."""
         slot = batch["window_slot"]  # (B, T)
         b, t = slot.shape
         p = batch["pix"].shape[-1]
@@ -130,12 +149,11 @@ class FullCausal(nn.Module):
         gather = starts + torch.where(is_win, summary, 0)
         # every-pixel targets: each valid token predicts the next valid token, if it is a pixel
         cls = torch.where(e_win, self.n_words + pix_ids, batch["input_ids"].gather(1, elem))
-        extras = {"pixel_targets": _next_valid_pixel_targets(cls, valid, e_win)}
-        return x, positions, valid, gather, extras
+        return DecoderInputs(x, positions, valid, gather, _next_valid_pixel_targets(cls, valid, e_win))
 
 
 def _next_valid_pixel_targets(cls, valid, is_pixel):
-    """(B, T') class of the next valid token when that token is a pixel, else -100."""
+    """(B, T') class of the next valid token when that token is a pixel, else IGNORE."""
     b, tp = cls.shape
     idx = torch.arange(tp, device=cls.device).expand(b, tp)
     cand = torch.where(valid, idx, tp)  # next valid index at or after each position
@@ -144,7 +162,7 @@ def _next_valid_pixel_targets(cls, valid, is_pixel):
     has = valid & (nxt < tp)
     nxt_c = nxt.clamp(max=tp - 1)
     tgt = cls.gather(1, nxt_c)
-    return torch.where(has & is_pixel.gather(1, nxt_c), tgt, -100)
+    return torch.where(has & is_pixel.gather(1, nxt_c), tgt, IGNORE)
 
 
 ATTENTIONS = {

@@ -4,6 +4,7 @@ Per-pixel embeddings map ids (..., ) -> (..., dim) and feed the image block or, 
 full causal attention, the decoder. `patch_linear` is the ViT/Fuyu-style baseline: it maps a
 whole window (n, P) straight to one summary vector, with no per-pixel tokens.
 Every table has a row (or vector) for the pix pad id, which never reaches a target.
+Every entry is built the same way: `EMBEDDINGS[name](dim, folding, pixels_per_window)`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class PixTable(nn.Module):
     Params = NoParams
     per_pixel = True
 
-    def __init__(self, dim: int, folding):
+    def __init__(self, dim: int, folding, pixels_per_window: int):
         super().__init__()
         self.table = nn.Embedding(folding.n_pix + 1, dim)
 
@@ -46,7 +47,7 @@ class Factorized(nn.Module):
     Params = NoParams
     per_pixel = True
 
-    def __init__(self, dim: int, folding):
+    def __init__(self, dim: int, folding, pixels_per_window: int):
         super().__init__()
         n_levels = folding.levels
         levels = torch.from_numpy(folding.channel_levels()).long()  # (n_pix, 3)
@@ -65,7 +66,7 @@ class LinearRGB(nn.Module):
     Params = NoParams
     per_pixel = True
 
-    def __init__(self, dim: int, folding):
+    def __init__(self, dim: int, folding, pixels_per_window: int):
         super().__init__()
         self.register_buffer("colors", _color_table(folding), persistent=False)
         self.pad_id = folding.n_pix
@@ -111,9 +112,3 @@ EMBEDDINGS = {
     "patch_linear": PatchLinear,
 }
 
-
-def build_embedding(name: str, dim: int, folding, pixels_per_window: int) -> nn.Module:
-    cls = EMBEDDINGS[name]
-    if cls.per_pixel:
-        return cls(dim, folding)
-    return cls(dim, folding, pixels_per_window)

@@ -1,6 +1,7 @@
 """Color folding schemes (spec section 2 and 8): 8-bit RGB pixels -> pix token ids.
 
-A folding maps uint8 arrays (..., 3) to int64 ids in [0, n_pix) and back to display colors.
+A folding maps uint8 arrays (..., 3) to int64 ids in [0, n_pix) and back to display colors;
+`state()` is what checkpoints keep and `FOLDINGS[name].from_state(state)` rebuilds it.
 Both run in DataLoader workers on whole images at once (no per-pixel Python loop).
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from pixword_lit.errors import ConfigError
 
 
 @dataclass
@@ -48,6 +51,10 @@ class UniformFolding:
     def state(self) -> dict:
         return {"name": "uniform", "factor": self.factor}
 
+    @classmethod
+    def from_state(cls, state: dict) -> UniformFolding:
+        return cls(state["factor"])
+
 
 @dataclass
 class PaletteParams:
@@ -80,6 +87,10 @@ class PaletteFolding:
 
     def state(self) -> dict:
         return {"name": "palette", "palette": self.palette.tolist()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> PaletteFolding:
+        return cls(state["palette"])
 
 
 def nearest(x: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray | None = None,
@@ -131,3 +142,10 @@ def fold_psnr(folding, rgb: np.ndarray) -> float:
 
 
 FOLDINGS = {"uniform": UniformFolding, "palette": PaletteFolding}
+
+
+def folding_from_state(state: dict):
+    """A folding from its `state()` (the form checkpoints and run folders keep)."""
+    if state["name"] not in FOLDINGS:
+        raise ConfigError(f"model.folding.name: unknown folding {state['name']!r}")
+    return FOLDINGS[state["name"]].from_state(state)
