@@ -1,0 +1,62 @@
+"""FLOP counting (pixword_lit.flops) on models whose FLOPs are known by hand, and `pixword
+bench` on tiny settings (the measurements themselves are in results/bench/)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pixword_lit.flops import count_flops, train_step_flops
+from test_components import N_WORDS, TINY, folding_of, make_batch
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_linear_stack_flops_by_hand():
+    """2*B*in*out forward per layer; backward 2x that, except the first layer, whose input
+    needs no gradient (weight gradient only: 1x)."""
+    b, dims = 5, [16, 32, 8, 24]
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8, bias=False), nn.Tanh(),
+                          nn.Linear(8, 24))
+    x = torch.randn(b, 16)
+    fwd = [2 * b * i * o for i, o in zip(dims, dims[1:])]
+    assert count_flops(lambda: model(x)) == sum(fwd)
+    expected = sum(fwd) + fwd[0] + 2 * sum(fwd[1:])
+    assert train_step_flops(model, lambda: model(x).square().sum()) == expected
+    assert all(p.grad is None for p in model.parameters())  # cleared after counting
+
+
+@pytest.mark.parametrize("kernel", ["mask", "packed"])
+def test_pixword_step_flops_match_the_hand_formula(kernel):
+    """global_conditional, first_pixel: every matmul of one step by hand, exactly (tolerance
+    0: the counter counts exactly these; norms, RoPE, softmax and the loss are not matmuls).
+    Per layer and token, linear multiply-adds dim*(H + 2*Hkv)*hd + H*hd*dim + 3*dim*hidden;
+    attention 2*2*H*T*T*hd forward per sequence (counted dense); backward: linear 2x,
+    attention 2.5x (scores recomputed)."""
+    from pixword_lit.config import load_config
+    from pixword_lit.layers import ffn_hidden, set_window_kernel
+    from pixword_lit.model import PixWordModel, loss_terms
+    from pixword_lit.tokens import Vocab
+
+    cfg = load_config(None, TINY).model
+    folding = folding_of("uniform")
+    vocab = Vocab(N_WORDS, folding.n_pix)
+    model = PixWordModel(cfg, vocab, folding)
+    set_window_kernel(model, kernel)
+    batch = make_batch(folding, vocab)
+
+    def loss():
+        logits, extras = model(batch)
+        t = loss_terms(logits, batch["targets"], vocab.n_words, extras)
+        return t["sum"] / t["n"]
+
+    d, h, hkv = cfg.dim, cfg.n_heads, cfg.n_kv_heads
+    hd, hidden = d // h, ffn_hidden(cfg.dim, cfg.ffn_multiple_of)
+    per_token = d * (h + 2 * hkv) * hd + h * hd * d + 3 * d * hidden  # multiply-adds
+    n_win, p = int(batch["window_valid"].sum()), cfg.window_size**2
+    b, t = batch["input_ids"].shape
+    linear = 2 * (per_token * (n_win * p * cfg.image_layers + b * t * cfg.decoder_layers)
+                  + b * t * d * vocab.n_classes)
+    attention = 4 * h * hd * (n_win * p * p * cfg.image_layers + b * t * t * cfg.decoder_layers)
+    assert train_step_flops(model, loss) == 3 * linear + 3.5 * attention
