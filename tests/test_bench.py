@@ -60,3 +60,37 @@ def test_pixword_step_flops_match_the_hand_formula(kernel):
                   + b * t * d * vocab.n_classes)
     attention = 4 * h * hd * (n_win * p * p * cfg.image_layers + b * t * t * cfg.decoder_layers)
     assert train_step_flops(model, loss) == 3 * linear + 3.5 * attention
+
+
+def _tiny(shards):
+    from conftest import TINY_MODEL
+
+    return [*TINY_MODEL, f"data.train={shards}/train", f"data.val={shards}/val",
+            "data.batch_size=2", "data.num_workers=0"]
+
+
+def test_bench_functions_on_a_tiny_model(glyph_shards):
+    from pixword_lit import bench_train as bt
+
+    over, cfg = _tiny(glyph_shards), "experiments/quickstart.yaml"
+    (u,) = bt.utilization(cfg, over, sizes=["quickstart"], dtypes=["fp32"], n_batches=2)
+    assert u["GFLOP_per_step"] > 0 and 0 < u["utilization_pct"] < 100 and u["step_s"] > 0
+    bare, fit = bt.overhead(cfg, over, n_batches=2, rounds=1)
+    assert bare["step_s"] > 0 and fit["step_s"] > 0 and fit["ratio_to_bare"] > 0
+    (d,) = bt.data(cfg, over, n_batches=3, workers=[1], consume_step_s=u["step_s"])
+    assert d["ratio"] == pytest.approx(d["loader_batches_per_s"] * u["step_s"], rel=0.05)
+    rows = bt.scaling(cfg, over, image_sizes=(16,), n_batches=1, batch_size=2)
+    assert [r["variant"] for r in rows] == list(bt.VARIANTS)
+    assert all(r["us_per_pixel"] > 0 and r["pixels_per_step"] > 0 for r in rows)
+
+
+def test_bench_cli_writes_tables_with_provenance(glyph_shards, tmp_path):
+    from pixword_lit.cli import main
+
+    sets = [x for s in _tiny(glyph_shards) for x in ("--set", s)]
+    assert main(["bench", "data", *sets, "--threads", "1", "--out", str(tmp_path),
+                 "--allow-dirty"]) == 0
+    md = (tmp_path / "data.md").read_text()
+    assert "pixword bench data --config experiments/quickstart.yaml" in md
+    assert "at commit" in md and "torch 2" in md and "load average" in md
+    assert (tmp_path / "data.csv").read_text().startswith("num_workers,")
