@@ -19,7 +19,7 @@ from pixword_lit.components import component_params
 from pixword_lit.components.attention import ATTENTIONS, FullCausal
 from pixword_lit.components.embedding import build_embedding
 from pixword_lit.components.objective import LocalDecoder
-from pixword_lit.layers import RMSNorm, Stack
+from pixword_lit.layers import Block, RMSNorm, Stack
 from pixword_lit.tokens import IGNORE, Vocab
 
 
@@ -46,6 +46,10 @@ class PixWordModel(nn.Module):
             # paper's objective (same seed, same initial model apart from the local decoder)
             self.local = LocalDecoder(mcfg, obj_params, vocab.n_pix)
             self.local.apply(init)
+        if mcfg.get("compile", False):  # in place: parameter names and checkpoints unchanged
+            for block in self.modules():
+                if isinstance(block, Block):
+                    block.compile(dynamic=True)
 
     def forward(self, batch: dict, every_pixel: bool | None = None) -> tuple[torch.Tensor, dict]:
         """-> logits (B, T, V + n_pix) at the batch's element positions, and extras.

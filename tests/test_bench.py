@@ -94,3 +94,39 @@ def test_bench_cli_writes_tables_with_provenance(glyph_shards, tmp_path):
     assert "pixword bench data --config experiments/quickstart.yaml" in md
     assert "at commit" in md and "torch 2" in md and "load average" in md
     assert (tmp_path / "data.csv").read_text().startswith("num_workers,")
+
+
+def _compile_works() -> bool:
+    try:
+        return float(torch.compile(lambda x: x * 2)(torch.ones(1))) == 2.0
+    except Exception:  # no C++ compiler, unsupported platform
+        return False
+
+
+@pytest.mark.slow
+def test_compiled_model_loss_and_gradients_equal_eager():
+    """model.compile: true compiles each block in place: the same parameters (names, values)
+    and the same loss and gradients as eager, to float rounding."""
+    if not _compile_works():
+        pytest.skip("torch.compile is not available here")
+    from pixword_lit.config import load_config
+    from pixword_lit.model import PixWordModel, loss_terms
+    from pixword_lit.tokens import Vocab
+
+    folding = folding_of("uniform")
+    vocab = Vocab(N_WORDS, folding.n_pix)
+    batch = make_batch(folding, vocab)
+    out = []
+    for flag in ("false", "true"):
+        torch.manual_seed(0)
+        model = PixWordModel(load_config(None, [*TINY, f"model.compile={flag}"]).model, vocab, folding)
+        logits, extras = model(batch)
+        t = loss_terms(logits, batch["targets"], vocab.n_words, extras)
+        (t["sum"] / t["n"]).backward()
+        out.append((float(t["sum"] / t["n"]), model.state_dict(),
+                    {k: p.grad for k, p in model.named_parameters()}))
+    (l0, sd0, g0), (l1, sd1, g1) = out
+    assert list(sd0) == list(sd1)
+    assert l1 == pytest.approx(l0, rel=1e-5)
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-4, atol=1e-6)
