@@ -70,18 +70,18 @@ def decoding(config: str, new_tokens: int = 64, n_words: int = 1000, repeats: in
 
 def write_table(rows: list[dict], out: Path, name: str, header: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    cols = list(rows[0])
+    cols = list(dict.fromkeys(k for r in rows for k in r))  # rows may differ in columns
     with open(out / f"{name}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, cols)
+        w = csv.DictWriter(f, cols, restval="")
         w.writeheader()
         w.writerows(rows)
     md = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    md += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     (out / f"{name}.md").write_text("\n".join(md) + "\n")
     return [out / f"{name}.csv", out / f"{name}.md"]
 
 
-BENCHES = ("utilization", "overhead", "data", "scaling", "decoding")
+BENCHES = ("utilization", "overhead", "data", "scaling", "decoding")  # `all`; `paper` is apart
 
 
 def provenance(command: str, allow_dirty: bool) -> str:
@@ -128,6 +128,10 @@ def run(what: str, a, header: str) -> list[Path]:
             rows = bt.scaling(a.config, over, device=a.device)
             bt.plot_scaling(rows, out / "scaling.png")
             files.append(out / "scaling.png")
+        elif name == "paper":
+            from pixword_lit.bench_gpu import paper
+
+            rows = paper(a.config, over, device=a.device)
         else:
             rows = decoding(a.config, a.new_tokens)
         files += write_table(rows, out, name, header + f"; {name}: {time.perf_counter() - t0:.0f} s")

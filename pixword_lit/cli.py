@@ -319,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("scaling", "step time per pixel vs image size for each attention variant"),
         ("decoding", "tokens/s of KV-cached vs uncached decoding"),
         ("all", "all of the above (about 5-10 minutes on 2 CPU cores)"),
+        ("paper", "the paper configuration in bf16: step time, memory, MFU, window kernels, "
+                  "CPU-vs-device loss (experiments/bench_gpu.sh; --config a paper config)"),
     ):
         b = bns.add_parser(what, help=text)
         b.add_argument("--config", default="experiments/quickstart.yaml", help="experiment measured")

@@ -130,3 +130,20 @@ def test_compiled_model_loss_and_gradients_equal_eager():
     assert l1 == pytest.approx(l0, rel=1e-5)
     for k in g0:
         torch.testing.assert_close(g1[k], g0[k], rtol=1e-4, atol=1e-6)
+
+
+def test_bench_gpu_script_parses_and_its_bench_runs_on_cpu(glyph_shards, tmp_path):
+    """experiments/bench_gpu.sh: bash syntax, and `bench paper` (what it runs) on a tiny
+    override of the paper config, on CPU: both window kernels train to the same loss and the
+    loss agreement rows are there."""
+    import subprocess
+
+    from pixword_lit import bench_gpu
+
+    subprocess.run(["bash", "-n", "experiments/bench_gpu.sh"], check=True)
+    over = [*_tiny(glyph_shards), "data.small_images=upscale", "data.mode=image_only"]
+    rows = bench_gpu.paper("experiments/paper_image_only.yaml", over, n_batches=1, device="cpu")
+    packed, mask, fp32, bf16 = rows
+    assert packed["loss"] == pytest.approx(mask["loss"], rel=1e-4)
+    assert packed["MFU_pct"] > 0 and packed["GFLOP_per_step"] > 0
+    assert fp32["rel_diff"] == 0.0 and bf16["rel_diff"] < 1e-2
