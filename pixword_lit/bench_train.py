@@ -208,7 +208,7 @@ def utilization(config: str, overrides: list[str], sizes=tuple(SIZES), dtypes=("
 
 
 def overhead(config: str, overrides: list[str], n_batches: int = 6, dtype: str = "fp32",
-             device: str | None = None, rounds: int = 2) -> list[dict]:
+             device: str | None = None, rounds: int = 3) -> list[dict]:
     """Seconds per step of the bare loop and of Lightning's fit over the same batches (each:
     a warm-up step, then `rounds` passes over the batches; the fastest pass counts)."""
     import lightning as L
