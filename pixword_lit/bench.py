@@ -81,7 +81,7 @@ def write_table(rows: list[dict], out: Path, name: str, header: str) -> list[Pat
     return [out / f"{name}.csv", out / f"{name}.md"]
 
 
-BENCHES = ("utilization", "overhead", "data", "scaling", "decoding")  # `all`; `paper` is apart
+BENCHES = ("utilization", "overhead", "data", "scaling", "profile", "decoding")  # `all`; `paper` is apart
 
 
 def provenance(command: str, allow_dirty: bool) -> str:
@@ -128,6 +128,8 @@ def run(what: str, a, header: str) -> list[Path]:
             rows = bt.scaling(a.config, over, device=a.device)
             bt.plot_scaling(rows, out / "scaling.png")
             files.append(out / "scaling.png")
+        elif name == "profile":
+            rows = bt.profile(a.config, over, device=a.device)
         elif name == "paper":
             from pixword_lit.bench_gpu import paper
 

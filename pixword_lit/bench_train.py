@@ -294,6 +294,31 @@ def scaling(config: str, overrides: list[str], image_sizes=(16, 32, 48, 64, 96),
     return rows
 
 
+def profile(config: str, overrides: list[str], n_batches: int = 4, dtype: str = "fp32",
+            top: int = 15, device: str | None = None) -> list[dict]:
+    """torch.profiler over bare steps (after a warm-up step): the ops with the most self time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    dev = device_of(device)
+    s = setup(config, overrides, n_batches)
+    model = make_model(s, dev)
+    step = bare_step(model, s.cfg, dtype)
+    batches = [to_device(b, dev) for b in s.batches]
+    step(batches[0])
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with torch_profile(activities=acts) as prof:
+        for b in batches:
+            step(b)
+        sync(dev)
+    attr = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr), reverse=True)
+    total = sum(getattr(e, attr) for e in events)
+    return [{"op": e.key[:60], "self_ms_per_step": round(getattr(e, attr) / 1e3 / n_batches, 2),
+             "pct": round(100 * getattr(e, attr) / total, 1), "calls_per_step": e.count // n_batches}
+            for e in events[:top]]
+
+
 def plot_scaling(rows: list[dict], path) -> None:
     import matplotlib
 

@@ -317,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("overhead", "Lightning's Trainer.fit vs the bare training loop"),
         ("data", "batches/s of the training loader (1, 2 workers) vs what training consumes"),
         ("scaling", "step time per pixel vs image size for each attention variant"),
+        ("profile", "torch.profiler of bare fp32 training steps: the ops with the most self time"),
         ("decoding", "tokens/s of KV-cached vs uncached decoding"),
         ("all", "all of the above (about 5-10 minutes on 2 CPU cores)"),
         ("paper", "the paper configuration in bf16: step time, memory, MFU, window kernels, "

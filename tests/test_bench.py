@@ -82,6 +82,9 @@ def test_bench_functions_on_a_tiny_model(glyph_shards):
     rows = bt.scaling(cfg, over, image_sizes=(16,), n_batches=1, batch_size=2)
     assert [r["variant"] for r in rows] == list(bt.VARIANTS)
     assert all(r["us_per_pixel"] > 0 and r["pixels_per_step"] > 0 for r in rows)
+    prof = bt.profile(cfg, over, n_batches=1, top=5)
+    assert len(prof) == 5 and 0 < sum(r["pct"] for r in prof) <= 100.1
+    assert any(r["op"] in ("aten::mm", "aten::addmm", "aten::bmm") for r in prof)
 
 
 def test_bench_cli_writes_tables_with_provenance(glyph_shards, tmp_path):
