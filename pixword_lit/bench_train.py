@@ -179,9 +179,14 @@ def pixels(s: Setup) -> int:
 
 
 def utilization(config: str, overrides: list[str], sizes=tuple(SIZES), dtypes=("fp32", "bf16"),
-                n_batches: int = 4, device: str | None = None) -> list[dict]:
+                n_batches: int = 4, device: str | None = None,
+                compiled=("quickstart",)) -> list[dict]:
     """The peak matmul rate is measured again before every row and the best of all is the
-    peak of every row: on a shared machine one measurement can fall in a busy moment."""
+    peak of every row: on a shared machine one measurement can fall in a busy moment.
+    Sizes in `compiled` get a second row with `model.compile` (model.compile_blocks; FLOPs
+    counted on the eager model: the counter does not see inside compiled kernels)."""
+    from pixword_lit.model import compile_blocks
+
     dev = device_of(device)
     peaks = {dt: 0.0 for dt in dtypes}
     rows = []
@@ -191,12 +196,20 @@ def utilization(config: str, overrides: list[str], sizes=tuple(SIZES), dtypes=("
             peaks[dt] = max(peaks[dt], peak_matmul(dt, dev))
             model = make_model(s, dev)
             sec, flops, loss = time_bare(model, s, dt, dev)
-            rows.append({
-                "model": size, "dim": s.cfg.model.dim, "params_M": round(model.num_params() / 1e6, 2),
-                "dtype": dt, "batch_size": s.cfg.data.batch_size, "step_s": round(sec, 4),
-                "GFLOP_per_step": round(flops / 1e9, 2), "achieved_GFLOPs": round(flops / sec / 1e9, 1),
-                "pix_tokens_per_s": round(pixels(s) / n_batches / sec), "loss": round(loss, 4),
-            })
+            runs = [(size, sec, loss)]
+            if size in compiled:
+                model = make_model(s, dev)
+                compile_blocks(model)
+                time_bare(model, s, dt, dev, count_flops=False, rounds=1)  # compiles
+                sec_c, _, loss_c = time_bare(model, s, dt, dev, count_flops=False)
+                runs.append((f"{size} (model.compile)", sec_c, loss_c))
+            for name, sec, loss in runs:
+                rows.append({
+                    "model": name, "dim": s.cfg.model.dim, "params_M": round(model.num_params() / 1e6, 2),
+                    "dtype": dt, "batch_size": s.cfg.data.batch_size, "step_s": round(sec, 4),
+                    "GFLOP_per_step": round(flops / 1e9, 2), "achieved_GFLOPs": round(flops / sec / 1e9, 1),
+                    "pix_tokens_per_s": round(pixels(s) / n_batches / sec), "loss": round(loss, 4),
+                })
     for r in rows:
         peaks[r["dtype"]] = max(peaks[r["dtype"]], peak_matmul(r["dtype"], dev, reps=2))
     for r in rows:
@@ -276,9 +289,10 @@ def data(config: str, overrides: list[str], n_batches: int = 30, workers=(1, 2),
 
 
 def scaling(config: str, overrides: list[str], image_sizes=(16, 32, 48, 64, 96),
-            variants=tuple(VARIANTS), n_batches: int = 2, batch_size: int = 4,
-            device: str | None = None) -> list[dict]:
-    """Bare fp32 step time per valid pixel; max_seq_len large enough for a whole image."""
+            variants=tuple(VARIANTS), n_batches: int = 2, batch_size: int = 2,
+            device: str | None = None, rounds: int = 1) -> list[dict]:
+    """Bare fp32 step time per valid pixel; max_seq_len large enough for a whole image.
+    One pass (full_causal at 96 px takes about half a minute a step on one CPU thread)."""
     dev = device_of(device)
     rows = []
     for v in variants:
@@ -287,7 +301,8 @@ def scaling(config: str, overrides: list[str], image_sizes=(16, 32, 48, 64, 96),
             over = [*overrides, *VARIANTS[v], f"model.image_size={size}", "model.window_size=8",
                     f"data.batch_size={batch_size}", f"data.max_seq_len={w + 96}"]
             s = setup(config, over, n_batches)
-            sec, _, _ = time_bare(make_model(s, dev), s, "fp32", dev, count_flops=False)
+            sec, _, _ = time_bare(make_model(s, dev), s, "fp32", dev, count_flops=False,
+                                  rounds=rounds)
             px = pixels(s) / n_batches
             rows.append({"variant": v, "image_size": size, "windows": w, "step_s": round(sec, 4),
                          "pixels_per_step": int(px), "us_per_pixel": round(1e6 * sec / px, 2)})

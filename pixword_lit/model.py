@@ -46,10 +46,8 @@ class PixWordModel(nn.Module):
             # paper's objective (same seed, same initial model apart from the local decoder)
             self.local = LocalDecoder(mcfg, obj_params, vocab.n_pix)
             self.local.apply(init)
-        if mcfg.get("compile", False):  # in place: parameter names and checkpoints unchanged
-            for block in self.modules():
-                if isinstance(block, Block):
-                    block.compile(dynamic=True)
+        if mcfg.get("compile", False):
+            compile_blocks(self)
 
     def forward(self, batch: dict, every_pixel: bool | None = None) -> tuple[torch.Tensor, dict]:
         """-> logits (B, T, V + n_pix) at the batch's element positions, and extras.
@@ -126,6 +124,14 @@ class PixWordModel(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def compile_blocks(model: nn.Module) -> None:
+    """`model.compile`: torch.compile every transformer block in place (parameter names and
+    checkpoints unchanged; dynamic shapes, so batches of other lengths do not recompile)."""
+    for block in model.modules():
+        if isinstance(block, Block):
+            block.compile(dynamic=True)
 
 
 def next_window_slot(batch: dict) -> torch.Tensor:

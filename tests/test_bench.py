@@ -73,7 +73,8 @@ def test_bench_functions_on_a_tiny_model(glyph_shards):
     from pixword_lit import bench_train as bt
 
     over, cfg = _tiny(glyph_shards), "experiments/quickstart.yaml"
-    (u,) = bt.utilization(cfg, over, sizes=["quickstart"], dtypes=["fp32"], n_batches=2)
+    (u,) = bt.utilization(cfg, over, sizes=["quickstart"], dtypes=["fp32"], n_batches=2,
+                          compiled=())
     assert u["GFLOP_per_step"] > 0 and 0 < u["utilization_pct"] < 100 and u["step_s"] > 0
     bare, fit = bt.overhead(cfg, over, n_batches=2, rounds=1)
     assert bare["step_s"] > 0 and fit["step_s"] > 0 and fit["ratio_to_bare"] > 0
