@@ -199,8 +199,10 @@ def utilization(config: str, overrides: list[str], sizes=tuple(SIZES), dtypes=("
             runs = [(size, sec, loss)]
             if size in compiled:
                 model = make_model(s, dev)
+                start = {k: v.clone() for k, v in model.state_dict().items()}
                 compile_blocks(model)
                 time_bare(model, s, dt, dev, count_flops=False, rounds=1)  # compiles
+                model.load_state_dict(start)  # the eager row's trajectory again: same loss
                 sec_c, _, loss_c = time_bare(model, s, dt, dev, count_flops=False)
                 runs.append((f"{size} (model.compile)", sec_c, loss_c))
             for name, sec, loss in runs:
