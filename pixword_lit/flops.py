@@ -15,7 +15,7 @@ knowing when reading a utilization:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.utils import flop_counter

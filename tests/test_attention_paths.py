@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from test_components import N_WORDS, SIZE, TINY, WINDOW, folding_of
 
 from pixword_lit.image import build_sample, collate, image_windows
 from pixword_lit.layers import Stack, pack_valid_first, set_window_kernel
-from test_components import N_WORDS, SIZE, TINY, WINDOW, folding_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = {"rtol": 1e-5, "atol": 1e-6}

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_components import N_WORDS, TINY, folding_of, make_batch
 from torch import nn
 
 from pixword_lit.flops import count_flops, train_step_flops
-from test_components import N_WORDS, TINY, folding_of, make_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
