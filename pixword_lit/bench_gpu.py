@@ -38,7 +38,31 @@ def paper(config: str, overrides: list[str], n_batches: int = 3, device: str | N
                      "peak_used": f"{'datasheet' if sheet else 'measured'} {peak / 1e12:.1f} TFLOP/s",
                      "loss": round(loss, 5)})
         del model
-    rows += agreement(s, dev)
+    rows += kernels_available(dev, s.cfg.model) + agreement(s, dev)
+    return rows
+
+
+def kernels_available(dev: torch.device, m) -> list[dict]:
+    """CUDA: which fused SDPA backends take the packed path's call (bf16, is_causal, GQA, one
+    window of the config's size); SDPA silently falls back to the math kernel otherwise."""
+    if dev.type != "cuda":
+        return []
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    hd, p = m.dim // m.n_heads, m.window_size**2
+    q = torch.randn(4, m.n_heads, p, hd, device=dev, dtype=torch.bfloat16)
+    kv = torch.randn(4, m.n_kv_heads, p, hd, device=dev, dtype=torch.bfloat16)
+    rows = []
+    for backend in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):
+        try:
+            with sdpa_kernel([getattr(SDPBackend, backend)]):
+                F.scaled_dot_product_attention(q, kv, kv, is_causal=True,
+                                               enable_gqa=m.n_heads != m.n_kv_heads)
+            ok = "yes"
+        except Exception as e:  # noqa: BLE001 - a report, not a failure
+            ok = f"no: {str(e).splitlines()[0][:80]}"
+        rows.append({"check": f"packed-path SDPA call runs on {backend}", "result": ok})
     return rows
 
 
