@@ -1,5 +1,11 @@
 """`pixword bench`: measured speed, written as CSV + Markdown under results/bench/.
 
+Every table's header states the command, the commit, the machine (device, torch version,
+threads, load average at the start: a load above the thread count means the machine was
+shared) and refuses a tree with uncommitted changes outside results/bench/ (results come
+from commits; --allow-dirty marks the commit `-dirty`). Training benchmarks are in
+bench_train.py: utilization, overhead, data, scaling; `all` runs every one.
+
 - `decoding`: word tokens/s of KV-cached decoding (`generate.generate`) against the uncached
   reference loop (`generate.generate_uncached`, full forward per token), for a prompt of the
   glyph documents' shape (prompt text, one image, the answer prefix) at an experiment's size.
@@ -10,6 +16,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -62,12 +70,73 @@ def decoding(config: str, new_tokens: int = 64, n_words: int = 1000, repeats: in
 
 def write_table(rows: list[dict], out: Path, name: str, header: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    cols = list(rows[0])
+    cols = list(dict.fromkeys(k for r in rows for k in r))  # rows may differ in columns
     with open(out / f"{name}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, cols)
+        w = csv.DictWriter(f, cols, restval="")
         w.writeheader()
         w.writerows(rows)
     md = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    md += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     (out / f"{name}.md").write_text("\n".join(md) + "\n")
     return [out / f"{name}.csv", out / f"{name}.md"]
+
+
+BENCHES = ("utilization", "overhead", "data", "scaling", "profile", "decoding")  # `all`; `paper` is apart
+
+
+def provenance(command: str, allow_dirty: bool) -> str:
+    """Header line of every table; refuses uncommitted changes outside results/bench/."""
+    from pixword_lit.config import REPO_ROOT, ConfigError
+    from pixword_lit.train import machine
+
+    git = ["git", "-C", str(REPO_ROOT)]
+    try:
+        sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results/bench"], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        sha, dirty = "unknown (not a git checkout)", ""
+    if dirty and not allow_dirty:
+        raise ConfigError(f"{REPO_ROOT} has uncommitted changes (git status): benchmark results "
+                          "must come from a commit; commit them, or pass --allow-dirty")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"`{command}` at commit {sha}{'-dirty' if dirty else ''} on {machine()}, "
+            f"{torch.get_num_threads()} torch threads, load average {load:.2f} at the start")
+
+
+def run(what: str, a, header: str) -> list[Path]:
+    """One benchmark (or `all`) with the CLI's arguments -> the files written."""
+    from pixword_lit import bench_train as bt
+
+    out, over = Path(a.out), list(a.set or [])
+    out.mkdir(parents=True, exist_ok=True)
+    names = BENCHES if what == "all" else (what,)
+    files, consume = [], None
+    for name in names:
+        t0 = time.perf_counter()
+        if name == "utilization":
+            rows = bt.utilization(a.config, over, device=a.device)
+            consume = next(r["step_s"] for r in rows if r["model"] == "quickstart"
+                           and r["dtype"] == "fp32")
+        elif name == "overhead":
+            rows = bt.overhead(a.config, over, device=a.device)
+        elif name == "data":
+            rows = bt.data(a.config, over, consume_step_s=consume, device=a.device)
+        elif name == "scaling":
+            rows = bt.scaling(a.config, over, device=a.device)
+            bt.plot_scaling(rows, out / "scaling.png")
+            files.append(out / "scaling.png")
+        elif name == "profile":
+            rows = bt.profile(a.config, over, device=a.device)
+        elif name == "paper":
+            from pixword_lit.bench_gpu import paper
+
+            rows = paper(a.config, over, device=a.device)
+        else:
+            rows = decoding(a.config, a.new_tokens)
+        files += write_table(rows, out, name, header + f"; {name}: {time.perf_counter() - t0:.0f} s")
+        for r in rows:
+            print(name, r, flush=True)
+    return files

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ThroughputMonitor
 from PIL import Image
-from torch.utils.flop_counter import FlopCounterMode
 
+from pixword_lit.flops import count_flops
 from pixword_lit.parallel import is_sharded
 from pixword_lit.pictures import completion_picture, prediction_picture
 
@@ -142,7 +142,7 @@ class PixFlopsMonitor(ThroughputMonitor):
     """Lightning's ThroughputMonitor (`train/batches_per_sec`, `samples_per_sec`,
     `flops_per_sec`, `mfu` where Lightning knows the device's peak, i.e. GPUs; rolling over
     its window of 100 batches, rank 0) with the FLOPs of a batch: the forward FLOPs of the
-    first training batch (FlopCounterMode, no gradients) times 3 for forward + backward. A
+    first training batch (flops.count_flops, no gradients) times 3 for forward + backward. A
     batch's FLOPs vary with its length; this counts the first one's. Not measured for a
     sharded (fsdp) model, whose forward needs every rank.
 
@@ -158,9 +158,8 @@ class PixFlopsMonitor(ThroughputMonitor):
             return
         flops = None
         if not is_sharded(pl_module.model):
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                pl_module.model(batch)
-            flops = 3.0 * counter.get_total_flops()
+            with torch.no_grad():  # flops.py: CPU attention counted like the CUDA kernels
+                flops = 3.0 * count_flops(lambda: pl_module.model(batch))
         pl_module.flops_per_batch = flops  # where ThroughputMonitor reads it (None: not counted)
 
 

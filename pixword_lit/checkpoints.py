@@ -317,6 +317,7 @@ def find_resume_checkpoint(run_dir: Path, resume: str) -> str:
 # Settings that change parameter shapes or what the model computes and predicts: a checkpoint
 # only continues (or is validated) with the values it was trained with.
 FIXED = ("model.", "data.mode")
+FREE = ("model.compile",)  # how the model runs, not what it computes: may change on resume
 # Resume only: the optimizer state in the checkpoint restores these, so a new value would be
 # silently ignored.
 FIXED_ON_RESUME = ("optim.lr", "optim.betas", "optim.eps", "optim.weight_decay")
@@ -339,7 +340,7 @@ def config_differences(saved: dict, now: dict, resume: bool) -> list[str]:
     a, b = _flatten(saved), _flatten(now)
     out = []
     for k in sorted(set(a) | set(b)):
-        if not k.startswith(keys) and k not in keys:
+        if (not k.startswith(keys) and k not in keys) or k in FREE:
             continue
         if k in a and k in b:
             if a[k] != b[k]:

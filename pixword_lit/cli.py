@@ -123,18 +123,27 @@ def _eval(a) -> int:
 def _bench(a) -> int:
     from pathlib import Path
 
-    from pixword_lit import bench
-    from pixword_lit.train import git_commit, machine
+    import torch
 
-    rows = bench.decoding(a.config, a.new_tokens, threads=a.threads)
-    threads = f" --threads {a.threads}" if a.threads else ""
-    header = (f"`pixword bench decoding --config {a.config} --new-tokens {a.new_tokens}{threads}` at "
-              f"commit {git_commit()} on {machine()}")
-    for f in bench.write_table(rows, Path(a.out), "decoding", header):
+    from pixword_lit import bench
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    opts = [f"--config {a.config}", *(f"--set {x}" for x in a.set or [])]
+    opts += [f"--{k} {getattr(a, k)}" for k in ("threads", "device") if getattr(a, k)]
+    if a.what in ("decoding", "all"):
+        opts.append(f"--new-tokens {a.new_tokens}")
+    header = bench.provenance(f"pixword bench {a.what} {' '.join(opts)}", a.allow_dirty)
+    if a.what == "decoding":
+        rows = bench.decoding(a.config, a.new_tokens)
+        for f in bench.write_table(rows, Path(a.out), "decoding", header):
+            print(f"wrote {f}")
+        for r in rows:
+            print(f"{r['decoding']:>9}: {r['tokens_per_s']:9.1f} tokens/s "
+                  f"({r['seconds']} s for {r['new_tokens']})")
+        return 0
+    for f in bench.run(a.what, a, header):
         print(f"wrote {f}")
-    for r in rows:
-        print(f"{r['decoding']:>9}: {r['tokens_per_s']:9.1f} tokens/s "
-              f"({r['seconds']} s for {r['new_tokens']})")
     return 0
 
 
@@ -303,12 +312,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     bn = sub.add_parser("bench", help="measure speed; writes CSV + Markdown (default results/bench)")
     bns = bn.add_subparsers(dest="what", required=True)
-    dec = bns.add_parser("decoding", help="tokens/s of KV-cached vs uncached decoding")
-    dec.add_argument("--config", default="experiments/quickstart.yaml", help="model size to measure")
-    dec.add_argument("--new-tokens", type=int, default=64)
-    dec.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-    dec.add_argument("--out", default="results/bench")
-    dec.set_defaults(fn=_bench)
+    for what, text in (
+        ("utilization", "training FLOP/s vs this device's peak matmul rate (3 sizes x fp32/bf16)"),
+        ("overhead", "Lightning's Trainer.fit vs the bare training loop"),
+        ("data", "batches/s of the training loader (1, 2 workers) vs what training consumes"),
+        ("scaling", "step time per pixel vs image size for each attention variant"),
+        ("profile", "torch.profiler of bare fp32 training steps: the ops with the most self time"),
+        ("decoding", "tokens/s of KV-cached vs uncached decoding"),
+        ("all", "all of the above (about 5-10 minutes on 2 CPU cores)"),
+        ("paper", "the paper configuration in bf16: step time, memory, MFU, window kernels, "
+                  "CPU-vs-device loss (experiments/bench_gpu.sh; --config a paper config)"),
+    ):
+        b = bns.add_parser(what, help=text)
+        b.add_argument("--config", default="experiments/quickstart.yaml", help="experiment measured")
+        b.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="config override (repeatable), e.g. --set data.batch_size=4")
+        b.add_argument("--new-tokens", type=int, default=64, help="decoding: tokens generated")
+        b.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+        b.add_argument("--device", help="cpu | cuda (default: cuda when present)")
+        b.add_argument("--out", default="results/bench")
+        b.add_argument("--allow-dirty", action="store_true",
+                       help="run with uncommitted changes (tables say -dirty; not results)")
+        b.set_defaults(fn=_bench)
 
     k = sub.add_parser("convert-ckpt", help="sharded fsdp checkpoint folder -> single .ckpt file")
     k.add_argument("checkpoint")

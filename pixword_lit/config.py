@@ -62,6 +62,7 @@ class ModelConfig:
     embedding: dict = field(default_factory=lambda: {"name": "pix_table"})
     objective: dict = field(default_factory=lambda: {"name": "first_pixel"})
     init: str = "normal"  # normal: N(0, 0.02) everywhere | paper: the authors' (see model.py)
+    compile: bool = False  # torch.compile each transformer block (model.py); same weights and keys
 
 
 @dataclass

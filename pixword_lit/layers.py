@@ -86,6 +86,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(n_heads * self.head_dim, dim, bias=False)
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None = None, start: int = 0):
+        """`mask`: (N, 1, T, T) bool, or the string "causal" (packed windows, no mask tensor)."""
         n, t, _ = x.shape
         q = self.wq(x).view(n, t, self.n_heads, self.head_dim).transpose(1, 2)  # (N, H, T, hd)
         k = self.wk(x).view(n, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (N, Hkv, T, hd)
@@ -93,8 +94,10 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:  # generation: keys/values of all slots so far, (N, Hkv, start+T, hd)
             k, v = cache.write(start, k, v)
+        causal = isinstance(mask, str)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv_heads
+            q, k, v, attn_mask=None if causal else mask, is_causal=causal,
+            enable_gqa=self.n_heads != self.n_kv_heads,
         )
         return self.wo(y.transpose(1, 2).reshape(n, t, self.n_heads * self.head_dim))  # (N, T, dim)
 
@@ -131,16 +134,71 @@ class Block(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
 
-class Stack(nn.Module):
-    """Blocks sharing one RoPE table; input (N, T, dim), positions (N, T), valid (N, T)."""
+WINDOW_KERNELS = ("auto", "mask", "packed")
 
-    def __init__(self, cfg, n_layers: int):
+
+def pack_valid_first(valid: torch.Tensor) -> torch.Tensor:
+    """(N, T) bool -> (N, T) index that moves each row's valid elements to the front, in order
+    (a stable partition), pads after them. Gathering x with it makes every valid element's
+    causal prefix exactly the valid elements before it: `is_causal=True` then computes
+    `attention_mask(valid)`'s attention for every valid element, with no mask tensor."""
+    return torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices
+
+
+def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (N, T, ...) reordered along T by index (N, T)."""
+    return x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x))
+
+
+class Stack(nn.Module):
+    """Blocks sharing one RoPE table; input (N, T, dim), positions (N, T), valid (N, T).
+
+    `windowed=True` (the image block: every row is one window whose outputs are read only at
+    valid pixels) allows a second attention kernel, picked by `window_kernel`:
+
+    - `mask` (the reference; the default on CPU): SDPA with `attention_mask(valid)`, a dense
+      (N, 1, T, T) boolean mask. On a GPU a mask rules out the flash kernel.
+    - `packed` (the default on CUDA, `auto`): valid pixels are moved to the front of their
+      window once per stack (`pack_valid_first`, a stable partition; RoPE travels with the
+      pixels as `positions`), every layer runs SDPA with `is_causal=True` and no mask (flash /
+      cuDNN / memory-efficient kernels on a GPU), and the outputs are put back in place.
+      A valid pixel then attends to exactly the valid pixels before it, as with the mask, so
+      valid outputs are equal (to float rounding: the same terms, summed in another order).
+      Pad pixels (packed after the valid ones) see different keys than under the mask, so
+      their outputs differ; nothing reads them: the image block's summary is taken at a
+      valid pixel (global_conditional) or as a mean weighted 0 at pads (pooled), pads are
+      never keys of valid pixels, and they stay finite (each attends at least to itself), so
+      0 * output is 0 in the forward pass and no gradient reaches them.
+      Why not FlexAttention with a BlockMask: it is fast only under torch.compile (eagerly it
+      is a reference implementation that materializes the scores, with a warning), needs a
+      BlockMask built per batch from `valid` (create_block_mask), and at its 128-token block
+      granularity a 256-pixel window skips only the causal blocks anyway; packing reaches
+      the stock causal kernels with two gathers per stack, in eager mode, on any GPU.
+    """
+
+    def __init__(self, cfg, n_layers: int, windowed: bool = False):
         super().__init__()
         self.rope = Rope(cfg.dim // cfg.n_heads, cfg.rope_theta, cfg.rope_scaling)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(n_layers))
+        self.windowed = windowed
+        self.window_kernel = "auto"  # see WINDOW_KERNELS; set_window_kernel sets a whole model
+
+    def packed(self, x: torch.Tensor) -> bool:
+        if not self.windowed or self.window_kernel == "mask":
+            return False
+        return self.window_kernel == "packed" or x.is_cuda
 
     def forward(self, x, positions, valid, cache: DecoderCache | None = None):
         """With a cache (generation), x continues the cached sequence at slot cache.length."""
+        if cache is None and self.packed(x):
+            order = pack_valid_first(valid)
+            cos, sin = self.rope(positions.gather(1, order))
+            h = _rows(x, order)
+            for layer in self.layers:
+                h = layer(h, cos, sin, "causal")
+            back = torch.empty_like(order).scatter_(
+                1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+            return _rows(h, back)  # every pixel back in its place
         cos, sin = self.rope(positions)
         if cache is None:
             mask, start, caches = attention_mask(valid), 0, [None] * len(self.layers)
@@ -154,6 +212,15 @@ class Stack(nn.Module):
     def make_cache(self, batch: int, max_len: int, device=None) -> DecoderCache:
         attn = self.layers[0].attn
         return DecoderCache(batch, max_len, [KVCache(attn.n_kv_heads) for _ in self.layers], device)
+
+
+def set_window_kernel(model: nn.Module, kernel: str) -> None:
+    """Set the window attention kernel (`auto` | `mask` | `packed`) of every windowed Stack."""
+    if kernel not in WINDOW_KERNELS:
+        raise ValueError(f"window kernel {kernel!r}: one of {WINDOW_KERNELS}")
+    for m in model.modules():
+        if isinstance(m, Stack):
+            m.window_kernel = kernel
 
 
 class KVCache:

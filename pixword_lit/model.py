@@ -20,7 +20,7 @@ from pixword_lit.components import component_params
 from pixword_lit.components.attention import ATTENTIONS, FullCausal
 from pixword_lit.components.embedding import EMBEDDINGS
 from pixword_lit.components.objective import LocalDecoder
-from pixword_lit.layers import RMSNorm, Stack
+from pixword_lit.layers import Block, RMSNorm, Stack
 from pixword_lit.tokens import IGNORE, Vocab
 
 
@@ -47,6 +47,8 @@ class PixWordModel(nn.Module):
             # paper's objective (same seed, same initial model apart from the local decoder)
             self.local = LocalDecoder(mcfg, obj_params, vocab.n_pix)
             self.local.apply(init)
+        if mcfg.get("compile", False):
+            compile_blocks(self)
 
     def forward(self, batch: Batch, every_pixel: bool = False) -> tuple[torch.Tensor, dict]:
         """-> logits (B, T, C = V + n_pix) at the batch's elements (each scores the element's
@@ -126,6 +128,14 @@ class PixWordModel(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def compile_blocks(model: nn.Module) -> None:
+    """`model.compile`: torch.compile every transformer block in place (parameter names and
+    checkpoints unchanged; dynamic shapes, so batches of other lengths do not recompile)."""
+    for block in model.modules():
+        if isinstance(block, Block):
+            block.compile(dynamic=True)
 
 
 def next_window_slot(batch: Batch) -> torch.Tensor:

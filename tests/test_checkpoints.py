@@ -324,6 +324,9 @@ def test_vocabulary_and_palette_differences_named():
         assert key in diff, key
     # a key the checkpoint's config lacks entirely (an older schema) is not compared
     assert checkpoints.config_differences({"model": {}}, {"model": {"new_key": 1}}, resume=True) == []
+    # model.compile changes how the model runs, not what it computes: free on resume
+    assert checkpoints.config_differences({"model": {"compile": False, "dim": 8}},
+                                          {"model": {"compile": True, "dim": 8}}, resume=True) == []
 
 
 def test_generate_and_eval_read_a_sharded_folder(fsdp_run, glyph_shards, tmp_path, capsys):

@@ -74,7 +74,7 @@ class GlobalConditional(nn.Module):
         super().__init__()
         self.embed = embed
         # patch_linear embeds a whole window at once: no per-pixel tokens, no image block
-        self.block = Stack(cfg, cfg.image_layers) if embed.per_pixel else None
+        self.block = Stack(cfg, cfg.image_layers, windowed=True) if embed.per_pixel else None
 
     def summarize(self, h, summary_index, pos):
         # h (n, P, dim) -> (n, dim): the hidden state at each window's last valid pixel

@@ -63,7 +63,7 @@ class LocalDecoder(nn.Module):
         self.context = nn.Linear(dim, local_dim, bias=False)  # global output -> every position
         self.inputs = nn.Identity() if local_dim == dim else nn.Linear(dim, local_dim, bias=False)
         self.start = nn.Parameter(torch.zeros(local_dim))  # input at position 0 (MEGABYTE's pad)
-        self.stack = Stack(lcfg, params["local_layers"])
+        self.stack = Stack(lcfg, params["local_layers"], windowed=True)  # all valid: plain causal
         self.norm = RMSNorm(local_dim, mcfg.norm_eps)
         self.head = nn.Linear(local_dim, n_pix, bias=False)  # pixel classes only
 

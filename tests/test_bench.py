@@ -1,0 +1,152 @@
+"""FLOP counting (pixword_lit.flops) on models whose FLOPs are known by hand, and `pixword
+bench` on tiny settings (the measurements themselves are in results/bench/)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_components import N_WORDS, TINY, folding_of, make_batch
+from torch import nn
+
+from pixword_lit.config import DEBUG_MODEL
+from pixword_lit.flops import count_flops, train_step_flops
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_linear_stack_flops_by_hand():
+    """2*B*in*out forward per layer; backward 2x that, except the first layer, whose input
+    needs no gradient (weight gradient only: 1x)."""
+    b, dims = 5, [16, 32, 8, 24]
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8, bias=False), nn.Tanh(),
+                          nn.Linear(8, 24))
+    x = torch.randn(b, 16)
+    fwd = [2 * b * i * o for i, o in zip(dims, dims[1:])]
+    assert count_flops(lambda: model(x)) == sum(fwd)
+    expected = sum(fwd) + fwd[0] + 2 * sum(fwd[1:])
+    assert train_step_flops(model, lambda: model(x).square().sum()) == expected
+    assert all(p.grad is None for p in model.parameters())  # cleared after counting
+
+
+@pytest.mark.parametrize("kernel", ["mask", "packed"])
+def test_pixword_step_flops_match_the_hand_formula(kernel):
+    """global_conditional, first_pixel: every matmul of one step by hand, exactly (tolerance
+    0: the counter counts exactly these; norms, RoPE, softmax and the loss are not matmuls).
+    Per layer and token, linear multiply-adds dim*(H + 2*Hkv)*hd + H*hd*dim + 3*dim*hidden;
+    attention 2*2*H*T*T*hd forward per sequence (counted dense); backward: linear 2x,
+    attention 2.5x (scores recomputed)."""
+    from pixword_lit.config import load_config
+    from pixword_lit.layers import ffn_hidden, set_window_kernel
+    from pixword_lit.model import PixWordModel, loss_terms
+    from pixword_lit.tokens import Vocab
+
+    cfg = load_config(None, TINY).model
+    folding = folding_of("uniform")
+    vocab = Vocab(N_WORDS, folding.n_pix)
+    model = PixWordModel(cfg, vocab, folding)
+    set_window_kernel(model, kernel)
+    batch = make_batch(folding, vocab)
+
+    def loss():
+        logits, extras = model(batch)
+        t = loss_terms(logits, batch["targets"], vocab.n_words, extras)
+        return t["sum"] / t["n"]
+
+    d, h, hkv = cfg.dim, cfg.n_heads, cfg.n_kv_heads
+    hd, hidden = d // h, ffn_hidden(cfg.dim, cfg.ffn_multiple_of)
+    per_token = d * (h + 2 * hkv) * hd + h * hd * d + 3 * d * hidden  # multiply-adds
+    n_win, p = int(batch["window_valid"].sum()), cfg.window_size**2
+    b, t = batch["input_ids"].shape
+    linear = 2 * (per_token * (n_win * p * cfg.image_layers + b * t * cfg.decoder_layers)
+                  + b * t * d * vocab.n_classes)
+    attention = 4 * h * hd * (n_win * p * p * cfg.image_layers + b * t * t * cfg.decoder_layers)
+    assert train_step_flops(model, loss) == 3 * linear + 3.5 * attention
+
+
+def _tiny(shards):
+    return [*DEBUG_MODEL, f"data.train={shards}/train", f"data.val={shards}/val",
+            "data.batch_size=2", "data.num_workers=0"]
+
+
+def test_bench_functions_on_a_tiny_model(glyph_shards):
+    from pixword_lit import bench_train as bt
+
+    over, cfg = _tiny(glyph_shards), "experiments/quickstart.yaml"
+    (u,) = bt.utilization(cfg, over, sizes=["quickstart"], dtypes=["fp32"], n_batches=2,
+                          compiled=())
+    assert u["GFLOP_per_step"] > 0 and 0 < u["utilization_pct"] < 100 and u["step_s"] > 0
+    bare, fit = bt.overhead(cfg, over, n_batches=2, rounds=1)
+    assert bare["step_s"] > 0 and fit["step_s"] > 0 and fit["ratio_to_bare"] > 0
+    (d,) = bt.data(cfg, over, n_batches=3, workers=[1], consume_step_s=u["step_s"])
+    assert d["ratio"] == pytest.approx(d["loader_batches_per_s"] * u["step_s"], rel=0.05)
+    rows = bt.scaling(cfg, over, image_sizes=(16,), n_batches=1, batch_size=2)
+    assert [r["variant"] for r in rows] == list(bt.VARIANTS)
+    assert all(r["us_per_pixel"] > 0 and r["pixels_per_step"] > 0 for r in rows)
+    prof = bt.profile(cfg, over, n_batches=1, top=5)
+    assert len(prof) == 5 and 0 < sum(r["pct"] for r in prof) <= 100.1
+    assert any(r["op"] in ("aten::mm", "aten::addmm", "aten::bmm") for r in prof)
+
+
+def test_bench_cli_writes_tables_with_provenance(glyph_shards, tmp_path):
+    from pixword_lit.cli import main
+
+    sets = [x for s in _tiny(glyph_shards) for x in ("--set", s)]
+    assert main(["bench", "data", *sets, "--threads", "1", "--out", str(tmp_path),
+                 "--allow-dirty"]) == 0
+    md = (tmp_path / "data.md").read_text()
+    assert "pixword bench data --config experiments/quickstart.yaml" in md
+    assert "at commit" in md and "torch 2" in md and "load average" in md
+    assert (tmp_path / "data.csv").read_text().startswith("num_workers,")
+
+
+def _compile_works() -> bool:
+    try:
+        return float(torch.compile(lambda x: x * 2)(torch.ones(1))) == 2.0
+    except Exception:  # no C++ compiler, unsupported platform
+        return False
+
+
+@pytest.mark.slow
+def test_compiled_model_loss_and_gradients_equal_eager():
+    """model.compile: true compiles each block in place: the same parameters (names, values)
+    and the same loss and gradients as eager, to float rounding."""
+    if not _compile_works():
+        pytest.skip("torch.compile is not available here")
+    from pixword_lit.config import load_config
+    from pixword_lit.model import PixWordModel, loss_terms
+    from pixword_lit.tokens import Vocab
+
+    folding = folding_of("uniform")
+    vocab = Vocab(N_WORDS, folding.n_pix)
+    batch = make_batch(folding, vocab)
+    out = []
+    for flag in ("false", "true"):
+        torch.manual_seed(0)
+        model = PixWordModel(load_config(None, [*TINY, f"model.compile={flag}"]).model, vocab, folding)
+        logits, extras = model(batch)
+        t = loss_terms(logits, batch["targets"], vocab.n_words, extras)
+        (t["sum"] / t["n"]).backward()
+        out.append((float(t["sum"] / t["n"]), model.state_dict(),
+                    {k: p.grad for k, p in model.named_parameters()}))
+    (l0, sd0, g0), (l1, sd1, g1) = out
+    assert list(sd0) == list(sd1)
+    assert l1 == pytest.approx(l0, rel=1e-5)
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-4, atol=1e-6)
+
+
+def test_bench_gpu_script_parses_and_its_bench_runs_on_cpu(glyph_shards, tmp_path):
+    """experiments/bench_gpu.sh: bash syntax, and `bench paper` (what it runs) on a tiny
+    override of the paper config, on CPU: both window kernels train to the same loss and the
+    loss agreement rows are there."""
+    import subprocess
+
+    from pixword_lit import bench_gpu
+
+    subprocess.run(["bash", "-n", "experiments/bench_gpu.sh"], check=True)
+    over = [*_tiny(glyph_shards), "data.small_images=upscale", "data.mode=image_only"]
+    rows = bench_gpu.paper("experiments/paper_image_only.yaml", over, n_batches=1, device="cpu")
+    packed, mask, fp32, bf16 = rows
+    assert packed["loss"] == pytest.approx(mask["loss"], rel=1e-4)
+    assert packed["MFU_pct"] > 0 and packed["GFLOP_per_step"] > 0
+    assert fp32["rel_diff"] == 0.0 and bf16["rel_diff"] < 1e-2
