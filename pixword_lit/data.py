@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -42,6 +41,7 @@ from pixword_lit.image import (
 )
 from pixword_lit.shards import DataError, ShardSet, read_shard
 from pixword_lit.tokens import Vocab
+from pixword_lit.workers import worker_start
 
 
 class SampleBuilder:
@@ -230,20 +230,6 @@ def _warn(msg: str) -> None:
     print(f"pixword data: {msg}", file=sys.stderr, flush=True)
 
 
-def worker_context():
-    """DataLoader workers start from a fork server that imported torch and this module once,
-    not by forking the training process: a fork copies locks that the process's other threads
-    (gloo's, torch's pools) may hold into a worker that can then wait forever (pytorch#130610;
-    a test run hung with two fsdp ranks and their forked workers asleep, issue #9). The server
-    starts once per process (~5 s on 2 cores); `spawn` would re-import torch per iterator
-    (~10 s). Batches do not depend on the start method: workers build them from seeds alone."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return None  # Windows: spawn, the platform's only method
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "pixword_lit.data"])
-    return ctx
-
-
 class PixLoader(DataLoader):
     """A DataLoader whose position in the data is saved in checkpoints (Lightning calls
     state_dict/load_state_dict on stateful loaders), so a resumed run continues with the
@@ -265,7 +251,7 @@ class PixLoader(DataLoader):
         super().__init__(stream, batch_size=None, num_workers=num_workers,
                          persistent_workers=False, pin_memory=torch.cuda.is_available(),
                          generator=torch.Generator().manual_seed(seed),
-                         multiprocessing_context=worker_context() if num_workers else None)
+                         **worker_start(num_workers))
         self.trained = trained
         self._resume: DataPosition | None = None  # from a checkpoint, for the next iterator
 

@@ -115,3 +115,41 @@ def test_real_workers_start_from_a_fork_server_and_give_the_in_process_batches(p
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]) if torch.is_tensor(a[key]) else a[key] == b[key]
+
+
+_HOLD_WORKERS = """
+import sys, time
+from pixword_lit.build import build_parts
+from pixword_lit.config import DEBUG_MODEL, load_config
+from pixword_lit.data import PixLoader, ShardStream
+cfg = load_config(None, [*DEBUG_MODEL, f"data.train={sys.argv[1]}/train", f"data.val={sys.argv[1]}/val"])
+parts = build_parts(cfg, None)
+it = iter(PixLoader(ShardStream(parts.train, parts.builder, 4, 3, True), 2))
+next(it)
+print(" ".join(str(w.pid) for w in it._workers), flush=True)
+time.sleep(600)
+"""
+
+
+def test_workers_end_when_the_training_process_is_killed(glyph_shards):
+    """A fork-server worker is the server's child, so torch's own parent check cannot see the
+    training process die; after a SIGKILL of it the workers must still end, not linger."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pixword_lit.workers import alive
+
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_WORKERS, str(glyph_shards)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2 and all(alive(p) for p in pids)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 20
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(p) for p in pids), "DataLoader workers outlived a killed trainer"
