@@ -140,11 +140,11 @@ class PixThroughput(Callback):
 
 class PixFlopsMonitor(ThroughputMonitor):
     """Lightning's ThroughputMonitor (`train/batches_per_sec`, `samples_per_sec`,
-    `flops_per_sec`, `mfu` where Lightning knows the device's peak, i.e. GPUs; rolling over
-    its window of 100 batches, rank 0) with the FLOPs of a batch: the forward FLOPs of the
-    first training batch (flops.count_flops, no gradients) times 3 for forward + backward. A
-    batch's FLOPs vary with its length; this counts the first one's. Not measured for a
-    sharded (fsdp) model, whose forward needs every rank.
+    `flops_per_sec`, `mfu` where Lightning knows the device's peak, i.e. GPUs; rolling over a
+    window of `trainer.log_every_n_steps` batches, at least 2; rank 0) with the FLOPs of a
+    batch: the forward FLOPs of the first training batch (flops.count_flops, no gradients)
+    times 3 for forward + backward. A batch's FLOPs vary with its length; this counts the
+    first one's. Not measured for a sharded (fsdp) model, whose forward needs every rank.
 
     Pix tokens are not its items (`length_fn`): Lightning requires the item count to grow
     with every batch, and a batch may hold no pixel (text-only documents, placeholders);
@@ -167,4 +167,5 @@ def run_callbacks(cfg, run_dir: Path) -> list[L.Callback]:
     """The callbacks of a fit that writes its run folder."""
     every = cfg.trainer.log_every_n_steps
     return [TrainLog(run_dir, every), ValidationLog(run_dir),
-            Pictures(run_dir, cfg.run.pictures, cfg.run.seed), PixThroughput(every), PixFlopsMonitor()]
+            Pictures(run_dir, cfg.run.pictures, cfg.run.seed), PixThroughput(every),
+            PixFlopsMonitor(window_size=max(2, every))]  # rates over the logging interval

@@ -76,6 +76,12 @@ def test_tiny_fit_learns_and_writes_outputs(glyph_shards, tmp_path):
     tags = acc.Tags()
     assert set(README_TB_SCALARS) <= set(tags["scalars"])
     assert any(t.startswith("lr-") for t in tags["scalars"])  # the learning rate
+    # Lightning's ThroughputMonitor (callbacks.PixFlopsMonitor), with one FLOP count per batch
+    fps = acc.Scalars("train/device/flops_per_sec")
+    bps = acc.Scalars("train/device/batches_per_sec")
+    assert len(fps) == len(bps) > 10
+    per_batch = [f.value / b.value for f, b in zip(fps, bps)]
+    assert per_batch[0] > 1e5 and per_batch == pytest.approx([per_batch[0]] * len(per_batch), rel=1e-3)
     assert "val/prediction" in tags["images"]
     assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")  # the HParams view
     # one point per validation (Lightning counts steps from 0: the point after step 10 is at 9),
