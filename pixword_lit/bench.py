@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -87,17 +86,11 @@ BENCHES = ("utilization", "overhead", "data", "scaling", "profile", "decoding") 
 def provenance(command: str, allow_dirty: bool) -> str:
     """Header line of every table; refuses uncommitted changes outside results/bench/."""
     from pixword_lit.config import REPO_ROOT, ConfigError
+    from pixword_lit.launch import source_commit
     from pixword_lit.train import machine
 
-    git = ["git", "-C", str(REPO_ROOT)]
-    try:
-        sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)results/bench"], capture_output=True, text=True,
-                               check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        sha, dirty = "unknown (not a git checkout)", ""
+    sha, dirty = source_commit(REPO_ROOT, exclude="results/bench")
+    sha = sha or "unknown (not a git checkout)"
     if dirty and not allow_dirty:
         raise ConfigError(f"{REPO_ROOT} has uncommitted changes (git status): benchmark results "
                           "must come from a commit; commit them, or pass --allow-dirty")

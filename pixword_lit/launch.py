@@ -114,13 +114,15 @@ def launcher_args(spec: Launcher) -> list[str]:
 
 
 # ---- the commit -----------------------------------------------------------------------------
-def source_commit(repo: Path) -> tuple[str | None, bool]:
-    """(HEAD, has uncommitted changes to tracked files); (None, False) outside git."""
+def source_commit(repo: Path, exclude: str | None = None) -> tuple[str | None, bool]:
+    """(HEAD, has uncommitted changes to tracked files, those under `exclude` aside);
+    (None, False) outside git."""
     try:
         git = ["git", "-C", str(repo)]
         sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+        paths = ["--", ".", f":(exclude){exclude}"] if exclude else []
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", *paths],
                                capture_output=True, text=True, check=True).stdout.strip()
         return sha, bool(dirty)
     except (OSError, subprocess.CalledProcessError):
