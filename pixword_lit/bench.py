@@ -26,6 +26,7 @@ import torch
 from pixword_lit.config import load_config
 from pixword_lit.generate import Sampling, generate, generate_uncached
 from pixword_lit.image import image_windows
+from pixword_lit.memory import keep_freed_memory
 from pixword_lit.model import PixWordModel
 from pixword_lit.tokens import Vocab
 
@@ -103,6 +104,7 @@ def run(what: str, a, header: str) -> list[Path]:
     """One benchmark (or `all`) with the CLI's arguments -> the files written."""
     from pixword_lit import bench_train as bt
 
+    keep_freed_memory()  # as training does (train.fit)
     out, over = Path(a.out), list(a.set or [])
     out.mkdir(parents=True, exist_ok=True)
     names = BENCHES if what == "all" else (what,)

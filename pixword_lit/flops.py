@@ -7,7 +7,9 @@ RoPE, softmax outside fused kernels, the optimizer) is not counted. Conventions 
 knowing when reading a utilization:
 - a linear layer on N rows: 2*N*in*out forward, twice that backward (input and weight grads);
 - attention is counted dense: 4*N*H*T*T*hd forward (q@k^T and p@v, the causal half
-  included), 2.5x that backward (the kernels recompute the scores);
+  included); backward 2x that where it runs as explicit matmuls (`layers.matmul_attention`,
+  CPU, short sequences), 2.5x in the fused SDPA kernels (they recompute the scores). The
+  count is of what runs, so it depends on the kernel by that recompute;
 - PyTorch 2.13 registers formulas for the CUDA attention kernels but not for the CPU one
   (`_scaled_dot_product_flash_attention_for_cpu`, what SDPA runs on CPU, mask or not):
   without a formula it counts 0. `register_cpu_attention` adds the same formulas for it.

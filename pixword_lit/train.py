@@ -41,6 +41,7 @@ from pixword_lit.data import PixLoader
 from pixword_lit.evaluate import evaluate_run
 from pixword_lit.inference import Run
 from pixword_lit.lit_module import PixWordLit
+from pixword_lit.memory import keep_freed_memory
 from pixword_lit.parallel import AtomicCheckpointIO
 
 # each DataLoader worker builds whole, distinct batches (data.py), so __len__ is exact
@@ -125,6 +126,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, logger=True, control=None) -> L
 def fit(cfg: DictConfig, resume: str | None = None, overwrite: bool = False) -> dict:
     """Train; returns the summary (on rank 0; None on the others). Raises control.Preempted
     (on every rank) when a preemption signal stopped the run, after recording it."""
+    keep_freed_memory()  # glibc: no fresh pages every step (memory.py)
     run_dir = run_dir_of(cfg)
     control = RunControl(run_dir / "checkpoints", list(cfg.run.preempt_signals),
                          cfg.run.ckpt_every_n_steps, None)

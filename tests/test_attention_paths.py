@@ -1,7 +1,10 @@
-"""The image block's two attention kernels (layers.Stack, `window_kernel`) compute the same thing.
+"""The attention kernels compute the same thing.
 
-`mask` is the reference (SDPA with attention_mask(valid)); `packed` moves valid pixels to the
-front of each window and runs SDPA with is_causal=True (the GPU path). On CPU, in float32,
+The image block's two window kernels (layers.Stack, `window_kernel`): `mask` is the reference
+(attention_mask(valid), run by layers.attend: explicit matmuls on CPU for short sequences,
+SDPA otherwise); `packed` moves valid pixels to the front of each window and runs SDPA with
+is_causal=True (the GPU path). `layers.matmul_attention` (CPU, <= 128 keys) equals SDPA with
+the same boolean mask, fully masked query rows and GQA included. On CPU, in float32,
 forward outputs at every position something reads and all gradients agree to float rounding
 (the same terms summed in another order): rtol 1e-5, atol 1e-6.
 """
@@ -17,7 +20,9 @@ from omegaconf import OmegaConf
 from test_components import N_WORDS, SIZE, TINY, WINDOW, folding_of
 
 from pixword_lit.image import build_sample, collate, image_windows
-from pixword_lit.layers import Stack, pack_valid_first, set_window_kernel
+from pixword_lit import layers
+from pixword_lit.layers import (DecoderCache, KVCache, Stack, attention_mask, matmul_attention,
+                                pack_valid_first, set_window_kernel)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = {"rtol": 1e-5, "atol": 1e-6}
@@ -137,3 +142,79 @@ def test_model_loss_and_gradients_equal_under_both_kernels(attn, objective):
     torch.testing.assert_close(results[1][1], results[0][1], **TOL)
     for g_fast, g_ref in zip(results[1][2], results[0][2]):
         torch.testing.assert_close(g_fast, g_ref, **TOL)
+
+
+def _sdpa(q, k, v, mask):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                            enable_gqa=True)
+
+
+def _masks():
+    """attention_mask of the five test windows (fully padded rows: only the diagonal), and a
+    generation-shaped mask: 3 new slots over 10 cached ones, two slots invalid."""
+    valid, _ = _windows()
+    cache = DecoderCache(5, 10, [KVCache(2)])
+    cache.extend(torch.rand(5, 7, generator=torch.Generator().manual_seed(1)) > 0.3)
+    return [attention_mask(valid), cache.extend(torch.tensor([[True, False, True]] * 5))]
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_matmul_attention_equals_sdpa_forward_and_gradients(which):
+    mask = _masks()[which]
+    t, s = mask.shape[-2:]
+    g = torch.Generator().manual_seed(which)
+    q, k, v = (torch.randn(5, h, n, 6, generator=g) for h, n in ((4, t), (2, s), (2, s)))
+    w = torch.randn(5, 4, t, 6, generator=g)
+    outs, grads = [], []
+    for fn in (_sdpa, matmul_attention):
+        leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+        out = fn(*leaves, mask)
+        (out * w).sum().backward()
+        outs.append(out)
+        grads.append([x.grad for x in leaves])
+    torch.testing.assert_close(outs[1], outs[0], **TOL)
+    for a, b in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, b, **TOL)
+    # bf16 (autocast's dtype): within bf16 rounding of the float32 result
+    low = matmul_attention(*(x.bfloat16() for x in (q, k, v)), mask)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), outs[0], rtol=2e-2, atol=2e-2)
+
+
+def test_attend_uses_matmuls_for_short_cpu_sequences_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(layers, "matmul_attention",
+                        lambda *a: calls.append(a[1].shape[2]) or _sdpa(*a))
+    for s in (16, 128, 129):
+        q, k = torch.randn(1, 4, s, 6), torch.randn(1, 2, s, 6)
+        layers.attend(q, k, k, attention_mask(torch.ones(1, s, dtype=torch.bool)))
+    layers.attend(q, k, k, "causal")
+    assert calls == [16, 128]
+    monkeypatch.setattr(layers, "MATMUL_ATTENTION_MAX_KEYS", 0)  # set_matmul_attention(0)
+    layers.attend(q[:, :, :16], k[:, :, :16], k[:, :, :16],
+                  attention_mask(torch.ones(1, 16, dtype=torch.bool)))
+    assert calls == [16, 128]
+
+
+def test_model_logits_and_gradients_equal_with_sdpa_everywhere(monkeypatch):
+    """The whole model (image block and decoder) with matmul attention against SDPA only."""
+    from pixword_lit.config import load_config
+    from pixword_lit.model import PixWordModel, loss_terms
+    from pixword_lit.tokens import Vocab
+
+    folding = folding_of("uniform")
+    vocab = Vocab(N_WORDS, folding.n_pix)
+    torch.manual_seed(0)
+    model = PixWordModel(load_config(None, TINY).model, vocab, folding)
+    batch = _batch(folding, vocab)
+    results = []
+    for max_keys in (128, 0):
+        monkeypatch.setattr(layers, "MATMUL_ATTENTION_MAX_KEYS", max_keys)
+        model.zero_grad(set_to_none=True)
+        logits, extras = model(batch)
+        t = loss_terms(logits, batch["targets"], vocab.n_words, extras)
+        (t["sum"] / t["n"]).backward()
+        results.append((logits, [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], **TOL)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, **TOL)

@@ -34,8 +34,11 @@ def test_pixword_step_flops_match_the_hand_formula(kernel):
     0: the counter counts exactly these; norms, RoPE, softmax and the loss are not matmuls).
     Per layer and token, linear multiply-adds dim*(H + 2*Hkv)*hd + H*hd*dim + 3*dim*hidden;
     attention 2*2*H*T*T*hd forward per sequence (counted dense); backward: linear 2x,
-    attention 2.5x (scores recomputed)."""
+    attention 2x where it runs as explicit matmuls (CPU, short sequences: both operands'
+    gradients of q@k^T and p@v), 2.5x in the fused kernels (SDPA; the packed windows), which
+    recompute the scores."""
     from pixword_lit.config import load_config
+    from pixword_lit import layers
     from pixword_lit.layers import ffn_hidden, set_window_kernel
     from pixword_lit.model import PixWordModel, loss_terms
     from pixword_lit.tokens import Vocab
@@ -59,8 +62,11 @@ def test_pixword_step_flops_match_the_hand_formula(kernel):
     b, t = batch["input_ids"].shape
     linear = 2 * (per_token * (n_win * p * cfg.image_layers + b * t * cfg.decoder_layers)
                   + b * t * d * vocab.n_classes)
-    attention = 4 * h * hd * (n_win * p * p * cfg.image_layers + b * t * t * cfg.decoder_layers)
-    assert train_step_flops(model, loss) == 3 * linear + 3.5 * attention
+    image = 4 * h * hd * n_win * p * p * cfg.image_layers
+    decoder = 4 * h * hd * b * t * t * cfg.decoder_layers
+    assert max(p, t) <= layers.MATMUL_ATTENTION_MAX_KEYS  # CPU: matmuls, except packed (SDPA)
+    image_factor = 3.5 if kernel == "packed" else 3
+    assert train_step_flops(model, loss) == 3 * linear + image_factor * image + 3 * decoder
 
 
 def _tiny(shards):
@@ -137,8 +143,10 @@ def test_compiled_model_loss_and_gradients_equal_eager():
 
 def test_bench_gpu_script_parses_and_its_bench_runs_on_cpu(glyph_shards, tmp_path):
     """experiments/bench_gpu.sh: bash syntax, and `bench paper` (what it runs) on a tiny
-    override of the paper config, on CPU: both window kernels train to the same loss and the
-    loss agreement rows are there."""
+    override of the paper config, on CPU: both window kernels train to the same loss (to
+    bf16 rounding: on CPU the `mask` path runs explicit matmuls, which round the attention
+    probabilities to bf16, the packed path SDPA's fused kernel; fp32 equality of the paths is
+    tested to 1e-5 in test_attention_paths) and the loss agreement rows are there."""
     import subprocess
 
     from pixword_lit import bench_gpu
@@ -147,6 +155,6 @@ def test_bench_gpu_script_parses_and_its_bench_runs_on_cpu(glyph_shards, tmp_pat
     over = [*_tiny(glyph_shards), "data.small_images=upscale", "data.mode=image_only"]
     rows = bench_gpu.paper("experiments/paper_image_only.yaml", over, n_batches=1, device="cpu")
     packed, mask, fp32, bf16 = rows
-    assert packed["loss"] == pytest.approx(mask["loss"], rel=1e-4)
+    assert packed["loss"] == pytest.approx(mask["loss"], rel=1e-3)
     assert packed["MFU_pct"] > 0 and packed["GFLOP_per_step"] > 0
     assert fp32["rel_diff"] == 0.0 and bf16["rel_diff"] < 1e-2
