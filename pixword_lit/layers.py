@@ -76,19 +76,16 @@ def attention_mask(valid: torch.Tensor) -> torch.Tensor:
     return ((causal & valid[:, None, :]) | eye)[:, None]
 
 
-# On CPU, attention over at most this many keys runs as explicit matmuls (`matmul_attention`)
-# instead of SDPA's CPU flash kernel, whose blocking is made for long sequences: measured on
+# On CPU, training (autograd recording) attention over at most this many keys runs as explicit
+# matmuls (`matmul_attention`) instead of SDPA's CPU flash kernel, whose blocking is made for
+# long sequences and whose backward is slow for short ones: measured on
 # this project's 2-core machine (forward + backward, 4 query / 2 kv heads of 24), 132 windows
 # of 64 pixels: fp32 11.9 vs 16.5 ms, bf16 10.3 vs 42.9 ms (the CPU flash backward in bf16 is
 # slow); 8 x 128 tokens 2.4 vs 2.5 ms fp32, 1.7 vs 6.0 bf16; 8 x 1024 tokens 442 vs 133 ms
-# (the explicit scores lose). `set_matmul_attention(0)` turns it off (SDPA everywhere).
+# (the explicit scores lose). Without autograd (validation, generation, sampling) SDPA runs:
+# one call per layer, which decoding one token at a time needs (its cost is per-op overhead).
+# Setting it to 0 turns the matmuls off (SDPA everywhere).
 MATMUL_ATTENTION_MAX_KEYS = 128
-
-
-def set_matmul_attention(max_keys: int) -> None:
-    """CPU attention over <= max_keys keys as explicit matmuls; 0: always SDPA."""
-    global MATMUL_ATTENTION_MAX_KEYS
-    MATMUL_ATTENTION_MAX_KEYS = max_keys
 
 
 def attend(q, k, v, mask):
@@ -97,7 +94,8 @@ def attend(q, k, v, mask):
     if isinstance(mask, str):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                               enable_gqa=q.shape[1] != k.shape[1])
-    if not q.is_cuda and k.shape[2] <= MATMUL_ATTENTION_MAX_KEYS:
+    if (not q.is_cuda and k.shape[2] <= MATMUL_ATTENTION_MAX_KEYS and torch.is_grad_enabled()
+            and q.requires_grad):
         return matmul_attention(q, k, v, mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                           enable_gqa=q.shape[1] != k.shape[1])

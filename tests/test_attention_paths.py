@@ -181,18 +181,22 @@ def test_matmul_attention_equals_sdpa_forward_and_gradients(which):
     torch.testing.assert_close(low.float(), outs[0], rtol=2e-2, atol=2e-2)
 
 
-def test_attend_uses_matmuls_for_short_cpu_sequences_only(monkeypatch):
+def test_attend_uses_matmuls_for_short_cpu_sequences_in_training_only(monkeypatch):
     calls = []
     monkeypatch.setattr(layers, "matmul_attention",
                         lambda *a: calls.append(a[1].shape[2]) or _sdpa(*a))
     for s in (16, 128, 129):
-        q, k = torch.randn(1, 4, s, 6), torch.randn(1, 2, s, 6)
+        q, k = torch.randn(1, 4, s, 6, requires_grad=True), torch.randn(1, 2, s, 6)
         layers.attend(q, k, k, attention_mask(torch.ones(1, s, dtype=torch.bool)))
     layers.attend(q, k, k, "causal")
     assert calls == [16, 128]
-    monkeypatch.setattr(layers, "MATMUL_ATTENTION_MAX_KEYS", 0)  # set_matmul_attention(0)
-    layers.attend(q[:, :, :16], k[:, :, :16], k[:, :, :16],
-                  attention_mask(torch.ones(1, 16, dtype=torch.bool)))
+    q = q[:, :, :16]
+    with torch.no_grad():  # validation, generation: SDPA
+        layers.attend(q, k[:, :, :16], k[:, :, :16],
+                      attention_mask(torch.ones(1, 16, dtype=torch.bool)))
+    assert calls == [16, 128]
+    monkeypatch.setattr(layers, "MATMUL_ATTENTION_MAX_KEYS", 0)  # SDPA everywhere
+    layers.attend(q, k[:, :, :16], k[:, :, :16], attention_mask(torch.ones(1, 16, dtype=torch.bool)))
     assert calls == [16, 128]
 
 
