@@ -81,7 +81,7 @@ def write_table(rows: list[dict], out: Path, name: str, header: str) -> list[Pat
     return [out / f"{name}.csv", out / f"{name}.md"]
 
 
-BENCHES = ("utilization", "overhead", "data", "scaling", "profile", "decoding")  # `all`; `paper` is apart
+BENCHES = ("utilization", "overhead", "data", "scaling", "profile", "decoding")  # `all`; `ab`, `paper` apart
 
 
 def provenance(command: str, allow_dirty: bool) -> str:
@@ -125,6 +125,10 @@ def run(what: str, a, header: str) -> list[Path]:
             files.append(out / "scaling.png")
         elif name == "profile":
             rows = bt.profile(a.config, over, device=a.device)
+        elif name == "ab":
+            from pixword_lit.bench_ab import ab
+
+            rows = ab(a.config, over, threads=a.threads)
         elif name == "paper":
             from pixword_lit.bench_gpu import paper
 

@@ -158,3 +158,17 @@ def test_bench_gpu_script_parses_and_its_bench_runs_on_cpu(glyph_shards, tmp_pat
     assert packed["loss"] == pytest.approx(mask["loss"], rel=1e-3)
     assert packed["MFU_pct"] > 0 and packed["GFLOP_per_step"] > 0
     assert fp32["rel_diff"] == 0.0 and bf16["rel_diff"] < 1e-2
+
+
+def test_bench_ab_runs_each_arm_in_its_own_process(glyph_shards):
+    """`pixword bench ab` on a tiny model: both arms run (fresh processes, the malloc arm with
+    glibc's defaults), every pair is reported, the ratio is of the best times."""
+    from pixword_lit.bench_ab import ab
+
+    (row,) = ab("experiments/quickstart.yaml", _tiny(glyph_shards), changes=("malloc_defaults",),
+                pairs=1, n_batches=1, threads=1)
+    base = [float(x) for x in row["base_step_s"].split(" / ")]
+    changed = [float(x) for x in row["changed_step_s"].split(" / ")]
+    assert len(base) == len(changed) == 1 and min(base) > 0
+    assert row["changed_over_base"] == pytest.approx(min(changed) / min(base), abs=2e-3)
+    assert row["base_faults_per_step"] >= 0 and row["changed_faults_per_step"] >= 0
