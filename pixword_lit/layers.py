@@ -78,13 +78,11 @@ def attention_mask(valid: torch.Tensor) -> torch.Tensor:
 
 # On CPU, training (autograd recording) attention over at most this many keys runs as explicit
 # matmuls (`matmul_attention`) instead of SDPA's CPU flash kernel, whose blocking is made for
-# long sequences and whose backward is slow for short ones: measured on
-# this project's 2-core machine (forward + backward, 4 query / 2 kv heads of 24), 132 windows
-# of 64 pixels: fp32 11.9 vs 16.5 ms, bf16 10.3 vs 42.9 ms (the CPU flash backward in bf16 is
-# slow); 8 x 128 tokens 2.4 vs 2.5 ms fp32, 1.7 vs 6.0 bf16; 8 x 1024 tokens 442 vs 133 ms
-# (the explicit scores lose). Without autograd (validation, generation, sampling) SDPA runs:
-# one call per layer, which decoding one token at a time needs (its cost is per-op overhead).
-# Setting it to 0 turns the matmuls off (SDPA everywhere).
+# long sequences and whose backward is slow for short ones, in bf16 most of all (the
+# quickstart's bf16 step: 1.55x faster, README "Speed", `pixword bench ab`). Longer sequences
+# keep SDPA: the explicit (T, T) scores grow quadratically in memory traffic. Without autograd
+# (validation, generation, sampling) SDPA runs: one call per layer, which decoding one token
+# at a time needs (its cost is per-op overhead). Setting it to 0 turns the matmuls off.
 MATMUL_ATTENTION_MAX_KEYS = 128
 
 

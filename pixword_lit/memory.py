@@ -1,14 +1,14 @@
 """Host memory allocation settings for CPU training (glibc's malloc, Linux).
 
 A training step allocates and frees the same large activations every step (the quickstart:
-about 330 MB in tensors of up to 13 MB). glibc serves allocations above its mmap threshold
-(128 KiB, adapting upward only after such a block is freed) with fresh mmap pages and trims
-the top of its heap back to the kernel on free, so each step touches new pages: about 11,000
-page faults per quickstart step at about 1.3 us each on this project's 2-core VM, inside the
-matmuls and elementwise ops that write those outputs. `keep_freed_memory` raises the mmap
-threshold to its maximum (32 MiB) and the trim threshold to 1 GiB: after the first step the
-heap already holds what a step needs and faults stop (measured: 5-8% shorter quickstart
-steps; README "Speed"). The cost is that freed memory stays with the process (its resident
+tensors of up to 13 MB). glibc serves allocations above its mmap threshold (128 KiB, adapting
+upward only after such a block is freed) with fresh mmap pages and trims the top of its heap
+back to the kernel on free, so steps keep touching new pages: thousands of minor page faults
+per quickstart step, each a trip into the kernel to hand out a zeroed page.
+`keep_freed_memory` raises the mmap threshold to its maximum (32 MiB) and the trim threshold
+to 1 GiB: after the first step the heap already holds what a step needs and most faults stop
+(`pixword bench ab`, README "Speed": 5,188 -> 728 per quickstart step; the time saved was
+within this machine's noise). The cost: freed memory stays with the process (its resident
 size stays at the peak it reached), which a training process wants anyway.
 
 Intel's PyTorch CPU tuning guide gets the same from jemalloc or tcmalloc by LD_PRELOAD; this
