@@ -5,7 +5,6 @@ sample builder, data module and LightningModule. Shared by fit, validate, inspec
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from pixword_lit.components import component_params
 from pixword_lit.components.folding import fit_palette, folding_from_state
 from pixword_lit.config import ConfigError
 from pixword_lit.data import PixDataModule, SampleBuilder, sample_pixels
+from pixword_lit.files import atomic_write
 from pixword_lit.lit_module import PixWordLit
 from pixword_lit.shards import ShardSet, resolve_shards
 from pixword_lit.tokens import N_SPECIAL, SPECIAL_TOKENS, Vocab
@@ -62,10 +62,7 @@ def make_folding_state(cfg: DictConfig, train: ShardSet | None, run_dir: Path | 
     pixels = sample_pixels(train, tmp_builder, params["sample_pixels"], cfg.run.seed)
     palette = fit_palette(pixels, params["colors"], params["iters"], cfg.run.seed).tolist()
     if saved is not None:  # atomic: under torchrun/SLURM every rank may fit (identically)
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        tmp = saved.with_name(f"{saved.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(palette))
-        os.replace(tmp, saved)
+        atomic_write(saved, json.dumps(palette), per_process=True)
     return {"name": "palette", "palette": palette}
 
 

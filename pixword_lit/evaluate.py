@@ -23,7 +23,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torchmetrics.text import CharErrorRate
 
+from pixword_lit.files import atomic_save, atomic_write, write_json
 from pixword_lit.generate import GenerateError, Sampling
 from pixword_lit.image import build_sample, collate
 from pixword_lit.inference import Run, load_run, run_prompts
@@ -181,15 +181,9 @@ def _run_dir(ckpt: str) -> Path:
     return p.parent.parent if p.parent.name == "checkpoints" else p.parent
 
 
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
-    os.replace(tmp, path)
-
-
 def write_outputs(out: Path, result: dict, docs: list[Doc]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "captions.json", json.dumps(result, indent=1, ensure_ascii=False))
+    atomic_write(out / "captions.json", json.dumps(result, indent=1, ensure_ascii=False))
     lines = [f"Reading eval of `{result['checkpoint']}` on `{result['data']}` "
              f"({result['documents']} documents; prefix `{result['prefix']}`, answer cut at "
              f"`{result['end']}`; image_size {result['image_size']}, window {result['window_size']})", "",
@@ -199,9 +193,9 @@ def write_outputs(out: Path, result: dict, docs: list[Doc]) -> None:
     lines.append(f"| **all** | {result['documents']} | {result['eval/exact_match']:.3f} | "
                  f"{result['eval/cer']:.3f} |")
     lines += ["", f"answer NLL: {result['eval/answer_nll']:.4f} nats/token"]
-    _atomic_write(out / "captions.md", "\n".join(lines) + "\n")
-    picture(result["records"], docs).save(out / "captions.png.tmp", format="PNG")
-    os.replace(out / "captions.png.tmp", out / "captions.png")
+    atomic_write(out / "captions.md", "\n".join(lines) + "\n")
+    atomic_save(out / "captions.png",
+                lambda tmp: picture(result["records"], docs).save(tmp, format="PNG"))
 
 
 def picture(records: list[dict], docs: list[Doc], n: int = 24) -> Image.Image:
@@ -234,7 +228,7 @@ def _update_summary(path: Path, result: dict) -> None:
         return
     summary = json.loads(path.read_text())
     summary.update({k: result[k] for k in ("eval/exact_match", "eval/cer", "eval/answer_nll")})
-    _atomic_write(path, json.dumps(summary, indent=2, default=str))
+    write_json(path, summary)
 
 
 def plot_by_height(runs, out: Path) -> Path | None:

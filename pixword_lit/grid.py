@@ -44,6 +44,7 @@ from pathlib import Path
 import yaml
 
 from pixword_lit.config import REPO_ROOT, ConfigError, load_config
+from pixword_lit.files import write_json
 
 GRID_DIR = REPO_ROOT / "experiments" / "grids"
 GRID_KEYS = {"name", "base", "fixed", "axes", "seeds", "threads", "power_law", "launcher"}
@@ -195,11 +196,7 @@ def load_state(root: Path) -> dict:
 
 
 def save_state(root: Path, state: dict) -> None:
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / "grid_state.json.tmp"
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, root / "grid_state.json")
+    write_json(Path(root) / "grid_state.json", state, indent=1)
 
 
 def read_summary(run_dir: Path) -> dict | None:

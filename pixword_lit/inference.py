@@ -7,7 +7,6 @@ checkpoint copied alone to another machine still generates. Used by `pixword gen
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from data_prep.errors import BadInput
 from data_prep.imageio import IMAGE_EXTS, load_rgb, png_bytes
 from pixword_lit import checkpoints
 from pixword_lit.data import SampleBuilder
+from pixword_lit.files import atomic_save, atomic_write
 from pixword_lit.generate import GenerateError, Generation, Sampling, generate
 from pixword_lit.image import SkipImage
 from pixword_lit.lit_module import PixWordLit
@@ -149,10 +149,7 @@ def run_prompts(run: Run, prompts: list[dict], sampling: Sampling, batch_size: i
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
     """Written aside and renamed: an interrupted run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def images_in(folder: str) -> list[Path]:
@@ -187,10 +184,8 @@ def sample_to_files(run: Run, n: int, prompt: str, complete: str | None, keep_ro
     sep = np.full((m.image_size, 2, 3), 255, np.uint8)
     row = np.concatenate([x for p in panels for x in (p, sep)][:-1], 1)
     scale = max(1, 256 // m.image_size)
-    out.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(row.repeat(scale, 0).repeat(scale, 1))).save(
-        out / "samples.png.tmp", format="PNG")
-    os.replace(out / "samples.png.tmp", out / "samples.png")
+    picture = Image.fromarray(np.ascontiguousarray(row.repeat(scale, 0).repeat(scale, 1)))
+    atomic_save(out / "samples.png", lambda tmp: picture.save(tmp, format="PNG"))
     record = {
         "checkpoint": label, "prompt": prompt, "complete": complete,
         "kept_window_rows": int(keep.sum()) // (m.image_size // m.window_size) if keep is not None else 0,
@@ -199,6 +194,5 @@ def sample_to_files(run: Run, n: int, prompt: str, complete: str | None, keep_ro
         "samples": [{"pix": smp.pix.tolist(), "logprob": smp.logprob, "sampled_pixels": smp.sampled}
                     for smp in samples],
     }
-    (out / "samples.json.tmp").write_text(json.dumps(record))
-    os.replace(out / "samples.json.tmp", out / "samples.json")
+    atomic_write(out / "samples.json", json.dumps(record))
     return record

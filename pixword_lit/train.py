@@ -6,7 +6,6 @@ Distributed set-up lives here and in the config only (`trainer.strategy`, `devic
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -39,6 +38,7 @@ from pixword_lit.control import (
 )
 from pixword_lit.data import PixLoader
 from pixword_lit.evaluate import evaluate_run
+from pixword_lit.files import write_json
 from pixword_lit.inference import Run
 from pixword_lit.lit_module import PixWordLit
 from pixword_lit.memory import keep_freed_memory
@@ -317,7 +317,3 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)

@@ -19,10 +19,17 @@ import torch
 from omegaconf import OmegaConf
 from test_components import N_WORDS, SIZE, TINY, WINDOW, folding_of
 
-from pixword_lit.image import build_sample, collate, image_windows
 from pixword_lit import layers
-from pixword_lit.layers import (DecoderCache, KVCache, Stack, attention_mask, matmul_attention,
-                                pack_valid_first, set_window_kernel)
+from pixword_lit.image import build_sample, collate, image_windows
+from pixword_lit.layers import (
+    DecoderCache,
+    KVCache,
+    Stack,
+    attention_mask,
+    matmul_attention,
+    pack_valid_first,
+    set_window_kernel,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = {"rtol": 1e-5, "atol": 1e-6}

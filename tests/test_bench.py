@@ -37,8 +37,8 @@ def test_pixword_step_flops_match_the_hand_formula(kernel):
     attention 2x where it runs as explicit matmuls (CPU, short sequences: both operands'
     gradients of q@k^T and p@v), 2.5x in the fused kernels (SDPA; the packed windows), which
     recompute the scores."""
-    from pixword_lit.config import load_config
     from pixword_lit import layers
+    from pixword_lit.config import load_config
     from pixword_lit.layers import ffn_hidden, set_window_kernel
     from pixword_lit.model import PixWordModel, loss_terms
     from pixword_lit.tokens import Vocab
