@@ -21,8 +21,8 @@ from pixword_lit.config import DEBUG_MODEL, REPO_ROOT
 
 pytestmark = pytest.mark.multiproc
 
-BASE = [
-    *DEBUG_MODEL, "data.batch_size=4", "data.num_workers=1", "data.max_seq_len=64",
+BASE = [  # in-process loading: DataLoader workers under ddp/fsdp are resume_matrix.py's
+    *DEBUG_MODEL, "data.batch_size=4", "data.num_workers=0", "data.max_seq_len=64",
     "data.val_limit=16", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
     "trainer.val_check_interval=4", "trainer.check_val_every_n_epoch=null",
     "trainer.log_every_n_steps=1", "optim.decay_steps=12", "optim.warmup_steps=2",
