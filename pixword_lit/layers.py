@@ -103,7 +103,7 @@ def matmul_attention(q, k, v, mask):
     """SDPA's math for a boolean mask with every row allowing some key, as batched matmuls:
     softmax(q k^T / sqrt(hd), masked) v. The g = H / Hkv query heads that share a kv head are
     stacked along T (one (g*T, hd) x (hd, S) matmul per kv head, no repeated k/v); the softmax
-    runs in float32 (as the fused kernels accumulate) and its probabilities in q's dtype."""
+    runs in float32 (as the fused kernels accumulate), its probabilities then in v's dtype."""
     n, h, t, hd = q.shape
     hkv, s = k.shape[1], k.shape[2]
     g = h // hkv
