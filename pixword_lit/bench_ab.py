@@ -45,8 +45,7 @@ def arm(config: str, overrides: list[str], change: str | None, dtype: str, n_bat
 
     if threads:
         torch.set_num_threads(threads)
-    if change != "malloc_defaults":
-        keep_freed_memory()
+    keep_freed_memory()  # a no-op in the malloc_defaults arm: _run_arm sets a MALLOC_* variable
     if change == "sdpa_attention":
         layers.MATMUL_ATTENTION_MAX_KEYS = 0
     elif change == "no_swiglu_activation":

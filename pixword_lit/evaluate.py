@@ -182,7 +182,6 @@ def _run_dir(ckpt: str) -> Path:
 
 
 def write_outputs(out: Path, result: dict, docs: list[Doc]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "captions.json", json.dumps(result, indent=1, ensure_ascii=False))
     lines = [f"Reading eval of `{result['checkpoint']}` on `{result['data']}` "
              f"({result['documents']} documents; prefix `{result['prefix']}`, answer cut at "

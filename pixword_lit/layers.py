@@ -92,8 +92,8 @@ def attend(q, k, v, mask):
     if isinstance(mask, str):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                               enable_gqa=q.shape[1] != k.shape[1])
-    if (not q.is_cuda and k.shape[2] <= MATMUL_ATTENTION_MAX_KEYS and torch.is_grad_enabled()
-            and q.requires_grad):
+    if (q.device.type == "cpu" and k.shape[2] <= MATMUL_ATTENTION_MAX_KEYS
+            and torch.is_grad_enabled() and q.requires_grad):
         return matmul_attention(q, k, v, mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                           enable_gqa=q.shape[1] != k.shape[1])
