@@ -5,7 +5,8 @@ experiments/bench_gpu.sh.
 Rows: bf16 (autocast) training steps with each window attention kernel (`packed`, the CUDA
 default, and the `mask` reference): step time, peak memory, pix tokens/s, FLOPs/step and
 MFU against the device's dense bf16 peak (datasheet on CUDA, `bench_train.GPU_PEAK`; the
-measured matmul peak on CPU); then the loss agreement check: the first batch's fp32 loss on
+measured matmul peak on CPU) and its ceiling (the MFU if only the matmuls and attention
+kernels took time: `bench_train.matmul_seconds`); then the loss agreement check: the first batch's fp32 loss on
 this device (TF32 off) and bf16 loss against the fp32 loss on CPU, same initial weights.
 """
 
@@ -31,10 +32,12 @@ def paper(config: str, overrides: list[str], n_batches: int = 3, device: str | N
             torch.cuda.reset_peak_memory_stats(dev)
         sec, flops, loss = bt.time_bare(model, s, "bf16", dev)
         mem = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else float("nan")
+        mm_sec = bt.matmul_seconds(model, s, "bf16", dev)  # the MFU if only the matmuls took time
         rows.append({"check": f"train bf16, window kernel {kernel}", "step_s": round(sec, 4),
                      "peak_mem_GiB": round(mem, 2), "pix_tokens_per_s": round(bt.pixels(s) / n_batches / sec),
                      "GFLOP_per_step": round(flops / 1e9, 3),
                      "MFU_pct": round(100 * flops / sec / peak, 1),
+                     "matmul_s": round(mm_sec, 4), "ceiling_pct": round(100 * flops / mm_sec / peak, 1),
                      "peak_used": f"{'datasheet' if sheet else 'measured'} {peak / 1e12:.1f} TFLOP/s",
                      "loss": round(loss, 5)})
         del model

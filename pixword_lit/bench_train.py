@@ -8,7 +8,10 @@ the run seed; speed does not depend on the weights.
 - utilization: FLOPs of one training step (`flops.train_step_flops`: FlopCounterMode) over
   the bare step time, as a fraction of the peak matmul throughput: a square torch.mm timed
   in the same process, same device and dtype (on CUDA the datasheet's dense peak is used,
-  `GPU_PEAK`, the measured one is reported beside it).
+  `GPU_PEAK`, the measured one is reported beside it). Beside it, the *ceiling*: the
+  utilization the step would reach if only its matmuls took time (FLOPs over the profiled
+  self time of the ops the counter counts, `matmul_seconds`): what fusing or removing all
+  the other work could win at most, without faster matmuls.
 - overhead: the project's LightningModule through `Trainer.fit` (no logger, checkpoints,
   progress bar or validation) over the same batches against the bare loop.
 - data: batches/s of the training loader alone (1 and 2 workers) against the batches/s the
@@ -196,7 +199,7 @@ def utilization(config: str, overrides: list[str], sizes=tuple(SIZES), dtypes=("
             peaks[dt] = max(peaks[dt], peak_matmul(dt, dev))
             model = make_model(s, dev)
             sec, flops, loss = time_bare(model, s, dt, dev)
-            runs = [(size, sec, loss)]
+            runs = [(size, sec, loss, matmul_seconds(model, s, dt, dev))]
             if size in compiled:
                 model = make_model(s, dev)
                 start = {k: v.clone() for k, v in model.state_dict().items()}
@@ -204,13 +207,15 @@ def utilization(config: str, overrides: list[str], sizes=tuple(SIZES), dtypes=("
                 time_bare(model, s, dt, dev, count_flops=False, rounds=1)  # compiles
                 model.load_state_dict(start)  # the eager row's trajectory again: same loss
                 sec_c, _, loss_c = time_bare(model, s, dt, dev, count_flops=False)
-                runs.append((f"{size} (model.compile)", sec_c, loss_c))
-            for name, sec, loss in runs:
+                runs.append((f"{size} (model.compile)", sec_c, loss_c,
+                             matmul_seconds(model, s, dt, dev)))
+            for name, sec, loss, mm_sec in runs:
                 rows.append({
                     "model": name, "dim": s.cfg.model.dim, "params_M": round(model.num_params() / 1e6, 2),
                     "dtype": dt, "batch_size": s.cfg.data.batch_size, "step_s": round(sec, 4),
                     "GFLOP_per_step": round(flops / 1e9, 2), "achieved_GFLOPs": round(flops / sec / 1e9, 1),
                     "pix_tokens_per_s": round(pixels(s) / n_batches / sec), "loss": round(loss, 4),
+                    "matmul_s": round(mm_sec, 4), "matmul_GFLOPs": round(flops / mm_sec / 1e9, 1),
                 })
     for r in rows:
         peaks[r["dtype"]] = max(peaks[r["dtype"]], peak_matmul(r["dtype"], dev, reps=2))
@@ -218,7 +223,9 @@ def utilization(config: str, overrides: list[str], sizes=tuple(SIZES), dtypes=("
         sheet = datasheet_peak(dev, r["dtype"])
         r["measured_peak_GFLOPs"] = round(peaks[r["dtype"]] / 1e9, 1)
         r["peak_used"] = f"datasheet {sheet / 1e12:.0f} TFLOP/s" if sheet else "measured"
-        r["utilization_pct"] = round(100 * r["achieved_GFLOPs"] * 1e9 / (sheet or peaks[r["dtype"]]), 1)
+        peak = sheet or peaks[r["dtype"]]
+        r["utilization_pct"] = round(100 * r["achieved_GFLOPs"] * 1e9 / peak, 1)
+        r["ceiling_pct"] = round(100 * r["matmul_GFLOPs"] * 1e9 / peak, 1)
     return rows
 
 
@@ -311,15 +318,12 @@ def scaling(config: str, overrides: list[str], image_sizes=(16, 32, 48, 64, 96),
     return rows
 
 
-def profile(config: str, overrides: list[str], n_batches: int = 4, dtype: str = "fp32",
-            top: int = 15, device: str | None = None) -> list[dict]:
-    """torch.profiler over bare steps (after a warm-up step): the ops with the most self time."""
+def profiled(model, s: Setup, dtype: str, dev: torch.device) -> tuple[list, str]:
+    """torch.profiler over one bare step per batch (after a warm-up step) -> (its events
+    averaged by op name, the attribute holding their self time: CPU, or device on CUDA)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    dev = device_of(device)
-    s = setup(config, overrides, n_batches)
-    model = make_model(s, dev)
     step = bare_step(model, s.cfg, dtype)
     batches = [to_device(b, dev) for b in s.batches]
     step(batches[0])
@@ -328,8 +332,25 @@ def profile(config: str, overrides: list[str], n_batches: int = 4, dtype: str = 
         for b in batches:
             step(b)
         sync(dev)
-    attr = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr), reverse=True)
+    return prof.key_averages(), "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+
+
+def matmul_seconds(model, s: Setup, dtype: str, dev: torch.device) -> float:
+    """Seconds per step in the ops the FLOP counter counts (mm, bmm, fused attention...)."""
+    from pixword_lit.flops import counted_op_names
+
+    events, attr = profiled(model, s, dtype, dev)
+    names = counted_op_names()
+    return sum(getattr(e, attr) for e in events if e.key in names) / 1e6 / len(s.batches)
+
+
+def profile(config: str, overrides: list[str], n_batches: int = 4, dtype: str = "fp32",
+            top: int = 15, device: str | None = None) -> list[dict]:
+    """torch.profiler over bare steps: the ops with the most self time."""
+    dev = device_of(device)
+    s = setup(config, overrides, n_batches)
+    events, attr = profiled(make_model(s, dev), s, dtype, dev)
+    events = sorted(events, key=lambda e: getattr(e, attr), reverse=True)
     total = sum(getattr(e, attr) for e in events)
     return [{"op": e.key[:60], "self_ms_per_step": round(getattr(e, attr) / 1e3 / n_batches, 2),
              "pct": round(100 * getattr(e, attr) / total, 1), "calls_per_step": e.count // n_batches}

@@ -52,6 +52,13 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
+def counted_op_names() -> set[str]:
+    """torch.profiler names ("aten::mm", ...) of the ops the counter counts: the time they
+    take is the step's matmul time (`bench_train.utilization`'s ceiling)."""
+    register_cpu_attention()
+    return {str(op).replace("aten.", "aten::", 1) for op in flop_counter.flop_registry}
+
+
 def train_step_flops(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]) -> int:
     """FLOPs of one training step: loss_fn() (the forward pass and the loss) and backward.
     The model's gradients are cleared afterwards; the optimizer step is not counted."""

@@ -14,6 +14,15 @@ from pixword_lit.flops import count_flops, train_step_flops
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def test_counted_op_names_are_the_profiler_names_of_the_matmuls():
+    from pixword_lit.flops import counted_op_names
+
+    names = counted_op_names()
+    assert {"aten::mm", "aten::bmm", "aten::addmm",
+            "aten::_scaled_dot_product_flash_attention_for_cpu"} <= names
+    assert not {"aten::mul", "aten::add", "aten::_softmax", "aten::silu"} & names
+
+
 def test_linear_stack_flops_by_hand():
     """2*B*in*out forward per layer; backward 2x that, except the first layer, whose input
     needs no gradient (weight gradient only: 1x)."""
@@ -81,6 +90,8 @@ def test_bench_functions_on_a_tiny_model(glyph_shards):
     (u,) = bt.utilization(cfg, over, sizes=["quickstart"], dtypes=["fp32"], n_batches=2,
                           compiled=())
     assert u["GFLOP_per_step"] > 0 and 0 < u["utilization_pct"] < 100 and u["step_s"] > 0
+    # the ceiling times only the counted ops: on a tiny model most of a step is everything else
+    assert 0 < u["matmul_s"] < u["step_s"] and u["ceiling_pct"] > u["utilization_pct"]
     bare, fit = bt.overhead(cfg, over, n_batches=2, rounds=1)
     assert bare["step_s"] > 0 and fit["step_s"] > 0 and fit["ratio_to_bare"] > 0
     (d,) = bt.data(cfg, over, n_batches=3, workers=[1], consume_step_s=u["step_s"])
@@ -158,6 +169,7 @@ def test_bench_gpu_script_parses_and_its_bench_runs_on_cpu(glyph_shards, tmp_pat
     packed, mask, fp32, bf16 = rows
     assert packed["loss"] == pytest.approx(mask["loss"], rel=1e-3)
     assert packed["MFU_pct"] > 0 and packed["GFLOP_per_step"] > 0
+    assert packed["ceiling_pct"] > packed["MFU_pct"]
     assert fp32["rel_diff"] == 0.0 and bf16["rel_diff"] < 1e-2
 
 
