@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from pixword_lit.config import flatten
+
 METADATA = "meta.pt"  # Lightning's name for the non-tensor part of a sharded checkpoint
 DCP_INDEX = ".metadata"  # torch.distributed.checkpoint's shard index
 SINGLE_SUFFIX = "-single.ckpt"  # converted copies: weights without optimizer state, not resumable
@@ -337,7 +339,7 @@ def saved_hparams(path: Path, meta: dict | None = None) -> dict:
 def config_differences(saved: dict, now: dict, resume: bool) -> list[str]:
     """'key: A in the checkpoint, B now' for every fixed key whose value differs."""
     keys = FIXED + (FIXED_ON_RESUME if resume else ())
-    a, b = _flatten(saved), _flatten(now)
+    a, b = flatten(saved), flatten(now)
     out = []
     for k in sorted(set(a) | set(b)):
         if (not k.startswith(keys) and k not in keys) or k in FREE:
@@ -388,13 +390,3 @@ def _related(key: str, other: dict) -> bool:
     entirely is a schema change and is not compared."""
     return key.startswith(COMPONENTS) or any(
         key.startswith(o + ".") or o.startswith(key + ".") for o in other)
-
-
-def _flatten(d, prefix: str = "") -> dict:
-    out = {}
-    for k, v in (d or {}).items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
-    return out

@@ -280,3 +280,14 @@ def _check(ok: bool, key: str, msg: str) -> None:
 
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def flatten(d: dict | None, prefix: str = "") -> dict:
+    """A nested (config) dict as {"dotted.key": value}; lists become tuples (comparable)."""
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+    return out

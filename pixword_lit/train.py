@@ -27,7 +27,7 @@ from pixword_lit import checkpoints, parallel
 from pixword_lit.build import build_datamodule, build_module, build_parts
 from pixword_lit.callbacks import PixThroughput, run_callbacks
 from pixword_lit.checkpoints import find_resume_checkpoint
-from pixword_lit.config import ConfigError, load_config
+from pixword_lit.config import ConfigError, flatten, load_config
 from pixword_lit.config import validate as check
 from pixword_lit.control import (
     Preempted,
@@ -305,13 +305,3 @@ def git_commit() -> str | None:
 def machine() -> str:
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return f"{platform.machine()} {os.cpu_count()} cpus, {dev}, torch {torch.__version__}"
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
