@@ -104,8 +104,7 @@ def make_model(s: Setup, device: torch.device):
 def loss_of(model, batch: dict) -> torch.Tensor:
     from pixword_lit.model import loss_terms
 
-    logits, extras = model(batch)
-    t = loss_terms(logits, batch["targets"], model.vocab.n_words, extras, model.dense)
+    t = loss_terms(model(batch), batch["targets"], model.vocab.n_words, model.dense)
     return t["sum"] / t["n"].clamp(min=1)
 
 

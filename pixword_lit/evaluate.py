@@ -100,7 +100,7 @@ def answer_nll(run: Run, docs: list[Doc], batch_size: int) -> tuple[float, int]:
             spans.append((n - 1 - len(ids), n - 1))  # inputs whose targets are the answer tokens
             samples.append(s)
         batch = collate(samples, run.vocab.pix_pad, p)
-        logits, _ = run.model(batch)
+        logits = run.model(batch).logits
         ce = F.cross_entropy(logits.float().transpose(1, 2), batch["targets"], ignore_index=IGNORE,
                              reduction="none")  # (B, T)
         for b, (lo, hi) in enumerate(spans):

@@ -137,7 +137,7 @@ def generate_uncached(model, prompt: list, vocab: Vocab, max_seq_len: int, sampl
         sample = prompt_sample([*prompt, np.array(out.tokens, dtype=np.int64)], vocab,
                                max_seq_len + sampling.max_new_tokens)
         batch = {k: v.to(device) for k, v in collate([sample], vocab.pix_pad, p).items()}
-        logits, _ = model(batch)  # (1, T, C) at every element
+        logits = model(batch).logits  # (1, T, C) at every element
         last = logits[:, len(sample["input_ids"]) - 1]  # (1, C) after the last element
         ids = choose(last, vocab.n_words, sampling, gen)
         _record([out], done, ids, last, keep_logits)

@@ -64,8 +64,7 @@ class PixWordLit(L.LightningModule):
         placeholders (no targets) change nothing. See `on_before_optimizer_step`.
         -> the loss to differentiate, and `mean_loss` (the global micro-batch's mean, for the
         logs; callbacks.TrainLog writes it)."""
-        logits, extras = self.model(batch)
-        t = loss_terms(logits, batch["targets"], self.vocab.n_words, extras, self.model.dense)
+        t = loss_terms(self.model(batch), batch["targets"], self.vocab.n_words, self.model.dense)
         pix_t = batch["targets"][batch["targets"] >= self.vocab.n_words] - self.vocab.n_words
         stats = torch.stack([t[k].detach() for k in LOGGED]).double()
         inc = torch.cat([torch.bincount(pix_t, minlength=self.vocab.n_pix),
@@ -158,16 +157,16 @@ class PixWordLit(L.LightningModule):
     # ---- validation -------------------------------------------------------------------
     def validation_step(self, batch, batch_idx):
         """-> the batch's logits (callbacks.Pictures draws the first batch's predictions)."""
-        logits, extras = self.model(batch, every_pixel=True)
+        out = self.model(batch, every_pixel=True)
         # every sum is updated on every rank (zeros where a variant has no such term), so all
         # ranks sync the same metric set
-        t = loss_terms(logits, batch["targets"], self.vocab.n_words, extras, self.model.dense)
+        t = loss_terms(out, batch["targets"], self.vocab.n_words, self.model.dense)
         t["fold_se"] = batch["fold_se"].sum()
         t["fold_n"] = batch["n_pixels"].sum() * 3
         t["baseline_sum"] = self._baseline_sum(batch["targets"])
         for k, v in t.items():
             self.val_sums[k].update(v.detach().double())
-        return {"logits": logits}
+        return {"logits": out.logits}
 
     def on_validation_epoch_start(self):
         counts = self.color_counts  # already summed over ranks

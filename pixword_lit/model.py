@@ -11,6 +11,8 @@ The batch's keys, shapes and meaning: `pixword_lit.batch.Batch` (built by `image
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +24,26 @@ from pixword_lit.components.embedding import EMBEDDINGS
 from pixword_lit.components.objective import LocalDecoder
 from pixword_lit.layers import Block, RMSNorm, Stack
 from pixword_lit.tokens import IGNORE, Vocab
+
+
+class ModelOutput(NamedTuple):
+    """What `PixWordModel.forward` returns (a NamedTuple: DDP and FSDP find its tensors).
+
+    - `logits` (B, T, C = V + n_pix): at each of the batch's elements, scoring its target
+      (batch["targets"]); every objective and attention variant.
+    - `pixel_logits` (B, T', C) and `pixel_targets` (B, T'): full_causal with `every_pixel`, or
+      the dense objective without an image block: every decoder token predicts the next valid
+      token when it is a pixel (IGNORE elsewhere).
+    - `dense_logits` (n, P, n_pix) and `dense_targets` (n, P): the dense objective's local
+      decoder (components/objective.py) for each window that is a target, and its pixels
+      (IGNORE at pad pixels).
+    """
+
+    logits: torch.Tensor
+    pixel_logits: torch.Tensor | None = None
+    pixel_targets: torch.Tensor | None = None
+    dense_logits: torch.Tensor | None = None
+    dense_targets: torch.Tensor | None = None
 
 
 class PixWordModel(nn.Module):
@@ -50,45 +72,40 @@ class PixWordModel(nn.Module):
         if mcfg.get("compile", False):
             compile_blocks(self)
 
-    def forward(self, batch: Batch, every_pixel: bool = False) -> tuple[torch.Tensor, dict]:
-        """-> logits (B, T, C = V + n_pix) at the batch's elements (each scores the element's
-        target, batch["targets"]), and extras.
+    def forward(self, batch: Batch, every_pixel: bool = False) -> ModelOutput:
+        """-> logits at the batch's elements, and what else the objective scores (ModelOutput).
 
         `every_pixel`: full_causal also scores every pixel token (validation reports it as
-        `val/pix_nll_all`); the dense objective always does. extras (components/objective.py):
-        - full_causal with `every_pixel` or the dense objective: `pixel_logits` (B, T', C) at
-          every decoder token, `pixel_targets` (B, T') the class of the next valid token when
-          it is a pixel, else IGNORE;
-        - dense with an image block: `dense_logits` (n, P, n_pix) of the local decoder for each
-          window that is a target, `dense_targets` (n, P) its pixels (IGNORE at pad pixels).
+        `val/pix_nll_all`); the dense objective always does.
         """
         x_words = self.word_embed(batch["input_ids"])  # (B, T, dim)
         inp = self.pixels(batch, x_words)  # DecoderInputs: T' decoder tokens (T, or one per pixel)
         h = self.norm(self.decoder(inp.x, inp.positions, inp.valid))  # (B, T', dim)
-        extras = {}
         if inp.pixel_targets is not None and (every_pixel or self.dense):
-            extras["pixel_targets"] = inp.pixel_targets  # (B, T')
-            extras["pixel_logits"] = self.head(h)  # (B, T', C): every pixel predicts the next
-            logits = extras["pixel_logits"].gather(
+            pixel_logits = self.head(h)  # (B, T', C): every pixel predicts the next
+            logits = pixel_logits.gather(
                 1, inp.gather[..., None].expand(-1, -1, self.vocab.n_classes)
             )  # (B, T, C)
-        else:  # the paper's targets only
-            h = h.gather(1, inp.gather[..., None].expand(-1, -1, h.shape[-1]))  # (B, T, dim)
-            logits = self.head(h)  # (B, T, C)
-            if self.local is not None:
-                extras.update(self.local_logits(batch, h))
-        return logits, extras
+            return ModelOutput(logits, pixel_logits=pixel_logits, pixel_targets=inp.pixel_targets)
+        # the paper's targets only
+        h = h.gather(1, inp.gather[..., None].expand(-1, -1, h.shape[-1]))  # (B, T, dim)
+        logits = self.head(h)  # (B, T, C)
+        if self.local is None:
+            return ModelOutput(logits)
+        dense_logits, dense_targets = self.local_logits(batch, h)
+        return ModelOutput(logits, dense_logits=dense_logits, dense_targets=dense_targets)
 
-    def local_logits(self, batch: Batch, h: torch.Tensor) -> dict:
+    def local_logits(self, batch: Batch, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense objective: the local decoder over every window that is a target, conditioned
-        on the decoder output (B, T, dim) at the element that predicts it."""
+        on the decoder output (B, T, dim) at the element that predicts it -> dense_logits
+        (n, P, n_pix), dense_targets (n, P)."""
         b_idx, t_idx = (batch["targets"] >= self.vocab.n_words).nonzero(as_tuple=True)  # (n,)
         win = next_window_slot(batch)[b_idx, t_idx]  # (n,) window predicted at each
         pix = batch["pix"][b_idx, win]  # (n, P)
         emb = self.pixels.embed(pix).to(h.dtype)  # (n, P, dim)
         logits = self.local(h[b_idx, t_idx], emb)  # (n, P, n_pix)
         ok = batch["pix_pos"][b_idx, win] >= 0
-        return {"dense_logits": logits, "dense_targets": torch.where(ok, pix, IGNORE)}
+        return logits, torch.where(ok, pix, IGNORE)
 
     # ---- generation (pixword_lit.generate, .sample): prefill once, then one step per element ----
     def prefill_hidden(self, batch: Batch, cache) -> torch.Tensor:
@@ -171,8 +188,7 @@ def _init_paper(m: nn.Module) -> None:
         nn.init.xavier_normal_(m.weight)
 
 
-def loss_terms(logits: torch.Tensor, targets: torch.Tensor, n_words: int,
-               extras: dict | None = None, dense: bool = False) -> dict:
+def loss_terms(out: ModelOutput, targets: torch.Tensor, n_words: int, dense: bool = False) -> dict:
     """Summed cross-entropies with counts (for exact means over any number of batches/ranks).
 
     `pix_*`: the paper's first-pixel targets (every objective); `word_*`: word targets;
@@ -180,7 +196,7 @@ def loss_terms(logits: torch.Tensor, targets: torch.Tensor, n_words: int,
     evaluation); `sum`/`n`: what training minimizes (first_pixel: word + first-pixel targets;
     dense: word + every pixel).
     """
-    extras = extras or {}
+    logits = out.logits
     flat_t = targets.reshape(-1)
     flat_l = logits.reshape(-1, logits.shape[-1])
     ce = F.cross_entropy(flat_l.float(), flat_t, ignore_index=IGNORE, reduction="none")
@@ -196,14 +212,14 @@ def loss_terms(logits: torch.Tensor, targets: torch.Tensor, n_words: int,
     }
     zero = ce.new_zeros(())
     t["pixel_all_sum"], t["pixel_all_n"] = zero, is_pix.sum() * 0
-    if "dense_logits" in extras:  # local decoder: position 0 is the paper's first pixel
-        dl, dt = extras["dense_logits"].float(), extras["dense_targets"]  # (n, P, n_pix), (n, P)
+    if out.dense_logits is not None:  # local decoder: position 0 is the paper's first pixel
+        dl, dt = out.dense_logits.float(), out.dense_targets  # (n, P, n_pix), (n, P)
         dce = F.cross_entropy(dl.transpose(1, 2), dt, ignore_index=IGNORE, reduction="none")  # (n, P)
         t["pix_sum"], t["pix_n"] = dce[:, 0].sum(), (dt[:, 0] != IGNORE).sum()
         t["pix_correct"] = ((dl[:, 0].argmax(-1) == dt[:, 0]) & (dt[:, 0] != IGNORE)).sum()
         t["pixel_all_sum"], t["pixel_all_n"] = dce.sum(), (dt != IGNORE).sum()
-    elif "pixel_logits" in extras:  # full_causal: every pixel token predicts the next
-        pl, pt = extras["pixel_logits"].float(), extras["pixel_targets"]  # (B, T', C), (B, T')
+    elif out.pixel_logits is not None:  # full_causal: every pixel token predicts the next
+        pl, pt = out.pixel_logits.float(), out.pixel_targets  # (B, T', C), (B, T')
         t["pixel_all_sum"] = F.cross_entropy(pl.transpose(1, 2), pt, ignore_index=IGNORE,
                                              reduction="sum")
         t["pixel_all_n"] = (pt != IGNORE).sum()

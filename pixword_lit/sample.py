@@ -149,14 +149,14 @@ def sample_uncached(model, prompt: list, template: Windows, vocab: Vocab, sampli
             continue
         s = build_sample([*prompt, img], vocab, 1 << 20)
         batch = {key: v.to(device) for key, v in collate([s], vocab.pix_pad, p).items()}
-        _, extras = model(batch, every_pixel=True)
+        out = model(batch, every_pixel=True)
         if full_causal:  # the m-th pixel target is predicted by the m-th scored token
-            at = torch.nonzero(extras["pixel_targets"][0] != IGNORE)[pixels_before + m, 0]
-            full = extras["pixel_logits"][0, at][None]  # (1, C)
+            at = torch.nonzero(out.pixel_targets[0] != IGNORE)[pixels_before + m, 0]
+            full = out.pixel_logits[0, at][None]  # (1, C)
             t = draw(full[:, vocab.n_words :], sampling, gen)
             logprob += float(_logp(full, t + vocab.n_words))
         else:
-            logits = extras["dense_logits"][rank[k], j][None]  # (1, n_pix)
+            logits = out.dense_logits[rank[k], j][None]  # (1, n_pix)
             t = draw(logits, sampling, gen)
             logprob += float(_logp(logits, t))
         img.pix[k, j] = int(t)

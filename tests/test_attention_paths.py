@@ -141,10 +141,10 @@ def test_model_loss_and_gradients_equal_under_both_kernels(attn, objective):
     assert (batch["pix_pos"] < 0).any() and not batch["window_valid"].all()
     results = []
     for model in (ref, fast):
-        logits, extras = model(batch)
-        t = loss_terms(logits, batch["targets"], vocab.n_words, extras, model.dense)
+        out = model(batch)
+        t = loss_terms(out, batch["targets"], vocab.n_words, model.dense)
         (t["sum"] / t["n"]).backward()
-        results.append((logits, t["sum"], [p.grad for p in model.parameters()]))
+        results.append((out.logits, t["sum"], [p.grad for p in model.parameters()]))
     torch.testing.assert_close(results[1][0], results[0][0], **TOL)
     torch.testing.assert_close(results[1][1], results[0][1], **TOL)
     for g_fast, g_ref in zip(results[1][2], results[0][2]):
@@ -222,10 +222,10 @@ def test_model_logits_and_gradients_equal_with_sdpa_everywhere(monkeypatch):
     for max_keys in (128, 0):
         monkeypatch.setattr(layers, "MATMUL_ATTENTION_MAX_KEYS", max_keys)
         model.zero_grad(set_to_none=True)
-        logits, extras = model(batch)
-        t = loss_terms(logits, batch["targets"], vocab.n_words, extras)
+        out = model(batch)
+        t = loss_terms(out, batch["targets"], vocab.n_words)
         (t["sum"] / t["n"]).backward()
-        results.append((logits, [p.grad.clone() for p in model.parameters()]))
+        results.append((out.logits, [p.grad.clone() for p in model.parameters()]))
     torch.testing.assert_close(results[0][0], results[1][0], **TOL)
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b, **TOL)

@@ -60,8 +60,7 @@ def test_pixword_step_flops_match_the_hand_formula(kernel):
     batch = make_batch(folding, vocab)
 
     def loss():
-        logits, extras = model(batch)
-        t = loss_terms(logits, batch["targets"], vocab.n_words, extras)
+        t = loss_terms(model(batch), batch["targets"], vocab.n_words)
         return t["sum"] / t["n"]
 
     d, h, hkv = cfg.dim, cfg.n_heads, cfg.n_kv_heads
@@ -141,8 +140,7 @@ def test_compiled_model_loss_and_gradients_equal_eager():
     for flag in ("false", "true"):
         torch.manual_seed(0)
         model = PixWordModel(load_config(None, [*TINY, f"model.compile={flag}"]).model, vocab, folding)
-        logits, extras = model(batch)
-        t = loss_terms(logits, batch["targets"], vocab.n_words, extras)
+        t = loss_terms(model(batch), batch["targets"], vocab.n_words)
         (t["sum"] / t["n"]).backward()
         out.append((float(t["sum"] / t["n"]), model.state_dict(),
                     {k: p.grad for k, p in model.named_parameters()}))

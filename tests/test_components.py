@@ -25,7 +25,7 @@ from pixword_lit.components.folding import (
 )
 from pixword_lit.config import DEBUG_MODEL, ConfigError, load_config
 from pixword_lit.image import build_sample, collate, image_windows
-from pixword_lit.model import PixWordModel, loss_terms
+from pixword_lit.model import ModelOutput, PixWordModel, loss_terms
 from pixword_lit.tokens import IGNORE, Vocab
 
 SIZE, WINDOW, N_WORDS = 8, 4, 12
@@ -116,9 +116,9 @@ def test_every_registry_entry_is_in_a_valid_combination():
 def test_forward_backward(fold, attn, emb):
     model, vocab, folding = make_model(fold, attn, emb)
     batch = make_batch(folding, vocab)
-    logits, _ = model(batch)
+    logits = model(batch).logits
     assert logits.shape == (*batch["targets"].shape, vocab.n_classes)
-    t = loss_terms(logits, batch["targets"], vocab.n_words)
+    t = loss_terms(ModelOutput(logits), batch["targets"], vocab.n_words)
     loss = t["sum"] / t["n"]
     assert torch.isfinite(loss)
     loss.backward()
@@ -147,10 +147,10 @@ def test_decoder_causality(fold, attn, emb):
     model.eval()
     batch = make_batch(folding, vocab)
     with torch.no_grad():
-        ref, _ = model(batch)
+        ref = model(batch).logits
         for i in range(2):
             for k in torch.nonzero(batch["elem_valid"][i]).flatten().tolist()[1:]:
-                out, _ = model(_perturb_element(batch, i, k, folding))
+                out = model(_perturb_element(batch, i, k, folding)).logits
                 assert torch.equal(out[i, :k], ref[i, :k]), (i, k)
                 assert not torch.allclose(out[i, k], ref[i, k]), (i, k)
                 assert torch.equal(out[1 - i], ref[1 - i])  # samples do not see each other
@@ -219,8 +219,8 @@ def test_full_causal_pixel_causality_and_per_pixel_loss():
     model.eval()
     batch = make_batch(folding, vocab)
     with torch.no_grad():
-        logits, extras = model(batch, every_pixel=True)
-        pt, pl = extras["pixel_targets"], extras["pixel_logits"]
+        out = model(batch, every_pixel=True)
+        logits, pt, pl = out.logits, out.pixel_targets, out.pixel_logits
         # every valid pixel token is predicted by the valid token before it, by hand:
         # sample 0: token 4 (<|image|>) predicts pixel 0 of W0 (token 5); tokens 5..67 predict
         # the next pixel; token 68 (last pixel of W3) predicts <|/image|>, not a pixel.
@@ -241,13 +241,14 @@ def test_full_causal_pixel_causality_and_per_pixel_loss():
         # changing the 10th pixel of window 0 (element 5 of sample 0) changes no earlier token
         b = {k: v.clone() for k, v in batch.items()}
         b["pix"][0, 0, 9] = (b["pix"][0, 0, 9] + 1) % folding.n_pix
-        _, ex2 = model(b, every_pixel=True)
+        ex2 = model(b, every_pixel=True)
         first = 5 + 9  # tokens <s> 6 7 8 <|image|>, then pixel 0 is token 5: pixel 9 is 14
-        assert torch.equal(ex2["pixel_logits"][0, :first], pl[0, :first])
-        assert not torch.allclose(ex2["pixel_logits"][0, first], pl[0, first])
+        assert torch.equal(ex2.pixel_logits[0, :first], pl[0, :first])
+        assert not torch.allclose(ex2.pixel_logits[0, first], pl[0, first])
     model.train()
-    train_logits, extras = model(batch)
-    assert "pixel_logits" not in extras  # training scores only the paper's targets
+    train = model(batch)
+    train_logits = train.logits
+    assert train.pixel_logits is None  # training scores only the paper's targets
     scored = batch["targets"] != IGNORE
     assert torch.allclose(train_logits[scored], logits[scored], atol=1e-5)  # at the same tokens
 
@@ -286,7 +287,7 @@ def test_every_variant_scores_the_same_targets(attn, emb):
     batch = make_batch(folding, vocab)
     want = _expected_targets(folding)
     with torch.no_grad():
-        logits, _ = model(batch)
+        logits = model(batch).logits
         x_words = model.word_embed(batch["input_ids"])
         inp = model.pixels(batch, x_words)
         x, gather = inp.x, inp.gather
@@ -302,7 +303,7 @@ def test_every_variant_scores_the_same_targets(attn, emb):
                 k = int(batch["window_slot"][i, t])
                 if batch["window_valid"][i, k]:
                     assert torch.allclose(x[i, t], ref[i, k], atol=1e-5), (i, t)
-    t = loss_terms(logits, batch["targets"], vocab.n_words)
+    t = loss_terms(ModelOutput(logits), batch["targets"], vocab.n_words)
     logp = torch.log_softmax(logits.float(), -1)
     assert float(t["sum"]) == pytest.approx(-sum(float(logp[i, p, c]) for (i, p), c in want.items()),
                                             rel=1e-5)
@@ -322,8 +323,8 @@ def test_pooled_and_global_conditional_differ_only_in_the_summary(monkeypatch):
     pooled.load_state_dict(gc.state_dict())  # same parameter names: nothing else differs
     batch = make_batch(folding, vocab)
     with torch.no_grad():
-        ref, _ = gc.eval()(batch)
-        out, _ = pooled.eval()(batch)
+        ref = gc.eval()(batch).logits
+        out = pooled.eval()(batch).logits
         assert not torch.allclose(out, ref)
         # the pooled summary is the mean of the window's valid hidden states
         pix, pos = batch["pix"][1], batch["pix_pos"][1]
@@ -334,7 +335,7 @@ def test_pooled_and_global_conditional_differ_only_in_the_summary(monkeypatch):
             if ok[w].any():
                 assert torch.allclose(s[w], h[w][ok[w]].mean(0), atol=1e-6)
         monkeypatch.setattr(Pooled, "summarize", GlobalConditional.summarize)
-        same, _ = pooled(batch)
+        same = pooled(batch).logits
     assert torch.equal(same, ref)
 
 

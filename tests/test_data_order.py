@@ -23,7 +23,7 @@ from pixword_lit import data as data_mod
 from pixword_lit.config import DEBUG_MODEL, load_config
 from pixword_lit.data import DataPosition, SampleBuilder, ShardStream
 from pixword_lit.image import build_sample
-from pixword_lit.model import loss_terms
+from pixword_lit.model import ModelOutput, loss_terms
 from pixword_lit.shards import ShardSet, resolve_shards
 from pixword_lit.tokens import IGNORE, Vocab
 
@@ -132,7 +132,7 @@ def test_97_units_on_2_ranks_placeholders_score_nothing(tmp_path, monkeypatch):
             r = rows(b)
             placeholders += r.count(None)
             logits = torch.randn(*b["targets"].shape, 2 ** 17, generator=logits_gen)
-            t = loss_terms(logits, b["targets"], 6)
+            t = loss_terms(ModelOutput(logits), b["targets"], 6)
             # every real row scores its 2 targets (key, </s>), a placeholder none
             assert int(t["n"]) == 2 * (len(r) - r.count(None))
             scored += [k for k in r if k is not None]

@@ -30,7 +30,7 @@ from pixword_lit.image import (
     image_windows,
     resize_longer_side,
 )
-from pixword_lit.model import loss_terms
+from pixword_lit.model import ModelOutput, loss_terms
 from pixword_lit.tokens import BOS, EOS, IGNORE, IMG_END, IMG_START, PAD, SPECIAL_TOKENS, Vocab
 
 IG = IGNORE
@@ -336,17 +336,17 @@ def test_loss_terms_by_hand():
     targets = torch.tensor([[0, 4, 3, IGNORE]])
     logp = torch.log_softmax(logits.double(), -1)[0]
     ce = [-float(logp[0, 0]), -float(logp[1, 4]), -float(logp[2, 3])]
-    t = loss_terms(logits, targets, n_words)
+    t = loss_terms(ModelOutput(logits), targets, n_words)
     assert float(t["sum"]) == pytest.approx(sum(ce), rel=1e-6)
     assert float(t["pix_sum"]) == pytest.approx(ce[1] + ce[2], rel=1e-6)
     assert float(t["word_sum"]) == pytest.approx(ce[0], rel=1e-6)
     assert [int(t[k]) for k in ("n", "pix_n", "word_n", "pix_correct")] == [3, 2, 1, 1]
     # a correct word prediction does not count as a pix hit; a class-3 boundary target does
-    t2 = loss_terms(logits[:, :1], torch.tensor([[0]]), n_words)
+    t2 = loss_terms(ModelOutput(logits[:, :1]), torch.tensor([[0]]), n_words)
     assert int(t2["pix_correct"]) == 0 and int(t2["word_n"]) == 1 and int(t2["pix_n"]) == 0
     edge = torch.zeros(1, 2, 6)
     edge[0, 0, 3] = edge[0, 1, 2] = 5.0
-    t3 = loss_terms(edge, torch.tensor([[3, 2]]), n_words)  # 3 is the first pix class
+    t3 = loss_terms(ModelOutput(edge), torch.tensor([[3, 2]]), n_words)  # 3 is the first pix class
     assert [int(t3[k]) for k in ("pix_n", "word_n", "pix_correct")] == [1, 1, 1]
 
 
@@ -356,6 +356,6 @@ def test_loss_terms_computes_in_float32_from_bf16_logits():
     targets = torch.randint(0, 40, (2, 5), generator=g)
     want = torch.nn.functional.cross_entropy(logits.double().reshape(-1, 40), targets.reshape(-1),
                                              reduction="sum")
-    t = loss_terms(logits, targets, 20)
+    t = loss_terms(ModelOutput(logits), targets, 20)
     assert t["sum"].dtype == torch.float32
     assert float(t["sum"]) == pytest.approx(float(want), rel=1e-5)

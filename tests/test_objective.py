@@ -67,8 +67,8 @@ def test_golden_losses_of_the_paper_objective():
 def test_local_decoder_scores_every_valid_pixel_of_every_target_window(attn, emb):
     model, vocab, folding = make(attn, emb)
     batch = batch_of(folding, vocab)
-    logits, extras = model(batch)
-    dl, dt = extras["dense_logits"], extras["dense_targets"]
+    out = model(batch)
+    dl, dt = out.dense_logits, out.dense_targets
     is_pix = batch["targets"] >= N_WORDS
     # one local sequence per window that is a target, in batch order
     assert dl.shape == (int(is_pix.sum()), WINDOW * WINDOW, folding.n_pix)
@@ -83,7 +83,7 @@ def test_local_decoder_scores_every_valid_pixel_of_every_target_window(attn, emb
         ok = batch["pix_pos"][b, w] >= 0
         assert torch.equal(row, torch.where(ok, batch["pix"][b, w], IGNORE))
     assert int((dt[4:] != IGNORE).sum()) == 3 * 4 + 3 * 2  # wide image: 3 rows of 4 and of 2 px
-    t = loss_terms(logits, batch["targets"], N_WORDS, extras, dense=True)
+    t = loss_terms(out, batch["targets"], N_WORDS, dense=True)
     assert int(t["pixel_all_n"]) == int((dt != IGNORE).sum())
     assert int(t["n"]) == int(t["word_n"] + t["pixel_all_n"])
     loss = t["sum"] / t["n"]
@@ -104,15 +104,15 @@ def test_local_decoder_is_causal_inside_the_window():
     model.eval()
     batch = batch_of(folding, vocab)
     with torch.no_grad():
-        _, ref = model(batch)
+        ref = model(batch)
         for j in (0, 5, 15):
             b = {k: v.clone() for k, v in batch.items()}
             b["pix"][0, 1, j] = (b["pix"][0, 1, j] + 9) % folding.n_pix  # window 1 of sample 0
-            _, out = model(b)
+            out = model(b)
             row = 1  # the local sequence over window 1 of sample 0 (context: the output at W0)
-            assert torch.equal(out["dense_logits"][row, : j + 1], ref["dense_logits"][row, : j + 1])
+            assert torch.equal(out.dense_logits[row, : j + 1], ref.dense_logits[row, : j + 1])
             if j < 15:
-                assert not torch.allclose(out["dense_logits"][row, j + 1], ref["dense_logits"][row, j + 1])
+                assert not torch.allclose(out.dense_logits[row, j + 1], ref.dense_logits[row, j + 1])
 
 
 @pytest.mark.parametrize("attn,emb", [c for c in DENSE if c[0] == "full_causal"])
@@ -120,15 +120,14 @@ def test_full_causal_dense_trains_every_pixel(attn, emb):
     model, vocab, folding = make(attn, emb)
     model.train()
     batch = batch_of(folding, vocab)
-    logits, extras = model(batch)
-    assert "pixel_logits" in extras  # trained, not only reported
-    t = loss_terms(logits, batch["targets"], N_WORDS, extras, dense=True)
+    out = model(batch)
+    assert out.pixel_logits is not None  # trained, not only reported
+    t = loss_terms(out, batch["targets"], N_WORDS, dense=True)
     n_valid_pixels = int((batch["pix_pos"] >= 0).sum())
     assert int(t["pixel_all_n"]) == n_valid_pixels  # every valid pixel is a target once
     first, _, _ = make(attn, emb, "first_pixel")
     first.train()
-    _, fx = first(batch)
-    assert "pixel_logits" not in fx  # the paper's objective trains first pixels only
+    assert first(batch).pixel_logits is None  # the paper's objective trains first pixels only
 
 
 def test_first_pixel_model_is_unchanged_by_the_objective_key():

@@ -88,7 +88,7 @@ def test_whole_model_on_words_matches_hf_llama():
     batch = word_batch()
     assert batch["elem_valid"].all() and batch["positions"][0].tolist() == list(range(24))
     with torch.no_grad():
-        ours, _ = model(batch)  # (B, T, C)
+        ours = model(batch).logits  # (B, T, C)
         theirs = hf(input_ids=batch["input_ids"], position_ids=batch["positions"]).logits
     torch.testing.assert_close(ours, theirs)
 

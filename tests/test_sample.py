@@ -67,8 +67,8 @@ def test_logprob_of_a_sample_is_the_teacher_forced_nll(attn, emb):
     img.pix = smp.pix
     batch = collate([build_sample([*prompt, img], vocab, 256)], vocab.pix_pad, WINDOW * WINDOW)
     with torch.no_grad():
-        logits, extras = model(batch, every_pixel=True)
-    t = loss_terms(logits, batch["targets"], N_WORDS, extras, dense=True)
+        out = model(batch, every_pixel=True)
+    t = loss_terms(out, batch["targets"], N_WORDS, dense=True)
     assert int(t["pixel_all_n"]) == smp.sampled
     assert float(t["pixel_all_sum"]) == pytest.approx(-smp.logprob, rel=1e-5)
 
