@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The paper configuration on one CUDA GPU, in a few minutes (issue 11, section 3):
 # bf16 training step time, peak memory, pix tokens/s and MFU (against the datasheet dense
-# bf16 peak, bench_train.GPU_PEAK) with the packed window kernel (the CUDA default) and the
+# bf16 peak, bench_train.GPU_PEAK; beside it the ceiling: the MFU if only the matmul and
+# attention kernels took time) with the packed window kernel (the CUDA default) and the
 # dense-mask reference, then the first-batch loss on the GPU (fp32 with TF32 off, and bf16)
 # against fp32 on the CPU, same initial weights. Writes results/bench/gpu/paper.{csv,md}.
 #
