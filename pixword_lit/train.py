@@ -10,7 +10,6 @@ import math
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import warnings
@@ -291,15 +290,11 @@ def validate(ckpt: str, overrides: list[str]) -> dict:
 
 
 def git_commit() -> str | None:
-    try:
-        root = Path(__file__).resolve().parent.parent
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except Exception:
-        return None
+    """The source checkout's HEAD, "-dirty" with uncommitted changes; None outside git."""
+    from pixword_lit.launch import SOURCE_ROOT, source_commit  # the grid launcher: lazily
+
+    sha, dirty = source_commit(SOURCE_ROOT)
+    return f"{sha}-dirty" if sha and dirty else sha
 
 
 def machine() -> str:
