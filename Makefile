@@ -40,8 +40,8 @@ lint: $(STAMP)
 JOBS ?= 2
 mutation: $(STAMP)
 	rm -rf mutants
-	-$(BIN)/mutmut run --max-children $(JOBS) "pixword_lit.image.*" "pixword_lit.tokens.*" \
-	  "pixword_lit.components.folding.*" "pixword_lit.model.x_loss_terms*"
+	-$(BIN)/mutmut run --max-children $(JOBS) "pixword_lit.data.elements.*" "pixword_lit.model.tokens.*" \
+	  "pixword_lit.model.components.folding.*" "pixword_lit.model.pixword.x_loss_terms*"
 	$(BIN)/mutmut results --all true | $(BIN)/python tests/mutation_score.py
 
 clean:

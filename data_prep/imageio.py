@@ -99,7 +99,7 @@ def _load(src: str | Path | bytes, max_side: int) -> tuple[Image.Image, bytes, b
             raise _decode_error(name, e) from e
     if max_side and max(rgb.size) > max_side:
         w, h = rgb.size
-        # Short side rounded down like the loader's resize (pixword_lit/image.py), so a
+        # Short side rounded down like the loader's resize (pixword_lit/data/elements.py), so a
         # shard prepared at --max-side S is used at image size S without a second resize.
         size = (max_side, max(1, int(max_side * h / w))) if w >= h else (
             max(1, int(max_side * w / h)), max_side)  # fmt: skip

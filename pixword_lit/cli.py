@@ -10,10 +10,10 @@ import sys
 
 
 def _fit(a) -> int:
-    from pixword_lit.config import load_config
-    from pixword_lit.control import PREEMPTED_EXIT, Preempted
-    from pixword_lit.report import print_table
-    from pixword_lit.train import fit
+    from pixword_lit.fit.preempt import PREEMPTED_EXIT, Preempted
+    from pixword_lit.fit.report import print_table
+    from pixword_lit.fit.train import fit
+    from pixword_lit.system.config import load_config
 
     cfg = load_config(a.config, a.overrides)
     try:
@@ -28,14 +28,14 @@ def _fit(a) -> int:
 
 
 def _validate(a) -> int:
-    from pixword_lit.train import validate
+    from pixword_lit.fit.train import validate
 
     print(json.dumps(validate(a.checkpoint, a.overrides), indent=2))
     return 0
 
 
 def _inspect(a) -> int:
-    from pixword_lit.inspect import inspect_path
+    from pixword_lit.data.inspect_image import inspect_path
 
     out = inspect_path(a)
     print(json.dumps(out) if a.json else json.dumps(out, indent=1))
@@ -43,7 +43,7 @@ def _inspect(a) -> int:
 
 
 def _print_config(a) -> int:
-    from pixword_lit.config import load_config, to_yaml
+    from pixword_lit.system.config import load_config, to_yaml
 
     print(to_yaml(load_config(a.config, a.overrides)), end="")
     return 0
@@ -52,7 +52,7 @@ def _print_config(a) -> int:
 def _convert(a) -> int:
     from pathlib import Path
 
-    from pixword_lit.checkpoints import single_file_checkpoint
+    from pixword_lit.system.checkpoints import single_file_checkpoint
 
     out = single_file_checkpoint(Path(a.checkpoint), Path(a.out) if a.out else None)
     print(f"wrote {out}")
@@ -62,8 +62,8 @@ def _convert(a) -> int:
 def _generate(a) -> int:
     from pathlib import Path
 
-    from pixword_lit.generate import GenerateError, Sampling
-    from pixword_lit.inference import (
+    from pixword_lit.infer.generate import GenerateError, Sampling
+    from pixword_lit.infer.load import (
         image_prompts,
         images_in,
         load_run,
@@ -77,7 +77,7 @@ def _generate(a) -> int:
         raise GenerateError("give exactly one of --image PATH, --images DIR, --data SHARDS, "
                             "--sample N, --complete IMAGE")
     if a.sample or a.complete:  # images, from a dense checkpoint
-        from pixword_lit.inference import sample_to_files
+        from pixword_lit.infer.load import sample_to_files
 
         if not a.out:
             raise GenerateError("--sample/--complete write OUT/samples.png and samples.json: give --out DIR")
@@ -108,7 +108,7 @@ def _generate(a) -> int:
 
 
 def _eval(a) -> int:
-    from pixword_lit.evaluate import eval_captions
+    from pixword_lit.infer.captions import eval_captions
 
     r = eval_captions(a.checkpoint, a.data, a.prefix, a.end, a.out, a.batch_size, a.limit,
                       a.max_new_tokens)
@@ -125,7 +125,7 @@ def _bench(a) -> int:
 
     import torch
 
-    from pixword_lit import bench
+    from pixword_lit.bench import run as bench
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -150,9 +150,9 @@ def _bench(a) -> int:
 def _grid(a) -> int:
     from pathlib import Path
 
-    from pixword_lit.grid import dry_run, list_grids, load_grid
-    from pixword_lit.grid_status import status_table
-    from pixword_lit.launch import cell_threads, launcher_args, launcher_of, run_grid
+    from pixword_lit.grid.launch import cell_threads, launcher_args, launcher_of, run_grid
+    from pixword_lit.grid.spec import dry_run, list_grids, load_grid
+    from pixword_lit.grid.status import status_table
 
     if a.list:
         list_grids()
@@ -191,7 +191,7 @@ def _grid(a) -> int:
 def _compare(a) -> int:
     from pathlib import Path
 
-    from pixword_lit.compare import collect, write_results
+    from pixword_lit.grid.compare import collect, write_results
 
     col = collect(a.targets)
     for f in write_results(col, Path(a.out or Path("results") / col.name), a.power_law)["files"]:
@@ -359,10 +359,10 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
-    from pixword_lit.checkpoints import CheckpointError
-    from pixword_lit.config import ConfigError
-    from pixword_lit.generate import GenerateError
-    from pixword_lit.shards import DataError
+    from pixword_lit.data.shards import DataError
+    from pixword_lit.infer.generate import GenerateError
+    from pixword_lit.system.checkpoints import CheckpointError
+    from pixword_lit.system.config import ConfigError
 
     try:
         return args.fn(args)

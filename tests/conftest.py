@@ -8,7 +8,7 @@ from PIL import Image
 
 from data_prep.glyphs import build_glyphs
 from data_prep.images import build_images
-from pixword_lit.config import DEBUG_MODEL, load_config
+from pixword_lit.system.config import DEBUG_MODEL, load_config
 
 
 @pytest.fixture(scope="session")

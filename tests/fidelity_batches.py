@@ -14,11 +14,11 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from pixword_lit.components.folding import UniformFolding
-from pixword_lit.config import DEBUG_MODEL, load_config
-from pixword_lit.image import build_sample, collate, empty_sample, image_windows
-from pixword_lit.lit_module import PixWordLit
-from pixword_lit.tokens import N_SPECIAL, Vocab
+from pixword_lit.data.elements import build_sample, collate, empty_sample, image_windows
+from pixword_lit.model.components.folding import UniformFolding
+from pixword_lit.model.tokens import N_SPECIAL, Vocab
+from pixword_lit.system.config import DEBUG_MODEL, load_config
+from pixword_lit.system.lit_module import PixWordLit
 
 FOLD = 64
 N_WORDS = 48

@@ -23,7 +23,7 @@ def golden_run(tmp: Path) -> list[float]:
     from conftest import tiny_config
 
     from data_prep.glyphs import build_glyphs
-    from pixword_lit.train import fit
+    from pixword_lit.fit.train import fit
 
     torch.set_num_threads(1)
     shards = tmp / "glyphs"

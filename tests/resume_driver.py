@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from pixword_lit import train
-from pixword_lit.config import load_config
+from pixword_lit.fit import train
+from pixword_lit.system.config import load_config
 
 
 class RngProbe(Callback):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from pixword_lit.config import DEBUG_MODEL, REPO_ROOT
+from pixword_lit.system.config import DEBUG_MODEL, REPO_ROOT
 
 QUICKSTART = str(REPO_ROOT / "experiments" / "quickstart.yaml")
 DRIVER = str(Path(__file__).with_name("resume_driver.py"))

@@ -19,9 +19,9 @@ import torch
 from omegaconf import OmegaConf
 from test_components import N_WORDS, SIZE, TINY, WINDOW, folding_of
 
-from pixword_lit import layers
-from pixword_lit.image import build_sample, collate, image_windows
-from pixword_lit.layers import (
+from pixword_lit.data.elements import build_sample, collate, image_windows
+from pixword_lit.model import layers
+from pixword_lit.model.layers import (
     DecoderCache,
     KVCache,
     Stack,
@@ -124,9 +124,9 @@ def _batch(folding, vocab):
 @pytest.mark.parametrize("attn", ["global_conditional", "pooled"])
 @pytest.mark.parametrize("objective", ["first_pixel", "dense"])
 def test_model_loss_and_gradients_equal_under_both_kernels(attn, objective):
-    from pixword_lit.config import load_config
-    from pixword_lit.model import PixWordModel, loss_terms
-    from pixword_lit.tokens import Vocab
+    from pixword_lit.model.pixword import PixWordModel, loss_terms
+    from pixword_lit.model.tokens import Vocab
+    from pixword_lit.system.config import load_config
 
     cfg = load_config(None, TINY + [f"model.attention.name={attn}",
                                     f"model.objective.name={objective}"])
@@ -209,9 +209,9 @@ def test_attend_uses_matmuls_for_short_cpu_sequences_in_training_only(monkeypatc
 
 def test_model_logits_and_gradients_equal_with_sdpa_everywhere(monkeypatch):
     """The whole model (image block and decoder) with matmul attention against SDPA only."""
-    from pixword_lit.config import load_config
-    from pixword_lit.model import PixWordModel, loss_terms
-    from pixword_lit.tokens import Vocab
+    from pixword_lit.model.pixword import PixWordModel, loss_terms
+    from pixword_lit.model.tokens import Vocab
+    from pixword_lit.system.config import load_config
 
     folding = folding_of("uniform")
     vocab = Vocab(N_WORDS, folding.n_pix)

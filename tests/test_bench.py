@@ -1,4 +1,4 @@
-"""FLOP counting (pixword_lit.flops) on models whose FLOPs are known by hand, and `pixword
+"""FLOP counting (pixword_lit.fit.flops) on models whose FLOPs are known by hand, and `pixword
 bench` on tiny settings (the measurements themselves are in results/bench/)."""
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ import torch
 from test_components import N_WORDS, TINY, folding_of, make_batch
 from torch import nn
 
-from pixword_lit.config import DEBUG_MODEL
-from pixword_lit.flops import count_flops, train_step_flops
+from pixword_lit.fit.flops import count_flops, train_step_flops
+from pixword_lit.system.config import DEBUG_MODEL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_counted_op_names_are_the_profiler_names_of_the_matmuls():
-    from pixword_lit.flops import counted_op_names
+    from pixword_lit.fit.flops import counted_op_names
 
     names = counted_op_names()
     assert {"aten::mm", "aten::bmm", "aten::addmm",
@@ -46,11 +46,11 @@ def test_pixword_step_flops_match_the_hand_formula(kernel):
     attention 2x where it runs as explicit matmuls (CPU, short sequences: both operands'
     gradients of q@k^T and p@v), 2.5x in the fused kernels (SDPA; the packed windows), which
     recompute the scores."""
-    from pixword_lit import layers
-    from pixword_lit.config import load_config
-    from pixword_lit.layers import ffn_hidden, set_window_kernel
-    from pixword_lit.model import PixWordModel, loss_terms
-    from pixword_lit.tokens import Vocab
+    from pixword_lit.model import layers
+    from pixword_lit.model.layers import ffn_hidden, set_window_kernel
+    from pixword_lit.model.pixword import PixWordModel, loss_terms
+    from pixword_lit.model.tokens import Vocab
+    from pixword_lit.system.config import load_config
 
     cfg = load_config(None, TINY).model
     folding = folding_of("uniform")
@@ -83,7 +83,7 @@ def _tiny(shards):
 
 
 def test_bench_functions_on_a_tiny_model(glyph_shards):
-    from pixword_lit import bench_train as bt
+    from pixword_lit.bench import training as bt
 
     over, cfg = _tiny(glyph_shards), "experiments/quickstart.yaml"
     (u,) = bt.utilization(cfg, over, sizes=["quickstart"], dtypes=["fp32"], n_batches=2,
@@ -129,9 +129,9 @@ def test_compiled_model_loss_and_gradients_equal_eager():
     and the same loss and gradients as eager, to float rounding."""
     if not _compile_works():
         pytest.skip("torch.compile is not available here")
-    from pixword_lit.config import load_config
-    from pixword_lit.model import PixWordModel, loss_terms
-    from pixword_lit.tokens import Vocab
+    from pixword_lit.model.pixword import PixWordModel, loss_terms
+    from pixword_lit.model.tokens import Vocab
+    from pixword_lit.system.config import load_config
 
     folding = folding_of("uniform")
     vocab = Vocab(N_WORDS, folding.n_pix)
@@ -159,7 +159,7 @@ def test_bench_gpu_script_parses_and_its_bench_runs_on_cpu(glyph_shards, tmp_pat
     tested to 1e-5 in test_attention_paths) and the loss agreement rows are there."""
     import subprocess
 
-    from pixword_lit import bench_gpu
+    from pixword_lit.bench import gpu as bench_gpu
 
     subprocess.run(["bash", "-n", "experiments/bench_gpu.sh"], check=True)
     over = [*_tiny(glyph_shards), "data.small_images=upscale", "data.mode=image_only"]
@@ -174,7 +174,7 @@ def test_bench_gpu_script_parses_and_its_bench_runs_on_cpu(glyph_shards, tmp_pat
 def test_bench_ab_runs_each_arm_in_its_own_process(glyph_shards):
     """`pixword bench ab` on a tiny model: both arms run (fresh processes, the malloc arm with
     glibc's defaults), every pair is reported, the ratio is of the best times."""
-    from pixword_lit.bench_ab import ab
+    from pixword_lit.bench.ab import ab
 
     (row,) = ab("experiments/quickstart.yaml", _tiny(glyph_shards), changes=("malloc_defaults",),
                 pairs=1, n_batches=1, threads=1)

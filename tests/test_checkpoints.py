@@ -18,10 +18,10 @@ import torch
 from conftest import tiny_config
 from omegaconf import OmegaConf
 
-from pixword_lit import checkpoints
-from pixword_lit.checkpoints import CheckpointError
 from pixword_lit.cli import main
-from pixword_lit.train import fit
+from pixword_lit.fit.train import fit
+from pixword_lit.system import checkpoints
+from pixword_lit.system.checkpoints import CheckpointError
 
 SHORT = ["trainer.val_check_interval=2", "data.val_limit=4", "run.pictures=0"]
 
@@ -230,7 +230,7 @@ def test_fsdp_folder_resumes_and_validates_through_the_safe_readers(fsdp_run, tm
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
-    from pixword_lit.train import validate
+    from pixword_lit.fit.train import validate
 
     def unsafe(*a, **k):
         raise AssertionError("torch's unrestricted unpickling was used")
@@ -273,7 +273,7 @@ def test_sharded_folder_with_missing_or_damaged_rank_file(fsdp_run, tmp_path, ca
 
 # ---- settings that do not fit the checkpoint ------------------------------------------------
 def test_resume_with_other_shapes_refused_before_loading(single_run, tmp_path, capsys, monkeypatch):
-    import pixword_lit.train as train
+    import pixword_lit.fit.train as train
 
     cfg, run = single_run
     copy = copy_run(run, tmp_path)

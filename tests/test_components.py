@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from pixword_lit.components.attention import ATTENTIONS, GlobalConditional, Pooled
-from pixword_lit.components.embedding import EMBEDDINGS
-from pixword_lit.components.folding import (
+from pixword_lit.data.elements import build_sample, collate, image_windows
+from pixword_lit.model.components.attention import ATTENTIONS, GlobalConditional, Pooled
+from pixword_lit.model.components.embedding import EMBEDDINGS
+from pixword_lit.model.components.folding import (
     FOLDINGS,
     PaletteFolding,
     UniformFolding,
@@ -23,10 +24,9 @@ from pixword_lit.components.folding import (
     fold_psnr,
     psnr,
 )
-from pixword_lit.config import DEBUG_MODEL, ConfigError, load_config
-from pixword_lit.image import build_sample, collate, image_windows
-from pixword_lit.model import ModelOutput, PixWordModel, loss_terms
-from pixword_lit.tokens import IGNORE, Vocab
+from pixword_lit.model.pixword import ModelOutput, PixWordModel, loss_terms
+from pixword_lit.model.tokens import IGNORE, Vocab
+from pixword_lit.system.config import DEBUG_MODEL, ConfigError, load_config
 
 SIZE, WINDOW, N_WORDS = 8, 4, 12
 # the folding is named per test (a palette takes no `factor`)
@@ -53,7 +53,7 @@ def is_valid(fold: str, attn: str, emb: str) -> bool:
         return False
 
 
-# Written out from the rules in pixword_lit/components/__init__.py, not computed by the code
+# Written out from the rules in pixword_lit/model/components/__init__.py, not computed by the code
 # under test: factorized needs uniform folding; patch_linear needs global_conditional.
 COMBOS = [
     ("uniform", "global_conditional", "pix_table"),

@@ -10,15 +10,15 @@ import torch
 from conftest import tiny_config, worked_example_rgb
 from PIL import Image
 
-from pixword_lit.build import build_parts
 from pixword_lit.cli import main
-from pixword_lit.components.folding import UniformFolding
-from pixword_lit.config import REPO_ROOT, ConfigError, load_config
-from pixword_lit.data import ShardStream
-from pixword_lit.image import image_windows, resize_longer_side
-from pixword_lit.model import PixWordModel
-from pixword_lit.shards import DataError, resolve_shards
-from pixword_lit.tokens import IGNORE, Vocab
+from pixword_lit.data.elements import image_windows, resize_longer_side
+from pixword_lit.data.shards import DataError, resolve_shards
+from pixword_lit.data.stream import ShardStream
+from pixword_lit.model.components.folding import UniformFolding
+from pixword_lit.model.pixword import PixWordModel
+from pixword_lit.model.tokens import IGNORE, Vocab
+from pixword_lit.system.build import build_parts
+from pixword_lit.system.config import REPO_ROOT, ConfigError, load_config
 
 EXAMPLE = {
     "pix_tokens": [[0, 1, 4, 5], [2, 3, 6, 7], [0, 1, 4, 5], [2, 3, 6, 7]],
@@ -114,7 +114,7 @@ def test_resize_keeps_aspect_and_pads_short_side():
     assert resize_longer_side(img, 16, "upscale", "bicubic").size == (16, 5)  # int(16*37/100)
     assert resize_longer_side(Image.new("RGB", (37, 100)), 16, "upscale", "box").size == (5, 16)
     assert resize_longer_side(Image.new("RGB", (5, 3)), 16, "upscale", "nearest").size == (16, 9)
-    from pixword_lit.image import SkipImage
+    from pixword_lit.data.elements import SkipImage
 
     with pytest.raises(SkipImage):
         resize_longer_side(Image.new("RGB", (5, 3)), 16, "skip", "nearest")

@@ -1,4 +1,4 @@
-"""The data order guarantee (see pixword_lit/data.py): every unit exactly once per epoch across
+"""The data order guarantee (see pixword_lit/data/stream.py): every unit exactly once per epoch across
 ranks, equal batch counts, independence from the worker count, resume at a batch."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import pytest
 from conftest import tiny_config
 
-from pixword_lit import data as data_mod
-from pixword_lit.build import build_parts
-from pixword_lit.data import DataPosition, PixLoader, ShardStream
-from pixword_lit.shards import ShardSet
-from pixword_lit.tokens import IGNORE
+from pixword_lit.data import stream as data_mod
+from pixword_lit.data.shards import ShardSet
+from pixword_lit.data.stream import DataPosition, PixLoader, ShardStream
+from pixword_lit.model.tokens import IGNORE
+from pixword_lit.system.build import build_parts
 
 
 def _ids(batch):
@@ -84,7 +84,7 @@ def test_resume_continues_with_the_next_unseen_batch(parts, monkeypatch):
 
 
 def test_shards_by_folder_brace_pattern_and_pipe(glyph_shards):
-    from pixword_lit.shards import read_shard, resolve_shards
+    from pixword_lit.data.shards import read_shard, resolve_shards
 
     folder = resolve_shards(str(glyph_shards / "val"), None, "mixed", "data.val")
     brace = resolve_shards(str(glyph_shards / "val" / "shard-{000000..000000}.tar"), None, "mixed",
@@ -119,9 +119,9 @@ def test_real_workers_start_from_a_fork_server_and_give_the_in_process_batches(p
 
 _HOLD_WORKERS = """
 import sys, time
-from pixword_lit.build import build_parts
-from pixword_lit.config import DEBUG_MODEL, load_config
-from pixword_lit.data import PixLoader, ShardStream
+from pixword_lit.system.build import build_parts
+from pixword_lit.system.config import DEBUG_MODEL, load_config
+from pixword_lit.data.stream import PixLoader, ShardStream
 cfg = load_config(None, [*DEBUG_MODEL, f"data.train={sys.argv[1]}/train", f"data.val={sys.argv[1]}/val"])
 parts = build_parts(cfg, None)
 it = iter(PixLoader(ShardStream(parts.train, parts.builder, 4, 3, True), 2))
@@ -139,7 +139,7 @@ def test_workers_end_when_the_training_process_is_killed(glyph_shards):
     import sys
     import time
 
-    from pixword_lit.workers import alive
+    from pixword_lit.data.workers import alive
 
     proc = subprocess.Popen([sys.executable, "-c", _HOLD_WORKERS, str(glyph_shards)],
                             stdout=subprocess.PIPE, text=True)

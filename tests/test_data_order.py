@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 
-from pixword_lit import data as data_mod
-from pixword_lit.config import DEBUG_MODEL, load_config
-from pixword_lit.data import DataPosition, SampleBuilder, ShardStream
-from pixword_lit.image import build_sample
-from pixword_lit.model import ModelOutput, loss_terms
-from pixword_lit.shards import ShardSet, resolve_shards
-from pixword_lit.tokens import IGNORE, Vocab
+from pixword_lit.data import stream as data_mod
+from pixword_lit.data.elements import build_sample
+from pixword_lit.data.shards import ShardSet, resolve_shards
+from pixword_lit.data.stream import DataPosition, SampleBuilder, ShardStream
+from pixword_lit.model.pixword import ModelOutput, loss_terms
+from pixword_lit.model.tokens import IGNORE, Vocab
+from pixword_lit.system.config import DEBUG_MODEL, load_config
 
 
 def write_keyed_shards(folder, sizes) -> list[list[int]]:

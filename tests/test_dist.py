@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pixword_lit.config import DEBUG_MODEL, REPO_ROOT
+from pixword_lit.system.config import DEBUG_MODEL, REPO_ROOT
 
 pytestmark = pytest.mark.multiproc
 
@@ -86,7 +86,7 @@ def test_two_process_resume_is_exact(strategy, glyph_shards, tmp_path):
 
 
 def _fsdp_checkpoint_in_one_process(shards, part, tmp_path):
-    from pixword_lit.checkpoints import find_resume_checkpoint
+    from pixword_lit.system.checkpoints import find_resume_checkpoint
 
     sharded = part / "checkpoints" / "last.ckpt"
     before = sorted(p.name for p in sharded.parent.iterdir())
@@ -118,7 +118,7 @@ def _fsdp_checkpoint_in_one_process(shards, part, tmp_path):
 
 
 def test_sigkill_between_checkpoints_resumes(glyph_shards, tmp_path):
-    from pixword_lit.checkpoints import checkpoint_step, find_resume_checkpoint
+    from pixword_lit.system.checkpoints import checkpoint_step, find_resume_checkpoint
 
     run = tmp_path / "killed"
     proc = pixword_fit(glyph_shards, run, "trainer.max_steps=100000", "trainer.val_check_interval=400",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pixword_lit.config import DEBUG_MODEL, REPO_ROOT
+from pixword_lit.system.config import DEBUG_MODEL, REPO_ROOT
 
 pytestmark = pytest.mark.multiproc
 
@@ -51,9 +51,9 @@ def reshard(folder: Path, sizes) -> None:
 
 def test_uneven_shards_two_ranks_one_epoch(tmp_path):
     from data_prep.glyphs import build_glyphs
-    from pixword_lit.build import build_parts
-    from pixword_lit.config import load_config
-    from pixword_lit.shards import read_shard
+    from pixword_lit.data.shards import read_shard
+    from pixword_lit.system.build import build_parts
+    from pixword_lit.system.config import load_config
 
     shards = tmp_path / "g"
     build_glyphs(shards, num_train=sum(SIZES), num_val=8, seed=1)

@@ -27,13 +27,13 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from data_prep.images import build_images
-from pixword_lit.components.folding import UniformFolding
-from pixword_lit.config import REPO_ROOT, ConfigError, load_config
-from pixword_lit.data import SampleBuilder, ShardStream
-from pixword_lit.image import resize_longer_side
-from pixword_lit.model import PixWordModel, loss_terms
-from pixword_lit.shards import resolve_shards
-from pixword_lit.tokens import Vocab
+from pixword_lit.data.elements import resize_longer_side
+from pixword_lit.data.shards import resolve_shards
+from pixword_lit.data.stream import SampleBuilder, ShardStream
+from pixword_lit.model.components.folding import UniformFolding
+from pixword_lit.model.pixword import PixWordModel, loss_terms
+from pixword_lit.model.tokens import Vocab
+from pixword_lit.system.config import REPO_ROOT, ConfigError, load_config
 
 TESTS = Path(__file__).resolve().parent
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from pixword_lit.config import REPO_ROOT
-from pixword_lit.train import fit
+from pixword_lit.fit.train import fit
+from pixword_lit.system.config import REPO_ROOT
 
 pytestmark = pytest.mark.slow  # real fits: `make test-fast` leaves them out
 
@@ -90,7 +90,7 @@ def test_tiny_fit_learns_and_writes_outputs(glyph_shards, tmp_path):
     assert [e.step for e in points] == [9, 19, 29, 39]
     assert [e.value for e in points] == pytest.approx([c["val/loss"] for c in curve])
     # best.ckpt is the checkpoint of the lowest val/loss
-    from pixword_lit.train import validate
+    from pixword_lit.fit.train import validate
 
     low = min(curve, key=lambda c: c["val/loss"])
     best = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
@@ -141,7 +141,7 @@ def test_bf16_mixed_precision_fit(glyph_shards, tmp_path):
 def test_checkpoint_with_unnamed_counters_still_loads_and_resumes(glyph_shards, tmp_path):
     """Checkpoints written before the counters had names (one buffer `seen` = [elements,
     pix tokens, seconds]) load, and resume with their counts and training seconds."""
-    from pixword_lit.lit_module import PixWordLit
+    from pixword_lit.system.lit_module import PixWordLit
 
     cfg = tiny_config(glyph_shards, tmp_path, "trainer.max_steps=3", "trainer.val_check_interval=3",
                       "data.val_limit=4", "run.pictures=0")

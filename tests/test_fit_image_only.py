@@ -15,9 +15,9 @@ from conftest import tiny_config
 from omegaconf import OmegaConf
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from pixword_lit.build import build_parts
 from pixword_lit.cli import main
-from pixword_lit.data import ShardStream
+from pixword_lit.data.stream import ShardStream
+from pixword_lit.system.build import build_parts
 
 pytestmark = pytest.mark.slow
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from pixword_lit.components.folding import UniformFolding
-from pixword_lit.config import DEBUG_MODEL, load_config
-from pixword_lit.generate import GenerateError, Sampling, choose, generate, generate_uncached
-from pixword_lit.image import image_windows
-from pixword_lit.model import PixWordModel
-from pixword_lit.tokens import BOS, EOS, IMG_START, PAD, Vocab
+from pixword_lit.data.elements import image_windows
+from pixword_lit.infer.generate import GenerateError, Sampling, choose, generate, generate_uncached
+from pixword_lit.model.components.folding import UniformFolding
+from pixword_lit.model.pixword import PixWordModel
+from pixword_lit.model.tokens import BOS, EOS, IMG_START, PAD, Vocab
+from pixword_lit.system.config import DEBUG_MODEL, load_config
 
 SIZE, WINDOW, N_WORDS = 8, 4, 40
 TINY = [*DEBUG_MODEL, f"model.image_size={SIZE}", f"model.window_size={WINDOW}"]

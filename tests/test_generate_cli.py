@@ -11,9 +11,9 @@ from PIL import Image
 
 from data_prep.glyphs import PROMPT
 from pixword_lit.cli import main
-from pixword_lit.generate import Sampling, generate_uncached
-from pixword_lit.inference import image_prompts, load_run, read_image
-from pixword_lit.train import fit
+from pixword_lit.fit.train import fit
+from pixword_lit.infer.generate import Sampling, generate_uncached
+from pixword_lit.infer.load import image_prompts, load_run, read_image
 
 AFTER = 'The text says "'
 
@@ -124,8 +124,8 @@ def _levenshtein(a: str, b: str) -> int:
 def test_eval_captions_numbers_by_hand_on_three_documents(mixed_ckpt, glyph_shards, tmp_path):
     import torch
 
-    from pixword_lit.evaluate import eval_captions
-    from pixword_lit.shards import read_shard
+    from pixword_lit.data.shards import read_shard
+    from pixword_lit.infer.captions import eval_captions
 
     out = tmp_path / "eval"
     r = eval_captions(str(mixed_ckpt), f"{glyph_shards}/val", out_dir=str(out), limit=3)
@@ -145,8 +145,8 @@ def test_eval_captions_numbers_by_hand_on_three_documents(mixed_ckpt, glyph_shar
         exact += pred == answer
         edits, chars = edits + _levenshtein(pred, answer), chars + len(answer)
         # teacher-forced NLL through the KV-cache path (the eval uses the full forward)
-        from pixword_lit.generate import prompt_sample
-        from pixword_lit.image import collate
+        from pixword_lit.data.elements import collate
+        from pixword_lit.infer.generate import prompt_sample
 
         cache = run.model.decoder.make_cache(1, 256)
         batch = collate([prompt_sample(prompt, run.vocab, 128)], run.vocab.pix_pad, 16)
@@ -176,7 +176,7 @@ def test_eval_captions_numbers_by_hand_on_three_documents(mixed_ckpt, glyph_shar
 
 
 def test_compare_draws_reading_by_height_and_shows_eval_columns(mixed_ckpt, tmp_path):
-    from pixword_lit.compare import collect, write_results
+    from pixword_lit.grid.compare import collect, write_results
 
     run_dir = mixed_ckpt.parent.parent  # fit ran eval.captions: run/eval/captions.json exists
     res = write_results(collect([str(run_dir)]), tmp_path / "cmp")

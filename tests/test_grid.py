@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from pixword_lit.cli import main
-from pixword_lit.compare import collect, power_law_fit, write_results
-from pixword_lit.config import REPO_ROOT, ConfigError, load_config
-from pixword_lit.grid import (
+from pixword_lit.grid.compare import collect, power_law_fit, write_results
+from pixword_lit.grid.launch import run_grid
+from pixword_lit.grid.spec import (
     GRID_DIR,
     check_configs,
     load_grid,
@@ -25,7 +25,7 @@ from pixword_lit.grid import (
     run_status,
     summary_problem,
 )
-from pixword_lit.launch import run_grid
+from pixword_lit.system.config import REPO_ROOT, ConfigError, load_config
 
 PREDEFINED = ["attention", "embedding", "fold", "objective", "reading", "scale", "window"]
 QUICKSTART = REPO_ROOT / "experiments" / "quickstart.yaml"

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from pixword_lit import launch
 from pixword_lit.cli import main
-from pixword_lit.compare import collect
-from pixword_lit.config import REPO_ROOT, ConfigError
-from pixword_lit.grid import cell_args, load_grid, load_state, run_status
-from pixword_lit.grid_status import GridLock
-from pixword_lit.launch import Launcher, launcher_of, run_grid
+from pixword_lit.grid import launch
+from pixword_lit.grid.compare import collect
+from pixword_lit.grid.launch import Launcher, launcher_of, run_grid
+from pixword_lit.grid.spec import cell_args, load_grid, load_state, run_status
+from pixword_lit.grid.status import GridLock
+from pixword_lit.system.config import REPO_ROOT, ConfigError
 
 QUICKSTART = REPO_ROOT / "experiments" / "quickstart.yaml"
 QUIET = {"echo": lambda *a: None}
@@ -215,7 +215,7 @@ def test_ctrl_c_leaves_cells_interrupted_and_the_next_launch_resumes_them(glyph_
 
 
 def test_a_preempted_summary_counts_only_for_the_attempt_that_wrote_it(tmp_path):
-    from pixword_lit.grid_status import record_end
+    from pixword_lit.grid.status import record_end
 
     (tmp_path / "r").mkdir()
     (tmp_path / "logs").mkdir()

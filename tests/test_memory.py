@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = """
 import resource, sys
 import numpy as np
-from pixword_lit.memory import keep_freed_memory
+from pixword_lit.fit.memory import keep_freed_memory
 print(keep_freed_memory() if sys.argv[1] == "1" else None)
 def step():  # ten 4 MiB activations, written, then freed
     keep = [np.ones(1 << 19) for _ in range(10)]

@@ -12,15 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pixword_lit.components.folding import (
-    PaletteFolding,
-    UniformFolding,
-    fit_palette,
-    fold_psnr,
-    nearest,
-    psnr,
-)
-from pixword_lit.image import (
+from pixword_lit.data.elements import (
     RESAMPLE,
     SkipImage,
     Windows,
@@ -30,8 +22,16 @@ from pixword_lit.image import (
     image_windows,
     resize_longer_side,
 )
-from pixword_lit.model import ModelOutput, loss_terms
-from pixword_lit.tokens import BOS, EOS, IGNORE, IMG_END, IMG_START, PAD, SPECIAL_TOKENS, Vocab
+from pixword_lit.model.components.folding import (
+    PaletteFolding,
+    UniformFolding,
+    fit_palette,
+    fold_psnr,
+    nearest,
+    psnr,
+)
+from pixword_lit.model.pixword import ModelOutput, loss_terms
+from pixword_lit.model.tokens import BOS, EOS, IGNORE, IMG_END, IMG_START, PAD, SPECIAL_TOKENS, Vocab
 
 IG = IGNORE
 
@@ -107,7 +107,7 @@ def test_fit_palette_recovers_clusters_sorted():
 def test_fit_palette_is_a_function_of_its_seed():
     import inspect
 
-    from pixword_lit.components.folding import PaletteParams
+    from pixword_lit.model.components.folding import PaletteParams
 
     x = np.random.default_rng(5).integers(0, 256, (300, 3)).astype(np.uint8)
     init = [fit_palette(x, 8, iters=0, seed=s).tolist() for s in (0, 0, 1)]  # k-means++ only

@@ -12,13 +12,13 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from pixword_lit.components.folding import UniformFolding
-from pixword_lit.config import DEBUG_MODEL, ConfigError, load_config
-from pixword_lit.image import build_sample, collate, image_windows
-from pixword_lit.lit_module import image_likelihood
-from pixword_lit.model import PixWordModel, loss_terms, next_window_slot
-from pixword_lit.tokens import IGNORE, Vocab
-from pixword_lit.train import fit
+from pixword_lit.data.elements import build_sample, collate, image_windows
+from pixword_lit.fit.train import fit
+from pixword_lit.model.components.folding import UniformFolding
+from pixword_lit.model.pixword import PixWordModel, loss_terms, next_window_slot
+from pixword_lit.model.tokens import IGNORE, Vocab
+from pixword_lit.system.config import DEBUG_MODEL, ConfigError, load_config
+from pixword_lit.system.lit_module import image_likelihood
 
 SIZE, WINDOW, N_WORDS = 8, 4, 12
 TINY = [*DEBUG_MODEL, f"model.image_size={SIZE}", f"model.window_size={WINDOW}"]

@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 from resume_matrix import QUICKSTART, STEPS, assert_same_run, jsonl, overrides, summary
 
-from pixword_lit.checkpoints import checkpoint_step
-from pixword_lit.control import PREEMPTED_EXIT
+from pixword_lit.fit.preempt import PREEMPTED_EXIT
+from pixword_lit.system.checkpoints import checkpoint_step
 
 SLURM_JOB = "4242"
 

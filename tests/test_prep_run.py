@@ -273,7 +273,7 @@ def test_stored_original_jpeg_gives_the_same_pixels_as_png(tmp_path):
 def test_max_side_matches_the_loaders_resize():
     """A prep at --max-side S gives exactly the size the loader resizes to at image size
     S, so the loader does not resize a second time."""
-    from pixword_lit.image import resize_longer_side
+    from pixword_lit.data.elements import resize_longer_side
 
     for w, h in ((300, 200), (200, 301), (1000, 333), (225, 100), (224, 224)):
         src = photo(w, h, 0)

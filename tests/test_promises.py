@@ -12,10 +12,10 @@ import torch
 from omegaconf import OmegaConf
 
 from pixword_lit.cli import main
-from pixword_lit.config import BASE_YAML, DEBUG_MODEL, REPO_ROOT, Config, load_config
-from pixword_lit.layers import RMSNorm
-from pixword_lit.lit_module import PixWordLit, lr_lambda
-from pixword_lit.tokens import IGNORE
+from pixword_lit.model.layers import RMSNorm
+from pixword_lit.model.tokens import IGNORE
+from pixword_lit.system.config import BASE_YAML, DEBUG_MODEL, REPO_ROOT, Config, load_config
+from pixword_lit.system.lit_module import PixWordLit, lr_lambda
 
 QUICKSTART = str(REPO_ROOT / "experiments" / "quickstart.yaml")
 
@@ -148,7 +148,7 @@ def test_run_folder_with_checkpoints_is_not_reused_without_overwrite(tmp_path, c
     assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == [
         "checkpoints", "checkpoints/last.ckpt", "metrics.jsonl"]
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == b"an earlier run"
-    from pixword_lit.train import prepare_run_dir
+    from pixword_lit.fit.train import prepare_run_dir
 
     prepare_run_dir(run, None, overwrite=True)  # --overwrite starts the folder again
     assert run.is_dir() and list(run.iterdir()) == []
@@ -226,4 +226,5 @@ def test_package_imports_have_no_circles():
     for mod in sorted(graph):
         if mod not in state:
             visit(mod, [])
-    assert {"pixword_lit.build", "pixword_lit.lit_module", "pixword_lit.config"} <= set(graph)
+    assert {"pixword_lit.system.build", "pixword_lit.system.lit_module",
+            "pixword_lit.system.config"} <= set(graph)

@@ -16,12 +16,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from pixword_lit.components.folding import UniformFolding
-from pixword_lit.config import DEBUG_MODEL, load_config
-from pixword_lit.image import build_sample, collate
-from pixword_lit.layers import ffn_hidden
-from pixword_lit.model import PixWordModel
-from pixword_lit.tokens import Vocab
+from pixword_lit.data.elements import build_sample, collate
+from pixword_lit.model.components.folding import UniformFolding
+from pixword_lit.model.layers import ffn_hidden
+from pixword_lit.model.pixword import PixWordModel
+from pixword_lit.model.tokens import Vocab
+from pixword_lit.system.config import DEBUG_MODEL, load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 N_WORDS = 40

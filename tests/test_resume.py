@@ -35,7 +35,7 @@ def test_partial_checkpoint_writes_are_ignored_and_cleared(glyph_shards, tmp_pat
     import torch
     from conftest import tiny_config
 
-    from pixword_lit.train import fit
+    from pixword_lit.fit.train import fit
 
     common = ("trainer.val_check_interval=100", "data.val_limit=4", "run.ckpt_every_n_steps=2",
               "optim.decay_steps=6", "run.pictures=0")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import tiny_config
 
-from pixword_lit.shards import DataError, resolve_shards
-from pixword_lit.train import fit
+from pixword_lit.data.shards import DataError, resolve_shards
+from pixword_lit.fit.train import fit
 
 
 def test_missing_relative_data_path_names_key_paths_and_the_fix(tmp_path, monkeypatch):

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from pixword_lit.components.folding import UniformFolding
-from pixword_lit.config import DEBUG_MODEL, load_config
-from pixword_lit.generate import GenerateError, Sampling
-from pixword_lit.image import build_sample, collate, image_windows
-from pixword_lit.model import PixWordModel, loss_terms
-from pixword_lit.sample import blank, kept_windows, sample_images, sample_uncached, to_rgb
-from pixword_lit.tokens import Vocab
+from pixword_lit.data.elements import build_sample, collate, image_windows
+from pixword_lit.infer.generate import GenerateError, Sampling
+from pixword_lit.infer.sample import blank, kept_windows, sample_images, sample_uncached, to_rgb
+from pixword_lit.model.components.folding import UniformFolding
+from pixword_lit.model.pixword import PixWordModel, loss_terms
+from pixword_lit.model.tokens import Vocab
+from pixword_lit.system.config import DEBUG_MODEL, load_config
 
 SIZE, WINDOW, N_WORDS = 8, 4, 12
 TINY = [*DEBUG_MODEL, f"model.image_size={SIZE}", f"model.window_size={WINDOW}",

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from test_launch import QUIET, final, write_grid  # tests/ is on sys.path (no __init__)
 
-from pixword_lit.grid import load_grid, load_state
-from pixword_lit.grid_status import status_table
-from pixword_lit.launch import launcher_of, run_grid
+from pixword_lit.grid.launch import launcher_of, run_grid
+from pixword_lit.grid.spec import load_grid, load_state
+from pixword_lit.grid.status import status_table
 
 FAKES = {
     "sbatch": """#!/bin/sh

@@ -1,0 +1,1 @@
+"""`pixword bench`: speed and memory of training, decoding and loading."""

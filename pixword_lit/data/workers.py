@@ -1,0 +1,59 @@
+"""How DataLoader workers start and end.
+
+Workers start from a fork server that imported torch and pixword_lit.data.stream once, not by
+forking the training process: a fork copies locks that the process's other threads (gloo's,
+torch's pools) may hold into a worker that can then wait on them forever (pytorch#130610; a
+test run hung with two fsdp ranks and their forked workers asleep, issue #9). The server
+starts once per training process (about 5 s on 2 cores); `spawn` would re-import torch for
+every iterator (about 10 s). Batches do not depend on the start method: workers build them
+from seeds alone.
+
+A worker started by the fork server is the server's child, so torch's own check (the
+worker's parent is gone) does not see the training process die; `watch_trainer` ends the
+worker within a second of a SIGKILL of the training process instead of leaving it behind.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import threading
+import time
+
+
+def worker_start(num_workers: int) -> dict:
+    """DataLoader keyword arguments for `num_workers` workers (none for 0)."""
+    if not num_workers or "forkserver" not in multiprocessing.get_all_start_methods():
+        return {}  # in-process, or Windows (spawn, its only method, has the worker's parent right)
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "pixword_lit.data.stream"])
+    return {"multiprocessing_context": ctx,
+            "worker_init_fn": functools.partial(watch_trainer, os.getpid())}
+
+
+def watch_trainer(trainer_pid: int, worker_id: int) -> None:
+    """worker_init_fn: a daemon thread that exits the worker once `trainer_pid` is gone."""
+    threading.Thread(target=_watch, args=(trainer_pid,), daemon=True,
+                     name=f"pixword-watch-{worker_id}").start()
+
+
+def _watch(trainer_pid: int) -> None:
+    while alive(trainer_pid):
+        time.sleep(0.5)
+    os._exit(0)
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True  # no /proc (macOS): kill(0) is all there is

@@ -1,0 +1,171 @@
+"""What a fit writes and measures besides the model: Lightning callbacks given the run folder.
+
+- `TrainLog`: RUN/train_log.jsonl, the global mean training loss per logged step (rank 0);
+- `ValidationLog`: RUN/metrics.jsonl, one record per validation (rank 0);
+- `Pictures`: RUN/pictures/, the validation prediction (and, dense, completion) pictures;
+- `PixThroughput`: `train/pix_tokens_per_s` and the run's training seconds (checkpointed);
+- `PixFlopsMonitor`: Lightning's ThroughputMonitor, with the FLOPs of a training batch
+  counted once (torch's FlopCounterMode), so it logs MFU where the device's peak is known.
+
+The LightningModule (`lit_module.PixWordLit`) holds the model, the loss and the run's
+counters; these read them and never change what is trained.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ThroughputMonitor
+from PIL import Image
+
+from pixword_lit.fit.flops import count_flops
+from pixword_lit.fit.pictures import completion_picture, prediction_picture
+from pixword_lit.system.parallel import is_sharded
+
+
+class TrainLog(Callback):
+    """train_log.jsonl: {step, epoch, batch, loss} every `every_n_steps` optimizer steps, the
+    loss being the global mean of the micro-batch (all ranks), for comparing runs."""
+
+    def __init__(self, run_dir: Path, every_n_steps: int):
+        self.path, self.every_n_steps = Path(run_dir) / "train_log.jsonl", every_n_steps
+        self._step = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._step = trainer.global_step + 1  # the optimizer step this batch completes
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_rank != 0 or self._step % self.every_n_steps:
+            return
+        rec = {"step": self._step, "epoch": int(trainer.current_epoch),
+               "batch": int(batch["batch_index"]), "loss": float(outputs["mean_loss"])}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+class ValidationLog(Callback):
+    """metrics.jsonl: the module's validation results (`last_val`), once per optimizer step
+    (the final re-validation after fit adds no second record), sanity checks left out."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._last_step: int | None = None
+
+    def on_validation_end(self, trainer, pl_module):
+        step = int(trainer.global_step)
+        if trainer.sanity_checking or step == self._last_step:
+            return
+        self._last_step = step
+        if trainer.global_rank == 0:
+            rec = {"step": step, "epoch": int(trainer.current_epoch), **pl_module.last_val}
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+
+class Pictures(Callback):
+    """RUN/pictures/val_step*.png, val_latest.png (and completion_*.png for dense models):
+    the first validation batch of rank 0, also to TensorBoard."""
+
+    def __init__(self, run_dir: Path, n_images: int, seed: int):
+        self.out, self.n, self.seed = Path(run_dir) / "pictures", n_images, seed
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx != 0 or trainer.global_rank != 0 or self.n <= 0 or trainer.sanity_checking:
+            return
+        m, step = pl_module.model, trainer.global_step
+        img = prediction_picture(batch, outputs["logits"], m.vocab, pl_module.folding, m.cfg, self.n)
+        if img is None:
+            return
+        self._save(trainer, img, "val", "val/prediction", step)
+        if m.dense and not is_sharded(m):  # dense: complete the bottom half
+            was_training = m.training
+            comp = completion_picture(batch, m, m.vocab, pl_module.folding, m.cfg, min(self.n, 2),
+                                      seed=self.seed)
+            m.train(was_training)
+            if comp is not None:
+                self._save(trainer, comp, "completion", "val/completion", step)
+
+    def _save(self, trainer, img: np.ndarray, stem: str, tag: str, step: int) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(self.out / f"{stem}_step{step:07d}.png")
+        Image.fromarray(img).save(self.out / f"{stem}_latest.png")
+        exp = getattr(trainer.logger, "experiment", None)
+        if exp is not None and hasattr(exp, "add_image"):
+            exp.add_image(tag, np.transpose(img, (2, 0, 1)), step)
+
+
+class PixThroughput(Callback):
+    """`train/pix_tokens_per_s`: pix tokens of all ranks (the module's `pix_tokens_seen`) over
+    the wall time between training batch starts (data loading included, validation not),
+    every log_every_n_steps; and `train_seconds`, the run's total of that time on rank 0,
+    kept in checkpoints so a resumed run's summary covers the whole run."""
+
+    def __init__(self, every_n_steps: int):
+        self.every_n_steps = every_n_steps
+        self.train_seconds = 0.0  # the whole run, across resumes
+        self._last_start: float | None = None  # perf_counter at the previous batch start
+        self._window_seconds = 0.0  # since the last logged rate
+        self._window_tokens_from = 0.0  # pix_tokens_seen when the window began
+
+    def on_train_start(self, trainer, pl_module):
+        self._window_tokens_from = float(pl_module.pix_tokens_seen)
+        self._window_seconds, self._last_start = 0.0, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        now = time.perf_counter()
+        if self._last_start is not None:
+            self._window_seconds += now - self._last_start
+            self.train_seconds += now - self._last_start
+        self._last_start = now
+        if self._window_seconds > 0 and trainer.global_step % self.every_n_steps == 0:
+            tokens = float(pl_module.pix_tokens_seen)
+            rate = (tokens - self._window_tokens_from) / self._window_seconds
+            pl_module.log("train/pix_tokens_per_s", rate, on_step=True, on_epoch=False)
+            self._window_tokens_from, self._window_seconds = tokens, 0.0
+
+    def on_validation_start(self, trainer, pl_module):
+        self._last_start = None  # validation time is not training throughput
+
+    def state_dict(self) -> dict:
+        return {"train_seconds": self.train_seconds}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.train_seconds = float(state_dict["train_seconds"])
+
+
+class PixFlopsMonitor(ThroughputMonitor):
+    """Lightning's ThroughputMonitor (`train/batches_per_sec`, `samples_per_sec`,
+    `flops_per_sec`, `mfu` where Lightning knows the device's peak, i.e. GPUs; rolling over a
+    window of `trainer.log_every_n_steps` batches, at least 2; rank 0) with the FLOPs of a
+    batch: the forward FLOPs of the first training batch (flops.count_flops, no gradients)
+    times 3 for forward + backward. A batch's FLOPs vary with its length; this counts the
+    first one's. Not measured for a sharded (fsdp) model, whose forward needs every rank.
+
+    Pix tokens are not its items (`length_fn`): Lightning requires the item count to grow
+    with every batch, and a batch may hold no pixel (text-only documents, placeholders);
+    `PixThroughput` reports them."""
+
+    def __init__(self, **kwargs):
+        super().__init__(batch_size_fn=lambda b: int(b["targets"].shape[0]), **kwargs)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank != 0 or hasattr(pl_module, "flops_per_batch"):
+            return
+        flops = None
+        if not is_sharded(pl_module.model):
+            with torch.no_grad():  # flops.py: CPU attention counted like the CUDA kernels
+                flops = 3.0 * count_flops(lambda: pl_module.model(batch))
+        pl_module.flops_per_batch = flops  # where ThroughputMonitor reads it (None: not counted)
+
+
+def run_callbacks(cfg, run_dir: Path) -> list[L.Callback]:
+    """The callbacks of a fit that writes its run folder."""
+    every = cfg.trainer.log_every_n_steps
+    return [TrainLog(run_dir, every), ValidationLog(run_dir),
+            Pictures(run_dir, cfg.run.pictures, cfg.run.seed), PixThroughput(every),
+            PixFlopsMonitor(window_size=max(2, every))]  # rates over the logging interval

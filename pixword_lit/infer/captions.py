@@ -1,0 +1,269 @@
+"""`pixword eval captions`: does the model read what the image says?
+
+For every validation document whose text continues after its last image, the prompt is the
+document up to and including that image, then a fixed prefix (default `The text says "`, the
+part every glyph answer shares). The **answer** is the true continuation after the prefix, cut
+at the first `end` marker (default `"`: the quoted string); the **prediction** is the greedy
+continuation, cut the same way. Reported:
+
+- `eval/exact_match`: fraction of documents whose prediction equals the answer exactly;
+- `eval/cer`: character error rate (torchmetrics `CharErrorRate`: edits / answer characters,
+  summed over all documents);
+- `eval/answer_nll`: teacher-forced mean nats per token of the whole true continuation after
+  the prefix (tokens of that text element; `</s>` excluded), summed over documents / tokens.
+
+Glyph shards say what was drawn (`glyph.text_height` etc., data_prep/README.md), so exact match
+and CER are also broken down by the glyph height in pixels after the resize to image_size,
+relative to the window size. Outputs: RUN/eval/captions.json, captions.md, captions.png; the
+three numbers are added to RUN/summary.json so `pixword compare` shows them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from torchmetrics.text import CharErrorRate
+
+from pixword_lit.data.elements import build_sample, collate
+from pixword_lit.data.shards import read_shard, resolve_shards
+from pixword_lit.files import atomic_save, atomic_write, write_json
+from pixword_lit.infer.generate import GenerateError, Sampling
+from pixword_lit.infer.load import Run, load_run, run_prompts
+from pixword_lit.model.tokens import IGNORE
+
+# glyph height after resize, in windows: edges of the breakdown's buckets
+HEIGHT_BUCKETS = [0.0, 0.5, 0.75, 1.0, 1.5, math.inf]
+
+
+@dataclass
+class Doc:
+    key: str
+    elements: list  # prompt: document up to its last image, then the prefix
+    rest: str  # true continuation after the prefix
+    answer: str  # rest cut at the end marker
+    image: bytes  # the last image (for the picture)
+    height_windows: float | None  # glyph height after resize / window size, if known
+
+
+def cut(text: str, end: str) -> str:
+    return (text.split(end, 1)[0] if end else text).strip()
+
+
+def load_docs(run: Run, spec: str, prefix: str, end: str, limit: int | None) -> tuple[list[Doc], dict]:
+    shards = resolve_shards(spec, None, "mixed", "--data")
+    size, window = run.cfg.model.image_size, run.cfg.model.window_size
+    docs, skipped = [], {"no_text_after_image": 0, "no_prefix": 0}
+    for url in shards.urls:
+        for raw in read_shard(url):
+            els = json.loads(raw["json"])["elements"]
+            last = max((i for i, e in enumerate(els) if e["type"] == "image"), default=None)
+            after = [e["text"] for e in els[(last if last is not None else len(els)) + 1 :]
+                     if e["type"] == "text"]
+            if last is None or not after:
+                skipped["no_text_after_image"] += 1
+                continue
+            if not after[0].startswith(prefix):
+                skipped["no_prefix"] += 1
+                continue
+            key = f"{url}:{raw['__key__']}"
+            elements = [run.text(e["text"]) if e["type"] == "text" else run.image(raw[e["file"]], key)
+                        for e in els[: last + 1]] + [run.text(prefix)]
+            img = els[last]
+            height = None
+            if "glyph" in img:  # pixels of the stored image -> pixels after resize, in windows
+                height = img["glyph"]["text_height"] * size / max(img["width"], img["height"]) / window
+            rest = after[0][len(prefix) :]
+            docs.append(Doc(key, elements, rest, cut(rest, end), raw[img["file"]], height))
+            if limit and len(docs) >= limit:
+                return docs, skipped
+    return docs, skipped
+
+
+@torch.no_grad()
+def answer_nll(run: Run, docs: list[Doc], batch_size: int) -> tuple[float, int]:
+    """Teacher-forced summed nats and token count of each doc's true continuation."""
+    total, count = 0.0, 0
+    p = run.cfg.model.window_size**2
+    for i in range(0, len(docs), batch_size):
+        samples, spans = [], []
+        for d in docs[i : i + batch_size]:
+            ids = run.text(d.rest)
+            s = build_sample([*d.elements, ids], run.vocab, run.cfg.data.max_seq_len + len(ids))
+            n = len(s["input_ids"])  # the last input is the last answer token (target </s>)
+            spans.append((n - 1 - len(ids), n - 1))  # inputs whose targets are the answer tokens
+            samples.append(s)
+        batch = collate(samples, run.vocab.pix_pad, p)
+        logits = run.model(batch).logits
+        ce = F.cross_entropy(logits.float().transpose(1, 2), batch["targets"], ignore_index=IGNORE,
+                             reduction="none")  # (B, T)
+        for b, (lo, hi) in enumerate(spans):
+            total += float(ce[b, lo:hi].sum())
+            count += hi - lo
+    return total, count
+
+
+def _bucket(h: float | None) -> str:
+    if h is None:
+        return "unknown"
+    for lo, hi in zip(HEIGHT_BUCKETS, HEIGHT_BUCKETS[1:]):
+        if lo <= h < hi:
+            return f"{lo:g}-{hi:g}" if math.isfinite(hi) else f">={lo:g}"
+    return "unknown"
+
+
+def _scores(pairs: list[tuple[str, str]]) -> dict:
+    if not pairs:
+        return {"n": 0, "exact_match": float("nan"), "cer": float("nan")}
+    cer = CharErrorRate()
+    preds, refs = zip(*pairs)
+    return {"n": len(pairs), "exact_match": sum(p == r for p, r in pairs) / len(pairs),
+            "cer": float(cer(list(preds), list(refs)))}
+
+
+def eval_captions(ckpt: str, data: str | None = None, prefix: str = 'The text says "', end: str = '"',
+                  out_dir: str | None = None, batch_size: int = 16, limit: int | None = None,
+                  max_new_tokens: int | None = None) -> dict:
+    """Evaluate a checkpoint; outputs go to RUN/eval (or out_dir), numbers into RUN/summary.json."""
+    run = load_run(ckpt)
+    out = Path(out_dir) if out_dir else _run_dir(ckpt) / "eval"
+    result = evaluate_run(run, data or run.cfg.data.val, prefix, end, out, batch_size, limit,
+                          max_new_tokens, label=str(ckpt))
+    _update_summary(_run_dir(ckpt) / "summary.json", result)
+    return result
+
+
+def evaluate_run(run: Run, spec: str, prefix: str, end: str, out: Path, batch_size: int = 16,
+                 limit: int | None = None, max_new_tokens: int | None = None,
+                 label: str = "final model") -> dict:
+    docs, skipped = load_docs(run, spec, prefix, end, limit)
+    if not docs:
+        raise GenerateError(f"--data {spec}: no document continues after its last image with {prefix!r}")
+    longest = max(len(run.text(d.rest)) for d in docs)
+    sampling = Sampling(max_new_tokens=max_new_tokens or longest + 4)
+    gens = run_prompts(run, [{"input": d.key, "prompt": prefix, "elements": d.elements} for d in docs],
+                       sampling, batch_size)
+    nll_sum, nll_n = answer_nll(run, docs, batch_size)
+    records = []
+    for d, g in zip(docs, gens):
+        pred = cut(g["output"], end)
+        records.append({"input": d.key, "answer": d.answer, "prediction": pred, "exact": pred == d.answer,
+                        "output": g["output"], "stop": g["stop"], "height_windows": d.height_windows,
+                        "bucket": _bucket(d.height_windows)})
+    overall = _scores([(r["prediction"], r["answer"]) for r in records])
+    by_height = {b: _scores([(r["prediction"], r["answer"]) for r in records if r["bucket"] == b])
+                 for b in sorted({r["bucket"] for r in records}, key=_bucket_order)}
+    result = {
+        "checkpoint": label, "data": spec, "prefix": prefix, "end": end,
+        "eval/exact_match": overall["exact_match"], "eval/cer": overall["cer"],
+        "eval/answer_nll": nll_sum / max(nll_n, 1), "documents": len(docs), "skipped": skipped,
+        "window_size": run.cfg.model.window_size, "image_size": run.cfg.model.image_size,
+        "by_glyph_height_windows": by_height, "records": records,
+    }
+    write_outputs(out, result, docs)
+    return result
+
+
+def _bucket_order(b: str) -> float:
+    if b == "unknown":
+        return math.inf
+    return float(b.lstrip(">=").split("-")[0])
+
+
+def _run_dir(ckpt: str) -> Path:
+    p = Path(ckpt).resolve()
+    return p.parent.parent if p.parent.name == "checkpoints" else p.parent
+
+
+def write_outputs(out: Path, result: dict, docs: list[Doc]) -> None:
+    atomic_write(out / "captions.json", json.dumps(result, indent=1, ensure_ascii=False))
+    lines = [f"Reading eval of `{result['checkpoint']}` on `{result['data']}` "
+             f"({result['documents']} documents; prefix `{result['prefix']}`, answer cut at "
+             f"`{result['end']}`; image_size {result['image_size']}, window {result['window_size']})", "",
+             "| glyph height (windows) | n | exact match | CER |", "|---|---|---|---|"]
+    for b, s in result["by_glyph_height_windows"].items():
+        lines.append(f"| {b} | {s['n']} | {s['exact_match']:.3f} | {s['cer']:.3f} |")
+    lines.append(f"| **all** | {result['documents']} | {result['eval/exact_match']:.3f} | "
+                 f"{result['eval/cer']:.3f} |")
+    lines += ["", f"answer NLL: {result['eval/answer_nll']:.4f} nats/token"]
+    atomic_write(out / "captions.md", "\n".join(lines) + "\n")
+    atomic_save(out / "captions.png",
+                lambda tmp: picture(result["records"], docs).save(tmp, format="PNG"))
+
+
+def picture(records: list[dict], docs: list[Doc], n: int = 24) -> Image.Image:
+    """One row per document: the image (x2), the answer, the prediction (red when wrong)."""
+    rows = []
+    for r, d in list(zip(records, docs))[:n]:
+        img = Image.open(io.BytesIO(d.image)).convert("RGB")
+        img = img.resize((img.width * 2, img.height * 2), Image.NEAREST)
+        row = Image.new("RGB", (img.width + 330, max(img.height, 40) + 6), "white")
+        row.paste(img, (3, 3))
+        draw = ImageDraw.Draw(row)
+        draw.text((img.width + 10, 4), f"truth: {r['answer']}", fill=(0, 0, 0))
+        ok = r["exact"]
+        draw.text((img.width + 10, 20), f"{'ok ' if ok else 'X  '}pred: {r['prediction']}",
+                  fill=(0, 120, 0) if ok else (200, 0, 0))
+        rows.append(row)
+    if not rows:
+        return Image.new("RGB", (10, 10), "white")
+    width = max(r.width for r in rows)
+    sheet = Image.new("RGB", (width, sum(r.height for r in rows)), "white")
+    y = 0
+    for r in rows:
+        sheet.paste(r, (0, y))
+        y += r.height
+    return sheet
+
+
+def _update_summary(path: Path, result: dict) -> None:
+    if not path.exists():
+        return
+    summary = json.loads(path.read_text())
+    summary.update({k: result[k] for k in ("eval/exact_match", "eval/cer", "eval/answer_nll")})
+    write_json(path, summary)
+
+
+def plot_by_height(runs, out: Path) -> Path | None:
+    """Exact match and CER per glyph-height bucket, one line per cell (mean over seeds),
+    a dot per seed; from each run's eval/captions.json. None if no run has one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_cell: dict[str, list[dict]] = {}
+    for r in runs:
+        f = Path(r.dir) / "eval" / "captions.json"
+        if r.error is None and f.exists():
+            per_cell.setdefault(r.cell, []).append(json.loads(f.read_text())["by_glyph_height_windows"])
+    if not per_cell:
+        return None
+    buckets = sorted({b for seeds in per_cell.values() for s in seeds for b in s}, key=_bucket_order)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("exact_match", "cer")):
+        for i, (cell, seeds) in enumerate(sorted(per_cell.items())):
+            xs, means = [], []
+            for j, b in enumerate(buckets):
+                vals = [s[b][metric] for s in seeds if b in s and math.isfinite(s[b][metric])]
+                if vals:
+                    ax.scatter([j + 0.06 * (i - 1.5)] * len(vals), vals, s=12, color=f"C{i}")
+                    xs.append(j + 0.06 * (i - 1.5))
+                    means.append(sum(vals) / len(vals))
+            ax.plot(xs, means, "-", color=f"C{i}", label=cell)
+        ax.set_xticks(range(len(buckets)), buckets)
+        ax.set(xlabel="glyph height after resize (windows)", ylabel=metric.replace("_", " "))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("reading by glyph height (line: mean over seeds, dots: seeds)")
+    fig.tight_layout()
+    path = out / "reading_by_height.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,2 @@
+"""The config schema, building a run's parts, the LightningModule, the parallel strategies and
+checkpoints."""
