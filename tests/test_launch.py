@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from pixword_lit import provenance
 from pixword_lit.cli import main
 from pixword_lit.grid import launch
 from pixword_lit.grid.compare import collect
@@ -79,7 +80,7 @@ def test_local_parallel_failure_paths_skip_and_same_numbers_as_sequential(glyph_
     # the record: relative paths, the axes of each run, the commit launched from
     assert recs[ok.name]["dir"] == ok.name and recs[ok.name]["log"] == f"logs/{ok.name}.log"
     assert state["axes"][ok.name] == {"optim": {"lr": 0.003, "label": "ok"}}
-    assert state["commit"] == launch.require_clean(True)
+    assert state["commit"] == provenance.require_clean(True)
     recorded = {**state, "runs": {n: {k: v for k, v in r.items() if k != "error"} for n, r in recs.items()}}
     assert str(root) not in json.dumps(recorded)  # nothing tied to where the root is
     moved = tmp_path / "elsewhere" / "par"  # e.g. runs gathered from another machine
@@ -132,13 +133,13 @@ def test_dirty_checkout_is_refused_unless_allowed(tmp_path, monkeypatch, glyph_s
     (repo / "f.txt").write_text("a\n")
     subprocess.run([*git, "add", "f.txt"], check=True)
     subprocess.run([*git, "commit", "-qm", "c"], check=True)
-    monkeypatch.setattr(launch, "SOURCE_ROOT", repo)
+    monkeypatch.setattr(provenance, "SOURCE_ROOT", repo)
     sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    assert launch.require_clean(False) == sha
+    assert provenance.require_clean(False) == sha
     (repo / "f.txt").write_text("b\n")
     with pytest.raises(ConfigError, match="uncommitted changes"):
-        launch.require_clean(False)
-    assert launch.require_clean(True) == f"{sha}-dirty"
+        provenance.require_clean(False)
+    assert provenance.require_clean(True) == f"{sha}-dirty"
     path = write_grid(tmp_path / "g.yaml", glyph_shards, "  optim:\n    - {lr: 0.003, label: ok}\n")
     assert main(["grid", str(path), "--root", str(tmp_path / "root")]) == 2
     assert "--allow-dirty" in capsys.readouterr().err

@@ -86,17 +86,12 @@ BENCHES = ("utilization", "overhead", "data", "scaling", "profile", "decoding") 
 
 def provenance(command: str, allow_dirty: bool) -> str:
     """Header line of every table; refuses uncommitted changes outside results/bench/."""
-    from pixword_lit.fit.train import machine
-    from pixword_lit.grid.launch import source_commit
-    from pixword_lit.system.config import REPO_ROOT, ConfigError
+    from pixword_lit.provenance import machine, require_clean
 
-    sha, dirty = source_commit(REPO_ROOT, exclude="results/bench")
-    sha = sha or "unknown (not a git checkout)"
-    if dirty and not allow_dirty:
-        raise ConfigError(f"{REPO_ROOT} has uncommitted changes (git status): benchmark results "
-                          "must come from a commit; commit them, or pass --allow-dirty")
+    commit = require_clean(allow_dirty, "benchmark results", exclude="results/bench")
+    commit = commit or "unknown (not a git checkout)"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"`{command}` at commit {sha}{'-dirty' if dirty else ''} on {machine()}, "
+    return (f"`{command}` at commit {commit} on {machine()}, "
             f"{torch.get_num_threads()} torch threads, load average {load:.2f} at the start")
 
 

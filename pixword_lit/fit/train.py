@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -16,7 +15,6 @@ import warnings
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -35,6 +33,7 @@ from pixword_lit.fit.preempt import (
 )
 from pixword_lit.infer.captions import evaluate_run
 from pixword_lit.infer.load import Run
+from pixword_lit.provenance import git_commit, machine
 from pixword_lit.system import checkpoints, parallel
 from pixword_lit.system.build import build_datamodule, build_module, build_parts
 from pixword_lit.system.checkpoints import find_resume_checkpoint
@@ -287,16 +286,3 @@ def validate(ckpt: str, overrides: list[str]) -> dict:
     trainer = make_trainer(cfg, Path(ckpt).parent, logger=False)
     trainer.validate(module, datamodule=build_datamodule(parts), ckpt_path=None, verbose=False)
     return {k: float(v) for k, v in module.last_val.items()}
-
-
-def git_commit() -> str | None:
-    """The source checkout's HEAD, "-dirty" with uncommitted changes; None outside git."""
-    from pixword_lit.grid.launch import SOURCE_ROOT, source_commit  # the grid launcher: lazily
-
-    sha, dirty = source_commit(SOURCE_ROOT)
-    return f"{sha}-dirty" if sha and dirty else sha
-
-
-def machine() -> str:
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return f"{platform.machine()} {os.cpu_count()} cpus, {dev}, torch {torch.__version__}"

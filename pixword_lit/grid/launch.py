@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -31,9 +30,9 @@ from pixword_lit.grid.spec import (
     summary_problem,
 )
 from pixword_lit.grid.status import IN_FLIGHT, GridLock, record_end, refresh
-from pixword_lit.system.config import REPO_ROOT, ConfigError
+from pixword_lit.provenance import require_clean
+from pixword_lit.system.config import ConfigError
 
-SOURCE_ROOT = REPO_ROOT  # the checkout whose commit the runs record
 LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # submitit's local jobs time out; cells should not
 
 
@@ -111,32 +110,6 @@ def launcher_args(spec: Launcher) -> list[str]:
     if spec.name == "slurm" and spec.gpus_per_node:
         return [f"trainer.devices={spec.gpus_per_node}", f"trainer.num_nodes={spec.nodes}"]
     return []
-
-
-# ---- the commit -----------------------------------------------------------------------------
-def source_commit(repo: Path, exclude: str | None = None) -> tuple[str | None, bool]:
-    """(HEAD, has uncommitted changes to tracked files, those under `exclude` aside);
-    (None, False) outside git."""
-    try:
-        git = ["git", "-C", str(repo)]
-        sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
-                             check=True).stdout.strip()
-        paths = ["--", ".", f":(exclude){exclude}"] if exclude else []
-        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", *paths],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return sha, bool(dirty)
-    except (OSError, subprocess.CalledProcessError):
-        return None, False
-
-
-def require_clean(allow_dirty: bool) -> str | None:
-    sha, dirty = source_commit(SOURCE_ROOT)
-    if dirty and not allow_dirty:
-        raise ConfigError(
-            f"{SOURCE_ROOT} has uncommitted changes (git status): results must come from a "
-            "commit; commit them, or pass --allow-dirty for runs that are not results"
-        )
-    return f"{sha}-dirty" if sha and dirty else sha
 
 
 # ---- launching ------------------------------------------------------------------------------

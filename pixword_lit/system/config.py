@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pixword_lit.errors import ConfigError  # noqa: F401  (raised here; imported from here by callers)
 from pixword_lit.model.components import validate_components
+from pixword_lit.provenance import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_YAML = REPO_ROOT / "experiments" / "base.yaml"
 # PIL filters (image.py); bilinear_antialias is PIL's bilinear, named for what it matches:
 # torchvision's Resize on PIL images, which the authors' loader uses
