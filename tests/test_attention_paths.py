@@ -143,8 +143,8 @@ def test_model_loss_and_gradients_equal_under_both_kernels(attn, objective):
     for model in (ref, fast):
         out = model(batch)
         t = loss_terms(out, batch["targets"], vocab.n_words, model.dense)
-        (t["sum"] / t["n"]).backward()
-        results.append((out.logits, t["sum"], [p.grad for p in model.parameters()]))
+        (t.sum / t.n).backward()
+        results.append((out.logits, t.sum, [p.grad for p in model.parameters()]))
     torch.testing.assert_close(results[1][0], results[0][0], **TOL)
     torch.testing.assert_close(results[1][1], results[0][1], **TOL)
     for g_fast, g_ref in zip(results[1][2], results[0][2]):
@@ -224,7 +224,7 @@ def test_model_logits_and_gradients_equal_with_sdpa_everywhere(monkeypatch):
         model.zero_grad(set_to_none=True)
         out = model(batch)
         t = loss_terms(out, batch["targets"], vocab.n_words)
-        (t["sum"] / t["n"]).backward()
+        (t.sum / t.n).backward()
         results.append((out.logits, [p.grad.clone() for p in model.parameters()]))
     torch.testing.assert_close(results[0][0], results[1][0], **TOL)
     for a, b in zip(results[0][1], results[1][1]):

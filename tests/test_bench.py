@@ -61,7 +61,7 @@ def test_pixword_step_flops_match_the_hand_formula(kernel):
 
     def loss():
         t = loss_terms(model(batch), batch["targets"], vocab.n_words)
-        return t["sum"] / t["n"]
+        return t.sum / t.n
 
     d, h, hkv = cfg.dim, cfg.n_heads, cfg.n_kv_heads
     hd, hidden = d // h, ffn_hidden(cfg.dim, cfg.ffn_multiple_of)
@@ -141,8 +141,8 @@ def test_compiled_model_loss_and_gradients_equal_eager():
         torch.manual_seed(0)
         model = PixWordModel(load_config(None, [*TINY, f"model.compile={flag}"]).model, vocab, folding)
         t = loss_terms(model(batch), batch["targets"], vocab.n_words)
-        (t["sum"] / t["n"]).backward()
-        out.append((float(t["sum"] / t["n"]), model.state_dict(),
+        (t.sum / t.n).backward()
+        out.append((float(t.sum / t.n), model.state_dict(),
                     {k: p.grad for k, p in model.named_parameters()}))
     (l0, sd0, g0), (l1, sd1, g1) = out
     assert list(sd0) == list(sd1)

@@ -119,7 +119,7 @@ def test_forward_backward(fold, attn, emb):
     logits = model(batch).logits
     assert logits.shape == (*batch["targets"].shape, vocab.n_classes)
     t = loss_terms(ModelOutput(logits), batch["targets"], vocab.n_words)
-    loss = t["sum"] / t["n"]
+    loss = t.sum / t.n
     assert torch.isfinite(loss)
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
@@ -305,16 +305,16 @@ def test_every_variant_scores_the_same_targets(attn, emb):
                     assert torch.allclose(x[i, t], ref[i, k], atol=1e-5), (i, t)
     t = loss_terms(ModelOutput(logits), batch["targets"], vocab.n_words)
     logp = torch.log_softmax(logits.float(), -1)
-    assert float(t["sum"]) == pytest.approx(-sum(float(logp[i, p, c]) for (i, p), c in want.items()),
+    assert float(t.sum) == pytest.approx(-sum(float(logp[i, p, c]) for (i, p), c in want.items()),
                                             rel=1e-5)
     n_pix = len(SCORED_PIX)
-    assert (int(t["n"]), int(t["pix_n"]), int(t["word_n"])) == (len(want), n_pix, len(want) - n_pix)
-    assert float(t["pix_sum"]) == pytest.approx(
+    assert (int(t.n), int(t.pix_n), int(t.word_n)) == (len(want), n_pix, len(want) - n_pix)
+    assert float(t.pix_sum) == pytest.approx(
         -sum(float(logp[i, p, want[i, p]]) for (i, p) in SCORED_PIX), rel=1e-5)
-    assert float(t["word_sum"]) == pytest.approx(
+    assert float(t.word_sum) == pytest.approx(
         -sum(float(logp[i, p, c]) for (i, p), c in SCORED_WORDS.items()), rel=1e-5)
     correct = sum(int(logits[i, p].argmax()) == want[i, p] for (i, p) in SCORED_PIX)
-    assert int(t["pix_correct"]) == correct
+    assert int(t.pix_correct) == correct
 
 
 def test_pooled_and_global_conditional_differ_only_in_the_summary(monkeypatch):

@@ -134,7 +134,7 @@ def test_97_units_on_2_ranks_placeholders_score_nothing(tmp_path, monkeypatch):
             logits = torch.randn(*b["targets"].shape, 2 ** 17, generator=logits_gen)
             t = loss_terms(ModelOutput(logits), b["targets"], 6)
             # every real row scores its 2 targets (key, </s>), a placeholder none
-            assert int(t["n"]) == 2 * (len(r) - r.count(None))
+            assert int(t.n) == 2 * (len(r) - r.count(None))
             scored += [k for k in r if k is not None]
     assert n_batches == [7, 7]  # ceil(ceil(97 / 2) / 8) on both ranks: nobody waits
     assert placeholders == 1  # rank 1's block: 48 units + 1 placeholder

@@ -48,7 +48,7 @@ def _direct_grads(cfg, batch) -> list[torch.Tensor]:
     """The definition: d/dparams of (summed cross-entropy / scored targets) of the batch."""
     module = make_module(cfg)
     t = loss_terms(module.model(batch), batch["targets"], module.vocab.n_words)
-    (t["sum"] / t["n"]).backward()
+    (t.sum / t.n).backward()
     return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in module.parameters()]
 
 

@@ -337,17 +337,17 @@ def test_loss_terms_by_hand():
     logp = torch.log_softmax(logits.double(), -1)[0]
     ce = [-float(logp[0, 0]), -float(logp[1, 4]), -float(logp[2, 3])]
     t = loss_terms(ModelOutput(logits), targets, n_words)
-    assert float(t["sum"]) == pytest.approx(sum(ce), rel=1e-6)
-    assert float(t["pix_sum"]) == pytest.approx(ce[1] + ce[2], rel=1e-6)
-    assert float(t["word_sum"]) == pytest.approx(ce[0], rel=1e-6)
-    assert [int(t[k]) for k in ("n", "pix_n", "word_n", "pix_correct")] == [3, 2, 1, 1]
+    assert float(t.sum) == pytest.approx(sum(ce), rel=1e-6)
+    assert float(t.pix_sum) == pytest.approx(ce[1] + ce[2], rel=1e-6)
+    assert float(t.word_sum) == pytest.approx(ce[0], rel=1e-6)
+    assert [int(getattr(t, k)) for k in ("n", "pix_n", "word_n", "pix_correct")] == [3, 2, 1, 1]
     # a correct word prediction does not count as a pix hit; a class-3 boundary target does
     t2 = loss_terms(ModelOutput(logits[:, :1]), torch.tensor([[0]]), n_words)
-    assert int(t2["pix_correct"]) == 0 and int(t2["word_n"]) == 1 and int(t2["pix_n"]) == 0
+    assert int(t2.pix_correct) == 0 and int(t2.word_n) == 1 and int(t2.pix_n) == 0
     edge = torch.zeros(1, 2, 6)
     edge[0, 0, 3] = edge[0, 1, 2] = 5.0
     t3 = loss_terms(ModelOutput(edge), torch.tensor([[3, 2]]), n_words)  # 3 is the first pix class
-    assert [int(t3[k]) for k in ("pix_n", "word_n", "pix_correct")] == [1, 1, 1]
+    assert [int(getattr(t3, k)) for k in ("pix_n", "word_n", "pix_correct")] == [1, 1, 1]
 
 
 def test_loss_terms_computes_in_float32_from_bf16_logits():
@@ -357,5 +357,5 @@ def test_loss_terms_computes_in_float32_from_bf16_logits():
     want = torch.nn.functional.cross_entropy(logits.double().reshape(-1, 40), targets.reshape(-1),
                                              reduction="sum")
     t = loss_terms(ModelOutput(logits), targets, 20)
-    assert t["sum"].dtype == torch.float32
-    assert float(t["sum"]) == pytest.approx(float(want), rel=1e-5)
+    assert t.sum.dtype == torch.float32
+    assert float(t.sum) == pytest.approx(float(want), rel=1e-5)

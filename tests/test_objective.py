@@ -84,9 +84,9 @@ def test_local_decoder_scores_every_valid_pixel_of_every_target_window(attn, emb
         assert torch.equal(row, torch.where(ok, batch["pix"][b, w], IGNORE))
     assert int((dt[4:] != IGNORE).sum()) == 3 * 4 + 3 * 2  # wide image: 3 rows of 4 and of 2 px
     t = loss_terms(out, batch["targets"], N_WORDS, dense=True)
-    assert int(t["pixel_all_n"]) == int((dt != IGNORE).sum())
-    assert int(t["n"]) == int(t["word_n"] + t["pixel_all_n"])
-    loss = t["sum"] / t["n"]
+    assert int(t.pixel_all_n) == int((dt != IGNORE).sum())
+    assert int(t.n) == int(t.word_n + t.pixel_all_n)
+    loss = t.sum / t.n
     loss.backward()
     assert all(p.grad is not None for p in model.local.parameters())
 
@@ -124,7 +124,7 @@ def test_full_causal_dense_trains_every_pixel(attn, emb):
     assert out.pixel_logits is not None  # trained, not only reported
     t = loss_terms(out, batch["targets"], N_WORDS, dense=True)
     n_valid_pixels = int((batch["pix_pos"] >= 0).sum())
-    assert int(t["pixel_all_n"]) == n_valid_pixels  # every valid pixel is a target once
+    assert int(t.pixel_all_n) == n_valid_pixels  # every valid pixel is a target once
     first, _, _ = make(attn, emb, "first_pixel")
     first.train()
     assert first(batch).pixel_logits is None  # the paper's objective trains first pixels only

@@ -69,8 +69,8 @@ def test_logprob_of_a_sample_is_the_teacher_forced_nll(attn, emb):
     with torch.no_grad():
         out = model(batch, every_pixel=True)
     t = loss_terms(out, batch["targets"], N_WORDS, dense=True)
-    assert int(t["pixel_all_n"]) == smp.sampled
-    assert float(t["pixel_all_sum"]) == pytest.approx(-smp.logprob, rel=1e-5)
+    assert int(t.pixel_all_n) == smp.sampled
+    assert float(t.pixel_all_sum) == pytest.approx(-smp.logprob, rel=1e-5)
 
 
 def test_completion_keeps_whole_window_rows_and_samples_the_rest():

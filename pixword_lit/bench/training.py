@@ -105,7 +105,7 @@ def loss_of(model, batch: dict) -> torch.Tensor:
     from pixword_lit.model.pixword import loss_terms
 
     t = loss_terms(model(batch), batch["targets"], model.vocab.n_words, model.dense)
-    return t["sum"] / t["n"].clamp(min=1)
+    return t.sum / t.n.clamp(min=1)
 
 
 def bare_step(model, cfg, dtype: str):

@@ -188,14 +188,39 @@ def _init_paper(m: nn.Module) -> None:
         nn.init.xavier_normal_(m.weight)
 
 
-def loss_terms(out: ModelOutput, targets: torch.Tensor, n_words: int, dense: bool = False) -> dict:
-    """Summed cross-entropies with counts (for exact means over any number of batches/ranks).
+class LossTerms(NamedTuple):
+    """Summed cross-entropies with their counts, for exact means over any number of batches,
+    micro-batches and ranks (sum the terms, then divide).
 
-    `pix_*`: the paper's first-pixel targets (every objective); `word_*`: word targets;
-    `pixel_all_*`: every valid pixel, where the model predicts them (dense, or full_causal in
-    evaluation); `sum`/`n`: what training minimizes (first_pixel: word + first-pixel targets;
-    dense: word + every pixel).
+    - `sum` / `n`: what training minimizes (first_pixel: word + first-pixel targets; dense:
+      word + every pixel);
+    - `pix_sum` / `pix_n` / `pix_correct`: the paper's first-pixel targets (every objective);
+    - `word_sum` / `word_n`: word targets;
+    - `pixel_all_sum` / `pixel_all_n`: every valid pixel, where the model predicts them (dense,
+      or full_causal in evaluation); zeros elsewhere.
     """
+
+    sum: torch.Tensor
+    n: torch.Tensor
+    pix_sum: torch.Tensor
+    pix_n: torch.Tensor
+    word_sum: torch.Tensor
+    word_n: torch.Tensor
+    pix_correct: torch.Tensor
+    pixel_all_sum: torch.Tensor
+    pixel_all_n: torch.Tensor
+
+    def stack(self) -> torch.Tensor:
+        """One detached float64 vector (for a single all-reduce); `unstack` reads it back."""
+        return torch.stack([v.detach().double() for v in self])
+
+    @classmethod
+    def unstack(cls, v: torch.Tensor) -> LossTerms:
+        return cls(*v.unbind())
+
+
+def loss_terms(out: ModelOutput, targets: torch.Tensor, n_words: int, dense: bool = False) -> LossTerms:
+    """The batch's `LossTerms` from the model's output and the batch's targets."""
     logits = out.logits
     flat_t = targets.reshape(-1)
     flat_l = logits.reshape(-1, logits.shape[-1])
@@ -203,28 +228,22 @@ def loss_terms(out: ModelOutput, targets: torch.Tensor, n_words: int, dense: boo
     scored = flat_t != IGNORE
     is_pix = scored & (flat_t >= n_words)
     is_word = scored & (flat_t < n_words)
-    t = {
-        "pix_sum": (ce * is_pix).sum(),
-        "pix_n": is_pix.sum(),
-        "word_sum": (ce * is_word).sum(),
-        "word_n": is_word.sum(),
-        "pix_correct": ((flat_l.argmax(-1) == flat_t) & is_pix).sum(),
-    }
-    zero = ce.new_zeros(())
-    t["pixel_all_sum"], t["pixel_all_n"] = zero, is_pix.sum() * 0
+    pix_sum, pix_n = (ce * is_pix).sum(), is_pix.sum()
+    pix_correct = ((flat_l.argmax(-1) == flat_t) & is_pix).sum()
+    word_sum, word_n = (ce * is_word).sum(), is_word.sum()
+    all_sum, all_n = ce.new_zeros(()), is_pix.sum() * 0
     if out.dense_logits is not None:  # local decoder: position 0 is the paper's first pixel
         dl, dt = out.dense_logits.float(), out.dense_targets  # (n, P, n_pix), (n, P)
         dce = F.cross_entropy(dl.transpose(1, 2), dt, ignore_index=IGNORE, reduction="none")  # (n, P)
-        t["pix_sum"], t["pix_n"] = dce[:, 0].sum(), (dt[:, 0] != IGNORE).sum()
-        t["pix_correct"] = ((dl[:, 0].argmax(-1) == dt[:, 0]) & (dt[:, 0] != IGNORE)).sum()
-        t["pixel_all_sum"], t["pixel_all_n"] = dce.sum(), (dt != IGNORE).sum()
+        pix_sum, pix_n = dce[:, 0].sum(), (dt[:, 0] != IGNORE).sum()
+        pix_correct = ((dl[:, 0].argmax(-1) == dt[:, 0]) & (dt[:, 0] != IGNORE)).sum()
+        all_sum, all_n = dce.sum(), (dt != IGNORE).sum()
     elif out.pixel_logits is not None:  # full_causal: every pixel token predicts the next
         pl, pt = out.pixel_logits.float(), out.pixel_targets  # (B, T', C), (B, T')
-        t["pixel_all_sum"] = F.cross_entropy(pl.transpose(1, 2), pt, ignore_index=IGNORE,
-                                             reduction="sum")
-        t["pixel_all_n"] = (pt != IGNORE).sum()
+        all_sum = F.cross_entropy(pl.transpose(1, 2), pt, ignore_index=IGNORE, reduction="sum")
+        all_n = (pt != IGNORE).sum()
     if dense:
-        t["sum"], t["n"] = t["word_sum"] + t["pixel_all_sum"], t["word_n"] + t["pixel_all_n"]
+        total, n = word_sum + all_sum, word_n + all_n
     else:
-        t["sum"], t["n"] = ce.sum(), scored.sum()
-    return t
+        total, n = ce.sum(), scored.sum()
+    return LossTerms(total, n, pix_sum, pix_n, word_sum, word_n, pix_correct, all_sum, all_n)

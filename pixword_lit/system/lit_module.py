@@ -18,13 +18,12 @@ from omegaconf import OmegaConf
 from torchmetrics import SumMetric
 
 from pixword_lit.model.components.folding import folding_from_state, psnr
-from pixword_lit.model.pixword import PixWordModel, loss_terms
+from pixword_lit.model.pixword import LossTerms, PixWordModel, loss_terms
 from pixword_lit.model.tokens import Vocab
 from pixword_lit.system.parallel import apply_fsdp, is_sharded
 
-LOGGED = ["sum", "n", "pix_sum", "pix_n", "word_sum", "word_n", "pix_correct"]  # loss_terms keys
-VAL_SUMS = ["sum", "n", "pix_sum", "pix_n", "word_sum", "word_n", "pix_correct",
-            "fold_se", "fold_n", "baseline_sum", "pixel_all_sum", "pixel_all_n"]
+# validation sums: the loss terms and the folding error / baseline sums beside them
+VAL_SUMS = [*LossTerms._fields, "fold_se", "fold_n", "baseline_sum"]
 
 
 class PixWordLit(L.LightningModule):
@@ -66,33 +65,33 @@ class PixWordLit(L.LightningModule):
         logs; callbacks.TrainLog writes it)."""
         t = loss_terms(self.model(batch), batch["targets"], self.vocab.n_words, self.model.dense)
         pix_t = batch["targets"][batch["targets"] >= self.vocab.n_words] - self.vocab.n_words
-        stats = torch.stack([t[k].detach() for k in LOGGED]).double()
-        inc = torch.cat([torch.bincount(pix_t, minlength=self.vocab.n_pix),
-                         torch.stack([batch["elem_valid"].sum(), batch["n_pixels"].sum()]), stats]).double()
+        colors = torch.bincount(pix_t, minlength=self.vocab.n_pix)
+        seen = torch.stack([batch["elem_valid"].sum(), batch["n_pixels"].sum()])
+        inc = torch.cat([colors, seen, t.stack()]).double()
         world, accum = self.trainer.world_size, self.trainer.accumulate_grad_batches
-        if world > 1:
+        if world > 1:  # one all-reduce for the counters and the global loss terms
             inc = self.trainer.strategy.reduce(inc, reduce_op="sum")
-        n_pix = self.vocab.n_pix
-        self.color_counts += inc[:n_pix]
-        self.tokens_seen += inc[n_pix]
-        self.pix_tokens_seen += inc[n_pix + 1]
+        colors, seen, g = inc.split([self.vocab.n_pix, 2, len(LossTerms._fields)])
+        self.color_counts += colors
+        self.tokens_seen += seen[0]
+        self.pix_tokens_seen += seen[1]
         # global sums and counts of this micro-batch
-        g = dict(zip(LOGGED, inc[n_pix + 2 :])) if world > 1 else {k: t[k].detach() for k in LOGGED}
-        n_global = float(g["n"])
+        g = LossTerms.unstack(g) if world > 1 else LossTerms(*(v.detach() for v in t))
+        n_global = float(g.n)
         if batch_idx % accum == 0 or self._window_denominator is None:  # a window starts
             # (Lightning zeroes grads) provisional denominator: this micro-batch's count times
             # the window length; on_before_optimizer_step rescales to the window's true count
             self._window_denominator, self._window_scored = max(n_global, 1.0) * accum, 0.0
         self._window_scored += n_global
         # Lightning divides by accum and DDP/FSDP average over ranks: both are undone here
-        loss = t["sum"] * (world * accum) / self._window_denominator
-        mean = g["sum"] / g["n"].clamp(min=1)  # the global micro-batch's mean, for the logs
+        loss = t.sum * (world * accum) / self._window_denominator
+        mean = g.sum / g.n.clamp(min=1)  # the global micro-batch's mean, for the logs
         log = dict(on_step=True, on_epoch=False, batch_size=batch["targets"].shape[0])
         self.log("train/loss", mean, prog_bar=True, **log)
-        self.log("train/pix_loss", g["pix_sum"] / g["pix_n"].clamp(min=1), **log)
+        self.log("train/pix_loss", g.pix_sum / g.pix_n.clamp(min=1), **log)
         if self.cfg.data.mode != "image_only":  # image-only data has no word targets
-            self.log("train/word_loss", g["word_sum"] / g["word_n"].clamp(min=1), **log)
-        self.log("train/pix_acc", g["pix_correct"] / g["pix_n"].clamp(min=1), **log)
+            self.log("train/word_loss", g.word_sum / g.word_n.clamp(min=1), **log)
+        self.log("train/pix_acc", g.pix_correct / g.pix_n.clamp(min=1), **log)
         if int(batch["n_skipped"]):
             self.log("data/skipped", batch["n_skipped"].float(), reduce_fx="sum", **log)
         return {"loss": loss, "mean_loss": mean.detach()}
@@ -160,7 +159,7 @@ class PixWordLit(L.LightningModule):
         out = self.model(batch, every_pixel=True)
         # every sum is updated on every rank (zeros where a variant has no such term), so all
         # ranks sync the same metric set
-        t = loss_terms(out, batch["targets"], self.vocab.n_words, self.model.dense)
+        t = loss_terms(out, batch["targets"], self.vocab.n_words, self.model.dense)._asdict()
         t["fold_se"] = batch["fold_se"].sum()
         t["fold_n"] = batch["n_pixels"].sum() * 3
         t["baseline_sum"] = self._baseline_sum(batch["targets"])
