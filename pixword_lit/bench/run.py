@@ -26,6 +26,7 @@ import torch
 from pixword_lit.data.elements import image_windows
 from pixword_lit.fit.memory import keep_freed_memory
 from pixword_lit.infer.generate import Sampling, generate, generate_uncached
+from pixword_lit.model.components.folding import UniformFolding
 from pixword_lit.model.pixword import PixWordModel
 from pixword_lit.model.tokens import Vocab
 from pixword_lit.system.config import load_config
@@ -33,13 +34,11 @@ from pixword_lit.system.config import load_config
 
 def decoding(config: str, new_tokens: int = 64, n_words: int = 1000, repeats: int = 3,
              threads: int | None = None) -> list[dict]:
-    from pixword_lit.system.build import folding_from_state
-
     if threads:
         torch.set_num_threads(threads)
     cfg = load_config(config, [])
     m = cfg.model
-    folding = folding_from_state({"name": "uniform", "factor": m.folding.get("factor", 16)})
+    folding = UniformFolding(m.folding.get("factor", 16))
     vocab = Vocab(n_words, folding.n_pix)
     torch.manual_seed(0)
     model = PixWordModel(m, vocab, folding).eval()

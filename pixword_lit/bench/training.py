@@ -94,10 +94,9 @@ def sync(device: torch.device) -> None:
 
 def make_model(s: Setup, device: torch.device):
     from pixword_lit.model.pixword import PixWordModel
-    from pixword_lit.system.build import folding_from_state
 
     torch.manual_seed(s.cfg.run.seed)
-    model = PixWordModel(s.cfg.model, s.parts.vocab, folding_from_state(s.parts.folding_state))
+    model = PixWordModel(s.cfg.model, s.parts.vocab, s.parts.folding)
     return model.to(device).train()
 
 

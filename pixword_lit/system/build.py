@@ -14,7 +14,12 @@ from pixword_lit.data.shards import ShardSet, resolve_shards
 from pixword_lit.data.stream import PixDataModule, SampleBuilder, sample_pixels
 from pixword_lit.files import atomic_write
 from pixword_lit.model.components import component_params
-from pixword_lit.model.components.folding import fit_palette, folding_from_state
+from pixword_lit.model.components.folding import (
+    PaletteFolding,
+    UniformFolding,
+    fit_palette,
+    folding_from_state,
+)
 from pixword_lit.model.tokens import N_SPECIAL, SPECIAL_TOKENS, Vocab
 from pixword_lit.system.config import ConfigError
 from pixword_lit.system.lit_module import PixWordLit
@@ -47,23 +52,24 @@ def word_vocab_size(cfg: DictConfig, tokenizer) -> int:
     return cfg.model.vocab_size or n
 
 
-def make_folding_state(cfg: DictConfig, train: ShardSet | None, run_dir: Path | None) -> dict:
+def make_folding(cfg: DictConfig, train: ShardSet | None, run_dir: Path | None):
     """Uniform folding is its factor; a palette is fitted once on training pixels and kept in
-    the run folder (and in checkpoints), so validation and resumed runs use the same one."""
+    the run folder (and, as the folding's `state()`, in checkpoints), so validation and
+    resumed runs use the same one."""
     name, params = component_params("folding", cfg.model.folding)
     if name == "uniform":
-        return {"name": "uniform", "factor": params["factor"]}
+        return UniformFolding(params.factor)
     saved = run_dir / "palette.json" if run_dir is not None else None
     if saved is not None and saved.exists():
-        return {"name": "palette", "palette": json.loads(saved.read_text())}
+        return PaletteFolding(json.loads(saved.read_text()))
     if train is None:
         raise ConfigError("model.folding: a palette needs training shards to be fitted on")
     tmp_builder = SampleBuilder(cfg.model, cfg.data, Vocab(N_SPECIAL, 1), None)
-    pixels = sample_pixels(train, tmp_builder, params["sample_pixels"], cfg.run.seed)
-    palette = fit_palette(pixels, params["colors"], params["iters"], cfg.run.seed).tolist()
+    pixels = sample_pixels(train, tmp_builder, params.sample_pixels, cfg.run.seed)
+    folding = PaletteFolding(fit_palette(pixels, params.colors, params.iters, cfg.run.seed))
     if saved is not None:  # atomic: under torchrun/SLURM every rank may fit (identically)
-        atomic_write(saved, json.dumps(palette), per_process=True)
-    return {"name": "palette", "palette": palette}
+        atomic_write(saved, json.dumps(folding.state()["palette"]), per_process=True)
+    return folding
 
 
 @dataclass
@@ -73,8 +79,13 @@ class RunParts:
     val: ShardSet
     tokenizer: object
     vocab: Vocab
-    folding_state: dict
+    folding: UniformFolding | PaletteFolding
     builder: SampleBuilder
+
+    @property
+    def folding_state(self) -> dict:
+        """What checkpoints keep of the folding (`FOLDINGS[name].from_state` rebuilds it)."""
+        return self.folding.state()
 
 
 def build_parts(cfg: DictConfig, run_dir: Path | None, folding_state: dict | None = None) -> RunParts:
@@ -83,11 +94,13 @@ def build_parts(cfg: DictConfig, run_dir: Path | None, folding_state: dict | Non
     val = resolve_shards(d.val, d.val_index, d.mode, "data.val")
     tokenizer = load_tokenizer(cfg, train)
     n_words = word_vocab_size(cfg, tokenizer)
-    state = folding_state or make_folding_state(cfg, train, run_dir)
-    folding = folding_from_state(state)
+    if folding_state is not None:
+        folding = folding_from_state(folding_state)
+    else:
+        folding = make_folding(cfg, train, run_dir)
     vocab = Vocab(n_words, folding.n_pix)
     builder = SampleBuilder(cfg.model, d, vocab, folding, tokenizer)
-    return RunParts(cfg, train, val, tokenizer, vocab, state, builder)
+    return RunParts(cfg, train, val, tokenizer, vocab, folding, builder)
 
 
 def build_module(parts: RunParts) -> PixWordLit:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import fields
+from typing import Any
 
 from pixword_lit.errors import ConfigError
 from pixword_lit.model.components.attention import ATTENTIONS
@@ -28,8 +29,9 @@ REGISTRIES = {"folding": FOLDINGS, "attention": ATTENTIONS, "embedding": EMBEDDI
               "objective": OBJECTIVES}
 
 
-def component_params(family: str, spec) -> tuple[str, dict]:
-    """(name, params) of a `{name: ..., <params>}` mapping, params filled with defaults."""
+def component_params(family: str, spec) -> tuple[str, Any]:
+    """(name, params) of a `{name: ..., <params>}` mapping: params is the component's own
+    `Params` dataclass, filled with its defaults where the mapping leaves them out."""
     key = f"model.{family}"
     registry = REGISTRIES[family]
     spec = dict(spec or {})
@@ -38,12 +40,12 @@ def component_params(family: str, spec) -> tuple[str, dict]:
         raise ConfigError(
             f"{key}.name: unknown {family} {name!r}; valid names: {', '.join(sorted(registry))}"
         )
-    allowed = {f.name: f.default for f in fields(registry[name].Params)}
+    allowed = {f.name for f in fields(registry[name].Params)}
     unknown = sorted(set(spec) - set(allowed))
     if unknown:
         valid = ", ".join(sorted(allowed)) or "none"
         raise ConfigError(f"{key}.{unknown[0]}: not a parameter of {family} {name!r} (valid: {valid})")
-    return name, {**allowed, **spec}
+    return name, registry[name].Params(**spec)
 
 
 def validate_components(cfg) -> None:
@@ -56,17 +58,17 @@ def validate_components(cfg) -> None:
             "model.objective.name: 'dense' predicts every pixel from the previous ones, which "
             "needs per-pixel embeddings; embedding 'patch_linear' embeds whole windows only"
         )
-    if obj == "dense" and op["local_layers"] < 1:
-        raise ConfigError(f"model.objective.local_layers: must be >= 1, got {op['local_layers']}")
-    if obj == "dense" and op["local_dim"] is not None and op["local_dim"] % cfg.model.n_heads:
-        raise ConfigError(f"model.objective.local_dim: {op['local_dim']} is not divisible by "
+    if obj == "dense" and op.local_layers < 1:
+        raise ConfigError(f"model.objective.local_layers: must be >= 1, got {op.local_layers}")
+    if obj == "dense" and op.local_dim is not None and op.local_dim % cfg.model.n_heads:
+        raise ConfigError(f"model.objective.local_dim: {op.local_dim} is not divisible by "
                           f"model.n_heads {cfg.model.n_heads}")
-    if fold == "uniform" and not (_is_power_of_two(fp["factor"]) and fp["factor"] <= 128):
+    if fold == "uniform" and not (_is_power_of_two(fp.factor) and fp.factor <= 128):
         raise ConfigError(
-            f"model.folding.factor: fold factor must be a power of two in 1..128, got {fp['factor']}"
+            f"model.folding.factor: fold factor must be a power of two in 1..128, got {fp.factor}"
         )
-    if fold == "palette" and not 2 <= fp["colors"] <= 65536:
-        raise ConfigError(f"model.folding.colors: must be in 2..65536, got {fp['colors']}")
+    if fold == "palette" and not 2 <= fp.colors <= 65536:
+        raise ConfigError(f"model.folding.colors: must be in 2..65536, got {fp.colors}")
     if emb == "factorized" and not FOLDINGS[fold].has_channel_levels:
         raise ConfigError(
             "model.embedding.name: 'factorized' needs per-channel levels, which folding "
@@ -77,11 +79,11 @@ def validate_components(cfg) -> None:
             f"model.attention.name: {attn!r} needs per-pixel tokens, but embedding 'patch_linear' "
             "embeds whole windows; use attention global_conditional with patch_linear"
         )
-    if attn == "full_causal" and cfg.model.image_size**2 > ap["max_pixels"]:
+    if attn == "full_causal" and cfg.model.image_size**2 > ap.max_pixels:
         raise ConfigError(
             f"model.attention.max_pixels: full_causal attends over every pixel token, and "
             f"image_size {cfg.model.image_size} gives {cfg.model.image_size**2} per image "
-            f"(limit {ap['max_pixels']}); use a smaller model.image_size or raise the limit"
+            f"(limit {ap.max_pixels}); use a smaller model.image_size or raise the limit"
         )
 
 

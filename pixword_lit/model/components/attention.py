@@ -21,13 +21,9 @@ import torch
 from torch import nn
 
 from pixword_lit.model.batch import Batch
+from pixword_lit.model.components.base import NoParams
 from pixword_lit.model.layers import Stack
 from pixword_lit.model.tokens import IGNORE
-
-
-@dataclass
-class NoParams:
-    pass
 
 
 @dataclass

@@ -15,10 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-
-@dataclass
-class NoParams:
-    pass
+from pixword_lit.model.components.base import NoParams
 
 
 def _color_table(folding) -> torch.Tensor:

@@ -27,12 +27,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from pixword_lit.model.components.base import NoParams
 from pixword_lit.model.layers import RMSNorm, Stack
-
-
-@dataclass
-class NoParams:
-    pass
 
 
 @dataclass
@@ -55,15 +51,15 @@ class LocalDecoder(nn.Module):
     """MEGABYTE's local model over one window: (n, dim) context, (n, P, dim) pixel embeddings
     -> (n, P, n_pix) logits, position j predicting pixel j from pixels < j and the context."""
 
-    def __init__(self, mcfg, params: dict, n_pix: int):
+    def __init__(self, mcfg, params: DenseParams, n_pix: int):
         super().__init__()
         dim = mcfg.dim
-        local_dim = params["local_dim"] or dim
+        local_dim = params.local_dim or dim
         lcfg = OmegaConf.merge(mcfg, {"dim": local_dim})
         self.context = nn.Linear(dim, local_dim, bias=False)  # global output -> every position
         self.inputs = nn.Identity() if local_dim == dim else nn.Linear(dim, local_dim, bias=False)
         self.start = nn.Parameter(torch.zeros(local_dim))  # input at position 0 (MEGABYTE's pad)
-        self.stack = Stack(lcfg, params["local_layers"], windowed=True)  # all valid: plain causal
+        self.stack = Stack(lcfg, params.local_layers, windowed=True)  # all valid: plain causal
         self.norm = RMSNorm(local_dim, mcfg.norm_eps)
         self.head = nn.Linear(local_dim, n_pix, bias=False)  # pixel classes only
 
