@@ -35,9 +35,10 @@ def _validate(a) -> int:
 
 
 def _inspect(a) -> int:
-    from pixword_lit.data.inspect_image import inspect_path
+    from pixword_lit.data.inspect_image import Geometry, inspect_path
 
-    out = inspect_path(a)
+    g = Geometry(a.image_size, a.window_size, a.fold, a.resample, a.max_seq_len)
+    out = inspect_path(a.path, g, a.tokenizer, a.images)
     print(json.dumps(out) if a.json else json.dumps(out, indent=1))
     return 0
 
@@ -142,7 +143,8 @@ def _bench(a) -> int:
             print(f"{r['decoding']:>9}: {r['tokens_per_s']:9.1f} tokens/s "
                   f"({r['seconds']} s for {r['new_tokens']})")
         return 0
-    for f in bench.run(a.what, a, header):
+    for f in bench.run(a.what, a.config, a.set or [], Path(a.out), header, device=a.device,
+                       threads=a.threads, new_tokens=a.new_tokens):
         print(f"wrote {f}")
     return 0
 
@@ -231,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--fold", type=int, default=16, help="uniform fold factor f")
     i.add_argument("--tokenizer", help="tokenizer.json for documents (default: special tokens only)")
     i.add_argument("--max-seq-len", type=int, default=1024)
+    i.add_argument("--resample", default="bicubic",
+                   help="the resize filter (a config's data.resample; default bicubic, as base.yaml)")
     i.add_argument("--json", action="store_true", help="compact JSON on one line")
     i.set_defaults(fn=_inspect)
 

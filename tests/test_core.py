@@ -48,6 +48,26 @@ def test_worked_example_through_inspect(tmp_path, capsys):
     assert wide["pix_tokens"][2] == [8, 8, 8, 8] and wide["image_positions"][3] == [-1] * 4
 
 
+def test_inspect_resizes_with_the_chosen_filter(tmp_path, capsys):
+    """--resample is the config's data.resample: an 8x8 checkerboard shrunk to 4x4 stays
+    black or white under nearest and becomes grey under box (fold 64: grey has its own token)."""
+    def tokens(name, rgb, *args):
+        Image.fromarray(rgb).save(tmp_path / name)
+        assert main(["inspect", str(tmp_path / name), "--image-size", "4", "--window-size", "2",
+                     "--fold", "64", "--json", *args]) == 0
+        return {int(x) for x in np.ravel(json.loads(capsys.readouterr().out)["pix_tokens"])}
+
+    board = np.repeat((np.indices((8, 8)).sum(0) % 2 * 255).astype(np.uint8)[..., None], 3, -1)
+    black = tokens("black.png", np.zeros((8, 8, 3), np.uint8))
+    white = tokens("white.png", np.full((8, 8, 3), 255, np.uint8))
+    nearest = tokens("board.png", board, "--resample", "nearest")
+    box = tokens("board.png", board, "--resample", "box")
+    assert len(black | white) == 2 and nearest <= black | white
+    assert box.isdisjoint(black | white)
+    assert main(["inspect", str(tmp_path / "board.png"), "--resample", "sharpest"]) == 2
+    assert "--resample: unknown filter 'sharpest'" in capsys.readouterr().err
+
+
 def test_inspect_document(tmp_path, capsys):
     from data_prep.tokenizer import train_tokenizer
 

@@ -94,41 +94,42 @@ def provenance(command: str, allow_dirty: bool) -> str:
             f"{torch.get_num_threads()} torch threads, load average {load:.2f} at the start")
 
 
-def run(what: str, a, header: str) -> list[Path]:
-    """One benchmark (or `all`) with the CLI's arguments -> the files written."""
+def run(what: str, config: str, over: list[str], out: Path, header: str, device: str | None = None,
+        threads: int | None = None, new_tokens: int = 64) -> list[Path]:
+    """One benchmark (or `all`) of `config` with dotted overrides `over`, tables written under
+    `out` -> the files written."""
     from pixword_lit.bench import training as bt
 
     keep_freed_memory()  # as training does (train.fit)
-    out, over = Path(a.out), list(a.set or [])
     out.mkdir(parents=True, exist_ok=True)
     names = BENCHES if what == "all" else (what,)
     files, consume = [], None
     for name in names:
         t0 = time.perf_counter()
         if name == "utilization":
-            rows = bt.utilization(a.config, over, device=a.device)
+            rows = bt.utilization(config, over, device=device)
             consume = next(r["step_s"] for r in rows if r["model"] == "quickstart"
                            and r["dtype"] == "fp32")
         elif name == "overhead":
-            rows = bt.overhead(a.config, over, device=a.device)
+            rows = bt.overhead(config, over, device=device)
         elif name == "data":
-            rows = bt.data(a.config, over, consume_step_s=consume, device=a.device)
+            rows = bt.data(config, over, consume_step_s=consume, device=device)
         elif name == "scaling":
-            rows = bt.scaling(a.config, over, device=a.device)
+            rows = bt.scaling(config, over, device=device)
             bt.plot_scaling(rows, out / "scaling.png")
             files.append(out / "scaling.png")
         elif name == "profile":
-            rows = bt.profile(a.config, over, device=a.device)
+            rows = bt.profile(config, over, device=device)
         elif name == "ab":
             from pixword_lit.bench.ab import ab
 
-            rows = ab(a.config, over, threads=a.threads)
+            rows = ab(config, over, threads=threads)
         elif name == "paper":
             from pixword_lit.bench.gpu import paper
 
-            rows = paper(a.config, over, device=a.device)
+            rows = paper(config, over, device=device)
         else:
-            rows = decoding(a.config, a.new_tokens)
+            rows = decoding(config, new_tokens)
         files += write_table(rows, out, name, header + f"; {name}: {time.perf_counter() - t0:.0f} s")
         for r in rows:
             print(name, r, flush=True)

@@ -16,6 +16,7 @@ from PIL import Image
 from pixword_lit.model.batch import Batch
 from pixword_lit.model.tokens import BOS, EOS, IGNORE, IMG_END, IMG_START, PAD, Vocab
 
+# the resize filters `data.resample` names (PIL's)
 RESAMPLE = {
     "nearest": Image.NEAREST,
     "bilinear": Image.BILINEAR,

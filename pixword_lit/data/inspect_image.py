@@ -3,53 +3,70 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pixword_lit.data.elements import build_sample, image_windows, resize_longer_side
+from pixword_lit.data.elements import RESAMPLE, build_sample, image_windows, resize_longer_side
 from pixword_lit.errors import ConfigError
 from pixword_lit.model.components.folding import UniformFolding
 from pixword_lit.model.tokens import IGNORE, N_SPECIAL, Vocab
 
 
-def _windows(path, a, folding, vocab):
+@dataclass
+class Geometry:
+    """How `pixword inspect` turns an image into windows (the config's model/data keys)."""
+
+    image_size: int = 224
+    window_size: int = 16
+    fold: int = 16
+    resample: str = "bicubic"
+    max_seq_len: int = 1024
+
+
+def _windows(path, g: Geometry, folding, vocab):
     from data_prep.imageio import load_rgb
 
-    img = resize_longer_side(load_rgb(path), a.image_size, "upscale", "bicubic")
-    return image_windows(np.asarray(img), a.image_size, a.window_size, folding, vocab)
+    img = resize_longer_side(load_rgb(path), g.image_size, "upscale", g.resample)
+    return image_windows(np.asarray(img), g.image_size, g.window_size, folding, vocab)
 
 
-def inspect_path(a) -> dict:
-    if a.image_size % a.window_size:
-        raise ConfigError(f"--window-size {a.window_size} does not divide --image-size {a.image_size}")
-    folding = UniformFolding(a.fold)
-    tokenizer = None
-    if a.tokenizer:
+def inspect_path(path: str | Path, g: Geometry, tokenizer: str | None = None,
+                 images: str | None = None) -> dict:
+    """The sample built from one image, or one mixed-format .txt document whose image
+    references resolve under `images`, as the JSON fields `describe` gives."""
+    if g.image_size % g.window_size:
+        raise ConfigError(f"--window-size {g.window_size} does not divide --image-size {g.image_size}")
+    if g.resample not in RESAMPLE:
+        raise ConfigError(f"--resample: unknown filter {g.resample!r}; one of {', '.join(RESAMPLE)}")
+    folding = UniformFolding(g.fold)
+    tok = None
+    if tokenizer:
         from data_prep.tokenizer import load_tokenizer
 
-        tokenizer = load_tokenizer(a.tokenizer)
-    vocab = Vocab(tokenizer.get_vocab_size() if tokenizer else N_SPECIAL, folding.n_pix)
-    path = Path(a.path)
+        tok = load_tokenizer(tokenizer)
+    vocab = Vocab(tok.get_vocab_size() if tok else N_SPECIAL, folding.n_pix)
+    path = Path(path)
     if path.suffix.lower() != ".txt":
-        w = _windows(path, a, folding, vocab)
-        return describe(build_sample([w], vocab, a.max_seq_len))
+        w = _windows(path, g, folding, vocab)
+        return describe(build_sample([w], vocab, g.max_seq_len))
     from data_prep.documents import parse_document, read_document, resolve_image
 
     elements, shown = [], []
     for el in parse_document(read_document(path), str(path)):
         if el["type"] == "text":
-            if tokenizer is None:
+            if tok is None:
                 raise ConfigError("--tokenizer: a document with text needs a tokenizer.json")
-            elements.append(np.array(tokenizer.encode(el["text"], add_special_tokens=False).ids))
+            elements.append(np.array(tok.encode(el["text"], add_special_tokens=False).ids))
             shown.append({"type": "text", "text": el["text"]})
         else:
-            if not a.images and not Path(el["name"]).is_absolute():
+            if not images and not Path(el["name"]).is_absolute():
                 raise ConfigError(f"--images: {path} references {el['name']!r}; give its folder")
-            w = _windows(resolve_image(el["name"], a.images or "/"), a, folding, vocab)
+            w = _windows(resolve_image(el["name"], images or "/"), g, folding, vocab)
             elements.append(w)
             shown.append({"type": "image", "name": el["name"], "windows": len(w.pix)})
-    return {"elements": shown, **describe(build_sample(elements, vocab, a.max_seq_len))}
+    return {"elements": shown, **describe(build_sample(elements, vocab, g.max_seq_len))}
 
 
 def describe(s: dict) -> dict:

@@ -15,14 +15,12 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from pixword_lit.data.elements import RESAMPLE
 from pixword_lit.errors import ConfigError  # noqa: F401  (raised here; imported from here by callers)
 from pixword_lit.model.components import validate_components
 from pixword_lit.provenance import REPO_ROOT
 
 BASE_YAML = REPO_ROOT / "experiments" / "base.yaml"
-# PIL filters (image.py); bilinear_antialias is PIL's bilinear, named for what it matches:
-# torchvision's Resize on PIL images, which the authors' loader uses
-RESAMPLE_NAMES = ("nearest", "bilinear", "bilinear_antialias", "bicubic", "lanczos", "box")
 
 
 # The `debug` model (torchtitan's `debugmodel`): every part of the architecture at a few
@@ -233,8 +231,8 @@ def validate(cfg: DictConfig) -> None:
     _check((m.dim // m.n_heads) % 2 == 0, "model.dim", "head size dim/n_heads must be even (RoPE)")
     _check(d.mode in ("image_only", "mixed"), "data.mode", f"must be image_only or mixed, got {d.mode!r}")
     _check(d.small_images in ("upscale", "skip"), "data.small_images", f"got {d.small_images!r}")
-    names = ", ".join(RESAMPLE_NAMES)
-    _check(d.resample in RESAMPLE_NAMES, "data.resample", f"got {d.resample!r}; one of {names}")
+    names = ", ".join(RESAMPLE)
+    _check(d.resample in RESAMPLE, "data.resample", f"got {d.resample!r}; one of {names}")
     _check(
         d.short_side_rounding in ("floor", "authors"),
         "data.short_side_rounding",
