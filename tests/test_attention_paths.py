@@ -84,7 +84,12 @@ def test_stack_packed_equals_mask_forward_and_gradients():
         grads.append([xi.grad] + [p.grad for p in stack.parameters()])
     torch.testing.assert_close(outs[1][valid], outs[0][valid], **TOL)
     for g_fast, g_ref in zip(grads[1], grads[0]):
-        torch.testing.assert_close(g_fast, g_ref, **TOL)
+        # a parameter's gradient sums 80 rows' terms in another order on each path: float32
+        # rounding is relative to the largest entries (differences seen: up to 3 ulps of the
+        # tensor's largest entry), so atol scales with it; 1e-6 absolute failed at 1.4e-6 on
+        # one machine and passed on another
+        scale = max(1.0, float(g_ref.abs().max()))
+        torch.testing.assert_close(g_fast, g_ref, rtol=TOL["rtol"], atol=TOL["atol"] * scale)
     assert (grads[1][0][~valid] == 0).all()  # no gradient reaches a pad pixel's input
 
 

@@ -62,19 +62,25 @@ def choose(logits: torch.Tensor, n_words: int, s: Sampling, generator: torch.Gen
     w[:, [PAD, BOS]] = -float("inf")  # never a continuation
     if not s.stop:
         w[:, list(STOPS)] = -float("inf")
+    return draw(w, s, generator)
+
+
+def draw(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, C) logits -> (B,) ids: greedy at temperature 0, else temperature, top-k and top-p
+    sampling (shared by text generation and image sampling)."""
+    w = logits.float()
     if s.temperature <= 0:
         return w.argmax(-1)
     w = w / s.temperature
     if s.top_k:
-        kth = w.topk(min(s.top_k, n_words), -1).values[:, -1:]  # (B, 1)
+        kth = w.topk(min(s.top_k, w.shape[-1]), -1).values[:, -1:]  # (B, 1)
         w = w.masked_fill(w < kth, -float("inf"))
     if s.top_p is not None and s.top_p < 1:
         sorted_w, order = w.sort(-1, descending=True)
         probs = sorted_w.softmax(-1)
-        drop = probs.cumsum(-1) - probs >= s.top_p  # the first word is always kept
+        drop = probs.cumsum(-1) - probs >= s.top_p  # the first id is always kept
         w = w.scatter(1, order, sorted_w.masked_fill(drop, -float("inf")))
-    probs = w.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return torch.multinomial(w.softmax(-1), 1, generator=generator)[:, 0]
 
 
 def _record(out: list[Generation], done: torch.Tensor, ids: torch.Tensor, logits, keep_logits):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from pixword_lit.data.elements import Windows, build_sample, collate
-from pixword_lit.infer.generate import GenerateError, Sampling, decoder_length, prompt_sample
+from pixword_lit.infer.generate import GenerateError, Sampling, decoder_length, draw, prompt_sample
 from pixword_lit.model.components.attention import FullCausal
 from pixword_lit.model.tokens import IGNORE, IMG_START, Vocab
 
@@ -50,18 +50,6 @@ def kept_windows(size: int, window: int, keep_rows: int) -> np.ndarray:
     g = size // window
     rows = math.ceil(keep_rows / window)
     return (np.arange(g * g) // g) < rows
-
-
-def draw(logits: torch.Tensor, s: Sampling, gen: torch.Generator | None) -> torch.Tensor:
-    """(B, C) -> (B,) ids: greedy at temperature 0, else temperature and top-k sampling."""
-    logits = logits.float()
-    if s.temperature <= 0:
-        return logits.argmax(-1)
-    w = logits / s.temperature
-    if s.top_k:
-        kth = w.topk(min(s.top_k, w.shape[-1]), -1).values[:, -1:]
-        w = w.masked_fill(w < kth, -float("inf"))
-    return torch.multinomial(w.softmax(-1), 1, generator=gen)[:, 0]
 
 
 def _check(model) -> None:

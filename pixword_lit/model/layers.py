@@ -307,3 +307,13 @@ class DecoderCache:
         mask = ((k <= q)[None] & self.valid[:, None, :end]) | (k == q)[None]  # (B, T, end)
         self.length = end
         return mask[:, None]
+
+
+def next_valid_index(valid: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool -> (B, T) index of the first valid position strictly after each position,
+    T where there is none (a reversed running minimum: no loop over positions)."""
+    b, t = valid.shape
+    idx = torch.arange(t, device=valid.device).expand(b, t)
+    cand = torch.where(valid, idx, t)  # valid indices, t elsewhere
+    nxt = cand.flip(1).cummin(1).values.flip(1)  # next valid at or after each position
+    return torch.cat([nxt[:, 1:], torch.full((b, 1), t, device=valid.device)], 1)  # strictly after

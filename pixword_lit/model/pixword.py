@@ -22,7 +22,7 @@ from pixword_lit.model.components import component_params
 from pixword_lit.model.components.attention import ATTENTIONS, FullCausal
 from pixword_lit.model.components.embedding import EMBEDDINGS
 from pixword_lit.model.components.objective import LocalDecoder
-from pixword_lit.model.layers import Block, RMSNorm, Stack
+from pixword_lit.model.layers import Block, RMSNorm, Stack, next_valid_index
 from pixword_lit.model.tokens import IGNORE, Vocab
 
 
@@ -159,13 +159,9 @@ def next_window_slot(batch: Batch) -> torch.Tensor:
     """(B, T) window slot of the next valid element after each element, -1 if it is no window
     (the element whose output scores that window's pixels; spec section 5's targets)."""
     valid, slot = batch["elem_valid"], batch["window_slot"]
-    b, t = valid.shape
-    idx = torch.arange(t, device=valid.device).expand(b, t)
-    cand = torch.where(valid, idx, t)  # valid indices, t elsewhere
-    nxt = cand.flip(1).cummin(1).values.flip(1)  # next valid at or after each position
-    nxt = torch.cat([nxt[:, 1:], torch.full((b, 1), t, device=valid.device)], 1)  # strictly after
-    found = nxt < t
-    return torch.where(found, slot.gather(1, nxt.clamp(max=t - 1)), -1)
+    t = valid.shape[1]
+    nxt = next_valid_index(valid)
+    return torch.where(nxt < t, slot.gather(1, nxt.clamp(max=t - 1)), -1)
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -22,7 +22,7 @@ from torch import nn
 
 from pixword_lit.model.batch import Batch
 from pixword_lit.model.components.base import NoParams
-from pixword_lit.model.layers import Stack
+from pixword_lit.model.layers import Stack, next_valid_index
 from pixword_lit.model.tokens import IGNORE
 
 
@@ -150,11 +150,8 @@ class FullCausal(nn.Module):
 
 def _next_valid_pixel_targets(cls, valid, is_pixel):
     """(B, T') class of the next valid token when that token is a pixel, else IGNORE."""
-    b, tp = cls.shape
-    idx = torch.arange(tp, device=cls.device).expand(b, tp)
-    cand = torch.where(valid, idx, tp)  # next valid index at or after each position
-    nxt = cand.flip(1).cummin(1).values.flip(1)
-    nxt = torch.cat([nxt[:, 1:], torch.full((b, 1), tp, device=cls.device)], 1)  # strictly after
+    tp = cls.shape[1]
+    nxt = next_valid_index(valid)
     has = valid & (nxt < tp)
     nxt_c = nxt.clamp(max=tp - 1)
     tgt = cls.gather(1, nxt_c)
