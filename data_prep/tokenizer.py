@@ -10,7 +10,10 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|image|>", "<|/image|>"]
+from pixword_lit.model.tokens import SPECIAL_TOKENS, special_tokens_problem
+
+__all__ = ["SPECIAL_TOKENS", "train_tokenizer", "save_tokenizer", "load_tokenizer",
+           "load_checked_tokenizer"]
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
@@ -26,9 +29,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
-    if ids != list(range(len(SPECIAL_TOKENS))):
-        raise RuntimeError(f"special tokens got ids {ids}, expected 0-5")
+    problem = special_tokens_problem(tok)
+    if problem:
+        raise RuntimeError(f"the trained tokenizer {problem}")
     return tok
 
 
@@ -54,11 +57,7 @@ def load_checked_tokenizer(path: str | Path) -> Tokenizer:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # missing file, not JSON, not a tokenizer
         raise UsageError(f"tokenizer {path} cannot be loaded: {e}") from e
-    ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
-    if ids != list(range(len(SPECIAL_TOKENS))):
-        found = ", ".join(f"{t}={i}" for t, i in zip(SPECIAL_TOKENS, ids))
-        raise UsageError(
-            f"tokenizer {path} does not have the special tokens {' '.join(SPECIAL_TOKENS)} "
-            + f"at ids 0-5 (found {found}); train one with `pixword prep mixed` instead"
-        )
+    problem = special_tokens_problem(tok)
+    if problem:
+        raise UsageError(f"tokenizer {path} {problem}; train one with `pixword prep mixed` instead")
     return tok

@@ -306,8 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--end. Writes RUN/eval/captions.json, .md, .png and adds eval/* to RUN/summary.json.")
     cap.add_argument("checkpoint")
     cap.add_argument("--data", help="mixed shards (default: the run's data.val)")
-    cap.add_argument("--prefix", default='The text says "', help="text shared by all answers")
-    cap.add_argument("--end", default='"', help="answers are cut at this marker ('' = whole text)")
+    cap.add_argument("--prefix", help="text shared by all answers (default: the run's eval.prefix)")
+    cap.add_argument("--end", help="answers are cut at this marker ('' = whole text; default: "
+                     "the run's eval.end)")
     cap.add_argument("--out", help="output folder (default RUN/eval)")
     cap.add_argument("--batch-size", type=int, default=16)
     cap.add_argument("--limit", type=int, help="only the first N documents")

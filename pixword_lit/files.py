@@ -1,8 +1,8 @@
 """Writing files so that nobody ever reads half of one: write aside, then rename.
 
 os.replace is atomic on one filesystem: a reader sees the old file or the new one, and a run
-killed mid-write leaves at most a stray NAME.tmp beside the good file. (Checkpoints, which
-also fsync and keep the previous file, are parallel.AtomicCheckpointIO.)
+killed mid-write leaves at most a stray NAME.tmp beside the good file. With `fsync` the
+content is on disk before the rename (checkpoints: a crash of the machine keeps one good file).
 """
 
 from __future__ import annotations
@@ -13,13 +13,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_save(path: Path, save: Callable[[Path], object], per_process: bool = False) -> None:
+def atomic_save(path: Path, save: Callable[[Path], object], per_process: bool = False,
+                fsync: bool = False) -> None:
     """save(tmp) writes the content to a temporary name beside `path`, then it is renamed.
-    per_process: the temporary name carries the pid (several processes may write `path`)."""
+    per_process: the temporary name carries the pid (several processes may write `path`);
+    fsync: flush the file to disk before the rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp" if per_process else f"{path.name}.tmp")
     save(tmp)
+    if fsync:
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

@@ -10,7 +10,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -278,11 +277,7 @@ def validate(ckpt: str, overrides: list[str]) -> dict:
     parts = build_parts(cfg, None, saved["folding_state"])
     checkpoints.refuse_mismatch(ckpt, checkpoints.derived_differences(
         saved, parts.vocab.n_words, parts.folding_state), resume=False)
-    with tempfile.TemporaryDirectory() as tmp:  # a sharded folder is converted aside, not kept
-        path = Path(ckpt)
-        if path.is_dir():
-            path = checkpoints.single_file_checkpoint(path, Path(tmp) / "single.ckpt")
-        module = PixWordLit.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    module = PixWordLit.load_trained(ckpt)
     trainer = make_trainer(cfg, Path(ckpt).parent, logger=False)
     trainer.validate(module, datamodule=build_datamodule(parts), ckpt_path=None, verbose=False)
     return {k: float(v) for k, v in module.last_val.items()}

@@ -32,10 +32,9 @@ from PIL import Image, ImageDraw
 from torchmetrics.text import CharErrorRate
 
 from pixword_lit.data.elements import build_sample, collate
-from pixword_lit.data.shards import read_shard, resolve_shards
 from pixword_lit.files import atomic_save, atomic_write, write_json
 from pixword_lit.infer.generate import GenerateError, Sampling
-from pixword_lit.infer.load import Run, load_run, run_prompts
+from pixword_lit.infer.load import Run, documents, load_run, run_prompts
 from pixword_lit.model.tokens import IGNORE
 
 # glyph height after resize, in windows: edges of the breakdown's buckets
@@ -57,32 +56,26 @@ def cut(text: str, end: str) -> str:
 
 
 def load_docs(run: Run, spec: str, prefix: str, end: str, limit: int | None) -> tuple[list[Doc], dict]:
-    shards = resolve_shards(spec, None, "mixed", "--data")
     size, window = run.cfg.model.image_size, run.cfg.model.window_size
     docs, skipped = [], {"no_text_after_image": 0, "no_prefix": 0}
-    for url in shards.urls:
-        for raw in read_shard(url):
-            els = json.loads(raw["json"])["elements"]
-            last = max((i for i, e in enumerate(els) if e["type"] == "image"), default=None)
-            after = [e["text"] for e in els[(last if last is not None else len(els)) + 1 :]
-                     if e["type"] == "text"]
-            if last is None or not after:
-                skipped["no_text_after_image"] += 1
-                continue
-            if not after[0].startswith(prefix):
-                skipped["no_prefix"] += 1
-                continue
-            key = f"{url}:{raw['__key__']}"
-            elements = [run.text(e["text"]) if e["type"] == "text" else run.image(raw[e["file"]], key)
-                        for e in els[: last + 1]] + [run.text(prefix)]
-            img = els[last]
-            height = None
-            if "glyph" in img:  # pixels of the stored image -> pixels after resize, in windows
-                height = img["glyph"]["text_height"] * size / max(img["width"], img["height"]) / window
-            rest = after[0][len(prefix) :]
-            docs.append(Doc(key, elements, rest, cut(rest, end), raw[img["file"]], height))
-            if limit and len(docs) >= limit:
-                return docs, skipped
+    for key, raw, els, last in documents(spec):
+        after = [e["text"] for e in els[(last if last is not None else len(els)) + 1 :]
+                 if e["type"] == "text"]
+        if last is None or not after:
+            skipped["no_text_after_image"] += 1
+            continue
+        if not after[0].startswith(prefix):
+            skipped["no_prefix"] += 1
+            continue
+        elements = run.encode(els[: last + 1], raw, key) + [run.text(prefix)]
+        img = els[last]
+        height = None
+        if "glyph" in img:  # pixels of the stored image -> pixels after resize, in windows
+            height = img["glyph"]["text_height"] * size / max(img["width"], img["height"]) / window
+        rest = after[0][len(prefix) :]
+        docs.append(Doc(key, elements, rest, cut(rest, end), raw[img["file"]], height))
+        if limit and len(docs) >= limit:
+            break
     return docs, skipped
 
 
@@ -127,14 +120,17 @@ def _scores(pairs: list[tuple[str, str]]) -> dict:
             "cer": float(cer(list(preds), list(refs)))}
 
 
-def eval_captions(ckpt: str, data: str | None = None, prefix: str = 'The text says "', end: str = '"',
+def eval_captions(ckpt: str, data: str | None = None, prefix: str | None = None, end: str | None = None,
                   out_dir: str | None = None, batch_size: int = 16, limit: int | None = None,
                   max_new_tokens: int | None = None) -> dict:
-    """Evaluate a checkpoint; outputs go to RUN/eval (or out_dir), numbers into RUN/summary.json."""
+    """Evaluate a checkpoint; outputs go to RUN/eval (or out_dir), numbers into RUN/summary.json.
+    data, prefix and end default to the run's own config (data.val, eval.prefix, eval.end)."""
     run = load_run(ckpt)
     out = Path(out_dir) if out_dir else _run_dir(ckpt) / "eval"
-    result = evaluate_run(run, data or run.cfg.data.val, prefix, end, out, batch_size, limit,
-                          max_new_tokens, label=str(ckpt))
+    e = run.cfg.eval
+    result = evaluate_run(run, data or run.cfg.data.val, e.prefix if prefix is None else prefix,
+                          e.end if end is None else end, out, batch_size, limit, max_new_tokens,
+                          label=str(ckpt))
     _update_summary(_run_dir(ckpt) / "summary.json", result)
     return result
 

@@ -7,7 +7,6 @@ checkpoint copied alone to another machine still generates. Used by `pixword gen
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,12 @@ class Run:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
+    def encode(self, elements: list[dict], raw: dict, key: str) -> list:
+        """A document's element dicts (text, or image naming a file of its shard sample `raw`)
+        -> token arrays and Windows, as the training loader builds them."""
+        return [self.text(e["text"]) if e["type"] == "text" else self.image(raw[e["file"]], key)
+                for e in elements]
+
     def image(self, data: bytes, name: str):
         """Encoded image bytes -> Windows, exactly as the training loader builds them."""
         try:
@@ -59,11 +64,7 @@ def load_run(ckpt: str, tokenizer: str | None = None, words: bool = True) -> Run
     The checkpoint is read safely (weights_only; checkpoints.py), a sharded folder converted
     aside; a missing, damaged or hostile one raises CheckpointError naming the file."""
     checkpoints.saved_hparams(Path(ckpt))  # readable, and a pixword checkpoint
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(ckpt)
-        if path.is_dir():
-            path = checkpoints.single_file_checkpoint(path, Path(tmp) / "single.ckpt")
-        module = PixWordLit.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    module = PixWordLit.load_trained(ckpt)
     cfg = module.cfg
     image_only = cfg.data.mode == "image_only" or module.vocab.n_words <= N_SPECIAL
     if words and image_only:
@@ -72,6 +73,17 @@ def load_run(ckpt: str, tokenizer: str | None = None, words: bool = True) -> Run
     tok = None if image_only else _tokenizer(module, tokenizer, ckpt)
     builder = SampleBuilder(cfg.model, cfg.data, module.vocab, module.folding, tok)
     return Run(module.model.eval(), cfg, module.vocab, tok, builder)
+
+
+def documents(spec: str):
+    """(key, raw shard sample, element dicts, index of the last image or None) of every
+    document in the mixed shards `spec` (a folder, brace pattern or pipe: URL)."""
+    shards = resolve_shards(spec, None, "mixed", "--data")
+    for url in shards.urls:
+        for raw in read_shard(url):
+            els = json.loads(raw["json"])["elements"]
+            last = max((i for i, e in enumerate(els) if e["type"] == "image"), default=None)
+            yield f"{url}:{raw['__key__']}", raw, els, last
 
 
 def _tokenizer(module, override: str | None, ckpt: str):
@@ -113,21 +125,15 @@ def image_prompts(run: Run, paths: list[Path], before: str, after: str) -> list[
 def shard_prompts(run: Run, spec: str, after: str) -> list[dict]:
     """Every document of a split whose text continues after its last image: the prompt is
     everything up to and including that image, then `after`; `truth` is the rest."""
-    shards = resolve_shards(spec, None, "mixed", "--data")
     out = []
-    for url in shards.urls:
-        for raw in read_shard(url):
-            els = json.loads(raw["json"])["elements"]
-            last = max((i for i, e in enumerate(els) if e["type"] == "image"), default=None)
-            if last is None or last == len(els) - 1:
-                continue
-            elements = [run.text(e["text"]) if e["type"] == "text" else
-                        run.image(raw[e["file"]], f"{url}:{raw['__key__']}") for e in els[: last + 1]]
-            if after:
-                elements.append(run.text(after))
-            truth = " ".join(e["text"] for e in els[last + 1 :] if e["type"] == "text")
-            out.append({"input": f"{url}:{raw['__key__']}", "prompt": after, "elements": elements,
-                        "truth": truth})
+    for key, raw, els, last in documents(spec):
+        if last is None or last == len(els) - 1:
+            continue
+        elements = run.encode(els[: last + 1], raw, key)
+        if after:
+            elements.append(run.text(after))
+        truth = " ".join(e["text"] for e in els[last + 1 :] if e["type"] == "text")
+        out.append({"input": key, "prompt": after, "elements": elements, "truth": truth})
     return out
 
 

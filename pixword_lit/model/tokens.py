@@ -14,6 +14,16 @@ N_SPECIAL = len(SPECIAL_TOKENS)
 IGNORE = -100
 
 
+def special_tokens_problem(tokenizer) -> str | None:
+    """None when a word tokenizer holds SPECIAL_TOKENS at ids 0-5 (the layout every id above
+    relies on); else what it holds instead, for an error message."""
+    ids = [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS]
+    if ids == list(range(N_SPECIAL)):
+        return None
+    found = ", ".join(f"{t}={i}" for t, i in zip(SPECIAL_TOKENS, ids))
+    return f"does not have the special tokens {' '.join(SPECIAL_TOKENS)} at ids 0-5 (found {found})"
+
+
 @dataclass(frozen=True)
 class Vocab:
     n_words: int  # V: word vocabulary (6 for image-only runs)

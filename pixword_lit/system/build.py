@@ -20,7 +20,7 @@ from pixword_lit.model.components.folding import (
     fit_palette,
     folding_from_state,
 )
-from pixword_lit.model.tokens import N_SPECIAL, SPECIAL_TOKENS, Vocab
+from pixword_lit.model.tokens import N_SPECIAL, Vocab, special_tokens_problem
 from pixword_lit.system.config import ConfigError
 from pixword_lit.system.lit_module import PixWordLit
 
@@ -37,9 +37,9 @@ def load_tokenizer(cfg: DictConfig, train: ShardSet | None):
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(path))
-    for i, name in enumerate(SPECIAL_TOKENS):
-        if tok.token_to_id(name) != i:
-            raise ConfigError(f"data.tokenizer: {path} must have {name} at id {i}")
+    problem = special_tokens_problem(tok)
+    if problem:
+        raise ConfigError(f"data.tokenizer: {path} {problem}")
     return tok
 
 

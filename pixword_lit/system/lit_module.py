@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -20,6 +22,7 @@ from torchmetrics import SumMetric
 from pixword_lit.model.components.folding import folding_from_state, psnr
 from pixword_lit.model.pixword import LossTerms, PixWordModel, loss_terms
 from pixword_lit.model.tokens import Vocab
+from pixword_lit.system import checkpoints
 from pixword_lit.system.parallel import apply_fsdp, is_sharded
 
 # validation sums: the loss terms and the folding error / baseline sums beside them
@@ -51,6 +54,16 @@ class PixWordLit(L.LightningModule):
         self._window_scored = 0.0
         self.last_val: dict = {}  # the latest validation's results (val/*, baseline/*)
         self._last_val_step: int | None = None  # optimizer step of the latest validation
+
+    @classmethod
+    def load_trained(cls, ckpt: str | Path) -> PixWordLit:
+        """The module of a checkpoint: a .ckpt file, or a sharded fsdp folder (converted aside
+        into a temporary single file, not kept); read with weights_only (checkpoints.py)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(ckpt)
+            if path.is_dir():
+                path = checkpoints.single_file_checkpoint(path, Path(tmp) / "single.ckpt")
+            return cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)
 
     # ---- training ---------------------------------------------------------------------
     def forward(self, batch):

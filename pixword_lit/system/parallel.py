@@ -22,6 +22,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from pixword_lit.errors import ConfigError
+from pixword_lit.files import atomic_save
 from pixword_lit.model.layers import Block
 from pixword_lit.system import checkpoints
 
@@ -82,13 +83,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save to NAME.tmp, fsync, then os.replace: a kill mid-write keeps the old file."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        save = super().save_checkpoint
+        atomic_save(Path(path), lambda tmp: save(checkpoint, tmp, storage_options), fsync=True)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         """Always weights_only (tensors and plain data): see checkpoints.safe_load."""
