@@ -78,13 +78,13 @@ def _generate(a) -> int:
         raise GenerateError("give exactly one of --image PATH, --images DIR, --data SHARDS, "
                             "--sample N, --complete IMAGE")
     if a.sample or a.complete:  # images, from a dense checkpoint
-        from pixword_lit.infer.load import sample_to_files
+        from pixword_lit.infer.load import images_to_files
 
         if not a.out:
             raise GenerateError("--sample/--complete write OUT/samples.png and samples.json: give --out DIR")
         run = load_run(a.checkpoint, a.tokenizer, words=False)
         s = Sampling(a.temperature if a.temperature > 0 else 1.0, a.top_k, None, 0, a.seed)
-        rec = sample_to_files(run, a.sample or 1, a.prompt, a.complete, a.keep_rows, s, Path(a.out),
+        rec = images_to_files(run, a.sample or 1, a.prompt, a.complete, a.keep_rows, s, Path(a.out),
                               a.checkpoint)
         print(f"wrote {a.out}/samples.png and samples.json ({len(rec['samples'])} images; "
               f"kept window rows: {rec['kept_window_rows']})")
@@ -364,14 +364,11 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
-    from pixword_lit.data.shards import DataError
-    from pixword_lit.infer.generate import GenerateError
-    from pixword_lit.system.checkpoints import CheckpointError
-    from pixword_lit.system.config import ConfigError
+    from pixword_lit.errors import PixwordError
 
     try:
         return args.fn(args)
-    except (ConfigError, DataError, CheckpointError, GenerateError) as e:
+    except PixwordError as e:
         if debug:
             raise
         message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())

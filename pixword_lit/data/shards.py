@@ -12,9 +12,7 @@ from pathlib import Path
 import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-
-class DataError(ValueError):
-    """Unusable data settings; the message names the config key or file."""
+from pixword_lit.errors import DataError  # noqa: F401  (raised here; imported from here too)
 
 
 @dataclass

@@ -281,7 +281,7 @@ class PixLoader(DataLoader):
         self._resume = pos.normalized(len(self.dataset))
 
 
-def sample_pixels(shards: ShardSet, builder: SampleBuilder, n: int, seed: int) -> np.ndarray:
+def palette_pixels(shards: ShardSet, builder: SampleBuilder, n: int, seed: int) -> np.ndarray:
     """n RGB pixels sampled from the first images of the shards (as the loader resizes them)."""
     rng = np.random.default_rng(seed)
     pixels, total = [], 0

@@ -11,7 +11,7 @@ import numpy as np
 
 from pixword_lit.data.elements import Windows
 from pixword_lit.infer.generate import Sampling
-from pixword_lit.infer.sample import kept_windows, sample_images, to_rgb
+from pixword_lit.infer.images import generate_images, kept_windows, to_rgb
 from pixword_lit.model.tokens import IMG_START
 
 GRAY = np.array([128, 128, 128], np.uint8)
@@ -74,7 +74,7 @@ def completion_picture(batch, model, vocab, folding, mcfg, max_images: int, seed
                         batch["summary_index"][i, :n_win].cpu().numpy(),
                         batch["window_valid"][i, :n_win].cpu().numpy(), 0.0, 0)
         keep = kept_windows(size, window, size // 2)
-        (smp,) = sample_images(model, prompt, truth, vocab, 1, Sampling(temperature=1.0, seed=seed), keep)
+        (smp,) = generate_images(model, prompt, truth, vocab, 1, Sampling(temperature=1.0, seed=seed), keep)
         sep = np.full((size, 2, 3), 255, np.uint8)
         rows.append(np.concatenate([to_rgb(truth.pix, folding, size, window), sep,
                                     to_rgb(smp.pix, folding, size, window)], 1))

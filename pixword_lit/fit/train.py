@@ -31,7 +31,7 @@ from pixword_lit.fit.preempt import (
     requeue_slurm_job,
 )
 from pixword_lit.infer.captions import evaluate_run
-from pixword_lit.infer.load import Run
+from pixword_lit.infer.load import TrainedModel
 from pixword_lit.provenance import git_commit, machine
 from pixword_lit.system import checkpoints, parallel
 from pixword_lit.system.build import build_datamodule, build_module, build_parts
@@ -200,7 +200,7 @@ def eval_captions_after_fit(cfg, module, parts, run_dir: Path) -> dict:
               f"{run_dir}/checkpoints/last` on the converted checkpoint", flush=True)
         return {}
     e = cfg.eval
-    run = Run(module.model, cfg, parts.vocab, parts.tokenizer, parts.builder)
+    run = TrainedModel(module.model, cfg, parts.vocab, parts.tokenizer, parts.builder)
     r = evaluate_run(run, cfg.data.val, e.prefix, e.end, run_dir / "eval", limit=e.limit)
     return {k: r[k] for k in ("eval/exact_match", "eval/cer", "eval/answer_nll")}
 

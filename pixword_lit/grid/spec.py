@@ -51,7 +51,7 @@ GRID_KEYS = {"name", "base", "fixed", "axes", "seeds", "threads", "power_law", "
 
 
 @dataclass
-class Run:
+class GridRun:
     name: str  # unique in the grid: cell name + _s<seed>
     cell: str  # the axis values, seed excluded
     seed: int
@@ -71,7 +71,7 @@ class Grid:
     power_law: str | None = None
     launcher: dict = field(default_factory=dict)
 
-    def runs(self) -> list[Run]:
+    def runs(self) -> list[GridRun]:
         keys = list(self.axes)
         fixed = [override(k, v) for k, v in self.fixed.items()]
         out = []
@@ -79,7 +79,7 @@ class Grid:
             for values in itertools.product(*(self.axes[k] for k in keys)):
                 cell = "_".join(_name_part(k, v) for k, v in zip(keys, values)) or "base"
                 axis_overrides = [o for k, v in zip(keys, values) for o in axis_override(k, v)]
-                out.append(Run(f"{cell}_s{seed}", cell, seed, dict(zip(keys, values)),
+                out.append(GridRun(f"{cell}_s{seed}", cell, seed, dict(zip(keys, values)),
                                fixed + axis_overrides))
         names = [r.name for r in out]
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -161,7 +161,7 @@ def _name_part(key: str, value) -> str:
 
 
 # ---- commands and state --------------------------------------------------------------------
-def cell_args(grid: Grid, run: Run) -> list[str]:
+def cell_args(grid: Grid, run: GridRun) -> list[str]:
     """What makes a run what it is: `fit`'s config and overrides (the run folder excluded, so
     the record is the same whichever machine or grid root runs it)."""
     return [os.path.relpath(grid.base), *run.overrides, f"run.name={run.name}", f"run.seed={run.seed}"]
@@ -173,7 +173,7 @@ def fit_command(args: list[str], run_dir: Path | str, resume: bool = False) -> l
             *(["--resume", "last"] if resume else ["--overwrite"])]
 
 
-def run_overrides(run: Run, root: Path) -> list[str]:
+def run_overrides(run: GridRun, root: Path) -> list[str]:
     return [*run.overrides, f"run.dir={root / run.name}", f"run.name={run.name}",
             f"run.seed={run.seed}"]
 
@@ -218,7 +218,7 @@ def summary_problem(summary: dict | None) -> str | None:
     return None
 
 
-def run_status(grid: Grid, run: Run, root: Path, state: dict, args: list[str] | None = None) -> str:
+def run_status(grid: Grid, run: GridRun, root: Path, state: dict, args: list[str] | None = None) -> str:
     """finished (same arguments, summary finished with a finite val/loss), changed (recorded
     with other arguments: runs again from scratch), else the recorded status (or pending)."""
     rec = state["runs"].get(run.name, {})

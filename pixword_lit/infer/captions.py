@@ -34,7 +34,7 @@ from torchmetrics.text import CharErrorRate
 from pixword_lit.data.elements import build_sample, collate
 from pixword_lit.files import atomic_save, atomic_write, write_json
 from pixword_lit.infer.generate import GenerateError, Sampling
-from pixword_lit.infer.load import Run, documents, load_run, run_prompts
+from pixword_lit.infer.load import TrainedModel, documents, load_run, run_prompts
 from pixword_lit.model.tokens import IGNORE
 
 # glyph height after resize, in windows: edges of the breakdown's buckets
@@ -55,7 +55,8 @@ def cut(text: str, end: str) -> str:
     return (text.split(end, 1)[0] if end else text).strip()
 
 
-def load_docs(run: Run, spec: str, prefix: str, end: str, limit: int | None) -> tuple[list[Doc], dict]:
+def load_docs(run: TrainedModel, spec: str, prefix: str, end: str,
+              limit: int | None) -> tuple[list[Doc], dict]:
     size, window = run.cfg.model.image_size, run.cfg.model.window_size
     docs, skipped = [], {"no_text_after_image": 0, "no_prefix": 0}
     for key, raw, els, last in documents(spec):
@@ -80,7 +81,7 @@ def load_docs(run: Run, spec: str, prefix: str, end: str, limit: int | None) -> 
 
 
 @torch.no_grad()
-def answer_nll(run: Run, docs: list[Doc], batch_size: int) -> tuple[float, int]:
+def answer_nll(run: TrainedModel, docs: list[Doc], batch_size: int) -> tuple[float, int]:
     """Teacher-forced summed nats and token count of each doc's true continuation."""
     total, count = 0.0, 0
     p = run.cfg.model.window_size**2
@@ -135,7 +136,7 @@ def eval_captions(ckpt: str, data: str | None = None, prefix: str | None = None,
     return result
 
 
-def evaluate_run(run: Run, spec: str, prefix: str, end: str, out: Path, batch_size: int = 16,
+def evaluate_run(run: TrainedModel, spec: str, prefix: str, end: str, out: Path, batch_size: int = 16,
                  limit: int | None = None, max_new_tokens: int | None = None,
                  label: str = "final model") -> dict:
     docs, skipped = load_docs(run, spec, prefix, end, limit)

@@ -20,12 +20,9 @@ import numpy as np
 import torch
 
 from pixword_lit.data.elements import build_sample, collate
+from pixword_lit.errors import GenerateError  # noqa: F401  (raised here; imported from here too)
 from pixword_lit.model.components.attention import FullCausal
 from pixword_lit.model.tokens import BOS, EOS, IMG_START, PAD, Vocab
-
-
-class GenerateError(ValueError):
-    """A prompt or request that cannot be generated from; the message says why."""
 
 
 @dataclass

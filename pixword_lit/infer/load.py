@@ -22,14 +22,16 @@ from pixword_lit.data.shards import read_shard, resolve_shards
 from pixword_lit.data.stream import SampleBuilder
 from pixword_lit.files import atomic_save, atomic_write
 from pixword_lit.infer.generate import GenerateError, Generation, Sampling, generate
-from pixword_lit.infer.sample import blank, kept_windows, sample_images, to_rgb
+from pixword_lit.infer.images import blank, generate_images, kept_windows, to_rgb
 from pixword_lit.model.tokens import N_SPECIAL
 from pixword_lit.system import checkpoints
 from pixword_lit.system.lit_module import PixWordLit
 
 
 @dataclass
-class Run:
+class TrainedModel:
+    """A trained model ready for inference, with what turns text and images into its inputs."""
+
     model: torch.nn.Module  # PixWordModel, eval mode
     cfg: DictConfig
     vocab: object
@@ -59,7 +61,7 @@ class Run:
                                 "(data.small_images: skip)") from e
 
 
-def load_run(ckpt: str, tokenizer: str | None = None, words: bool = True) -> Run:
+def load_run(ckpt: str, tokenizer: str | None = None, words: bool = True) -> TrainedModel:
     """`words`: the caller generates text, so the model must know words (not image-only).
     The checkpoint is read safely (weights_only; checkpoints.py), a sharded folder converted
     aside; a missing, damaged or hostile one raises CheckpointError naming the file."""
@@ -72,7 +74,7 @@ def load_run(ckpt: str, tokenizer: str | None = None, words: bool = True) -> Run
                             f"{cfg.data.mode}); it never learned words to generate")
     tok = None if image_only else _tokenizer(module, tokenizer, ckpt)
     builder = SampleBuilder(cfg.model, cfg.data, module.vocab, module.folding, tok)
-    return Run(module.model.eval(), cfg, module.vocab, tok, builder)
+    return TrainedModel(module.model.eval(), cfg, module.vocab, tok, builder)
 
 
 def documents(spec: str):
@@ -111,7 +113,7 @@ def read_image(path: str | Path) -> bytes:
         raise GenerateError(f"{e}") from e
 
 
-def image_prompts(run: Run, paths: list[Path], before: str, after: str) -> list[dict]:
+def image_prompts(run: TrainedModel, paths: list[Path], before: str, after: str) -> list[dict]:
     out = []
     for p in paths:
         elements = [run.text(before)] if before else []
@@ -122,7 +124,7 @@ def image_prompts(run: Run, paths: list[Path], before: str, after: str) -> list[
     return out
 
 
-def shard_prompts(run: Run, spec: str, after: str) -> list[dict]:
+def shard_prompts(run: TrainedModel, spec: str, after: str) -> list[dict]:
     """Every document of a split whose text continues after its last image: the prompt is
     everything up to and including that image, then `after`; `truth` is the rest."""
     out = []
@@ -137,7 +139,7 @@ def shard_prompts(run: Run, spec: str, after: str) -> list[dict]:
     return out
 
 
-def run_prompts(run: Run, prompts: list[dict], sampling: Sampling, batch_size: int) -> list[dict]:
+def run_prompts(run: TrainedModel, prompts: list[dict], sampling: Sampling, batch_size: int) -> list[dict]:
     records = []
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i : i + batch_size]
@@ -168,7 +170,7 @@ def images_in(folder: str) -> list[Path]:
     return files
 
 
-def sample_to_files(run: Run, n: int, prompt: str, complete: str | None, keep_rows: int | None,
+def images_to_files(run: TrainedModel, n: int, prompt: str, complete: str | None, keep_rows: int | None,
                     sampling, out: Path, label: str) -> dict:
     """`pixword generate --sample N` / `--complete IMAGE`: OUT/samples.png and samples.json."""
     from PIL import Image
@@ -182,7 +184,7 @@ def sample_to_files(run: Run, n: int, prompt: str, complete: str | None, keep_ro
         keep = kept_windows(m.image_size, m.window_size, keep_rows)
     else:
         template = blank(m.image_size, m.window_size, run.vocab.pix_pad)
-    samples = sample_images(run.model, elements, template, run.vocab, n, sampling, keep,
+    samples = generate_images(run.model, elements, template, run.vocab, n, sampling, keep,
                             run.cfg.data.max_seq_len)
     folding = run.builder.folding
     panels = [to_rgb(template.pix, folding, m.image_size, m.window_size)] if complete else []

@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from pixword_lit.data.shards import ShardSet, resolve_shards
-from pixword_lit.data.stream import PixDataModule, SampleBuilder, sample_pixels
+from pixword_lit.data.stream import PixDataModule, SampleBuilder, palette_pixels
 from pixword_lit.files import atomic_write
 from pixword_lit.model.components import component_params
 from pixword_lit.model.components.folding import (
@@ -65,7 +65,7 @@ def make_folding(cfg: DictConfig, train: ShardSet | None, run_dir: Path | None):
     if train is None:
         raise ConfigError("model.folding: a palette needs training shards to be fitted on")
     tmp_builder = SampleBuilder(cfg.model, cfg.data, Vocab(N_SPECIAL, 1), None)
-    pixels = sample_pixels(train, tmp_builder, params.sample_pixels, cfg.run.seed)
+    pixels = palette_pixels(train, tmp_builder, params.sample_pixels, cfg.run.seed)
     folding = PaletteFolding(fit_palette(pixels, params.colors, params.iters, cfg.run.seed))
     if saved is not None:  # atomic: under torchrun/SLURM every rank may fit (identically)
         atomic_write(saved, json.dumps(folding.state()["palette"]), per_process=True)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from pixword_lit.errors import CheckpointError  # noqa: F401  (raised here; imported from here too)
 from pixword_lit.system.config import flatten
 
 METADATA = "meta.pt"  # Lightning's name for the non-tensor part of a sharded checkpoint
@@ -38,9 +39,6 @@ SINGLE_SUFFIX = "-single.ckpt"  # converted copies: weights without optimizer st
 # Types beyond torch's weights_only defaults that pixword or Lightning store: none (see above).
 SAFE_GLOBALS: list = []
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot or may not be used; the message names the file and why."""
 
 
 # ---- reading one file -----------------------------------------------------------------------

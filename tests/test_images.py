@@ -8,7 +8,7 @@ import torch
 
 from pixword_lit.data.elements import build_sample, collate, image_windows
 from pixword_lit.infer.generate import GenerateError, Sampling
-from pixword_lit.infer.sample import blank, kept_windows, sample_images, sample_uncached, to_rgb
+from pixword_lit.infer.images import blank, generate_images, generate_images_uncached, kept_windows, to_rgb
 from pixword_lit.model.components.folding import UniformFolding
 from pixword_lit.model.pixword import PixWordModel, loss_terms
 from pixword_lit.model.tokens import Vocab
@@ -49,8 +49,8 @@ def test_cached_sampling_equals_uncached_loop(attn, emb):
     prompt = [np.array([6, 7]), earlier, np.array([8])]  # an earlier image shifts every target
     for template in (wide(folding, vocab), blank(SIZE, WINDOW, vocab.pix_pad)):
         s = Sampling(temperature=1.0, top_k=6, seed=11)
-        (cached,) = sample_images(model, prompt, template, vocab, 1, s)
-        ref = sample_uncached(model, prompt, template, vocab, s)
+        (cached,) = generate_images(model, prompt, template, vocab, 1, s)
+        ref = generate_images_uncached(model, prompt, template, vocab, s)
         assert np.array_equal(cached.pix, ref.pix)
         assert cached.sampled == ref.sampled == int((template.pos >= 0).sum())
         assert cached.logprob == pytest.approx(ref.logprob, rel=1e-6)
@@ -62,7 +62,7 @@ def test_logprob_of_a_sample_is_the_teacher_forced_nll(attn, emb):
     model, vocab, folding = make(attn, emb)
     template = wide(folding, vocab)
     prompt = [np.array([6, 7, 8])]
-    (smp,) = sample_images(model, prompt, template, vocab, 1, Sampling(temperature=1.0, seed=2))
+    (smp,) = generate_images(model, prompt, template, vocab, 1, Sampling(temperature=1.0, seed=2))
     img = image_windows(np.zeros((3, 6, 3), np.uint8), SIZE, WINDOW, folding, vocab)
     img.pix = smp.pix
     batch = collate([build_sample([*prompt, img], vocab, 256)], vocab.pix_pad, WINDOW * WINDOW)
@@ -80,15 +80,15 @@ def test_completion_keeps_whole_window_rows_and_samples_the_rest():
     keep = kept_windows(SIZE, WINDOW, 3)  # 3 pixel rows -> the first window row (4 rows)
     assert keep.tolist() == [True, True, False, False]
     s = Sampling(temperature=1.0, seed=4)
-    samples = sample_images(model, [], truth, vocab, 3, s, keep)
+    samples = generate_images(model, [], truth, vocab, 3, s, keep)
     for smp in samples:
         assert np.array_equal(smp.pix[:2], truth.pix[:2])
         assert smp.sampled == 2 * WINDOW * WINDOW
     assert not np.array_equal(samples[0].pix[2:], samples[1].pix[2:])  # different draws
-    again = sample_images(model, [], truth, vocab, 3, s, keep)
+    again = generate_images(model, [], truth, vocab, 3, s, keep)
     assert all(np.array_equal(a.pix, b.pix) for a, b in zip(samples, again))  # the seed decides
-    ref = sample_uncached(model, [], truth, vocab, s, keep)
-    (one,) = sample_images(model, [], truth, vocab, 1, s, keep)
+    ref = generate_images_uncached(model, [], truth, vocab, s, keep)
+    (one,) = generate_images(model, [], truth, vocab, 1, s, keep)
     assert np.array_equal(one.pix, ref.pix)
     rgb_out = to_rgb(one.pix, folding, SIZE, WINDOW)
     assert rgb_out.shape == (SIZE, SIZE, 3) and rgb_out.dtype == np.uint8
@@ -97,4 +97,4 @@ def test_completion_keeps_whole_window_rows_and_samples_the_rest():
 def test_first_pixel_models_cannot_sample_images():
     model, vocab, folding = make("global_conditional", "pix_table", "first_pixel")
     with pytest.raises(GenerateError, match="first_pixel"):
-        sample_images(model, [], blank(SIZE, WINDOW, vocab.pix_pad), vocab, 1, Sampling())
+        generate_images(model, [], blank(SIZE, WINDOW, vocab.pix_pad), vocab, 1, Sampling())

@@ -11,7 +11,7 @@ A template `image.Windows` fixes the geometry (which pixels are valid); completi
 pixels of its top window rows. The log-probability of every sampled pixel under the model
 (temperature 1, before top-k; for full_causal over all of the head's classes, as its NLL is
 scored, though only pixel classes are drawn) is summed as it is drawn, so it equals the
-model's teacher-forced NLL of the result. `sample_uncached` is the reference: the full
+model's teacher-forced NLL of the result. `generate_images_uncached` is the reference: the full
 forward over the whole sample for every pixel.
 """
 
@@ -30,7 +30,7 @@ from pixword_lit.model.tokens import IGNORE, IMG_START, Vocab
 
 
 @dataclass
-class ImageSample:
+class GeneratedImage:
     pix: np.ndarray  # (N, P) pix ids in window-major order, the pad id at pad pixels
     logprob: float  # sum of log p(pixel) over the sampled pixels (temperature 1)
     sampled: int  # pixels drawn (kept and pad pixels excluded)
@@ -60,8 +60,8 @@ def _check(model) -> None:
 
 
 @torch.no_grad()
-def sample_images(model, prompt: list, template: Windows, vocab: Vocab, n: int, sampling: Sampling,
-                  keep: np.ndarray | None = None, max_seq_len: int = 4096) -> list[ImageSample]:
+def generate_images(model, prompt: list, template: Windows, vocab: Vocab, n: int, sampling: Sampling,
+                  keep: np.ndarray | None = None, max_seq_len: int = 4096) -> list[GeneratedImage]:
     """n images of the template's geometry after `<s> prompt <|image|>` (KV-cached)."""
     _check(model)
     model.eval()
@@ -104,7 +104,7 @@ def sample_images(model, prompt: list, template: Windows, vocab: Vocab, n: int, 
             idx = torch.as_tensor(template.summary_index[k], device=device).expand(n)
             summary = model.pixels.encode_windows(pix[:, k], pos, idx)  # (n, dim)
             h = model.step_hidden(summary[:, None].to(h.dtype), cache)
-    return [ImageSample(pix[b].cpu().numpy(), float(logprob[b]), drawn) for b in range(n)]
+    return [GeneratedImage(pix[b].cpu().numpy(), float(logprob[b]), drawn) for b in range(n)]
 
 
 def _logp(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -112,8 +112,8 @@ def _logp(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_uncached(model, prompt: list, template: Windows, vocab: Vocab, sampling: Sampling,
-                    keep: np.ndarray | None = None) -> ImageSample:
+def generate_images_uncached(model, prompt: list, template: Windows, vocab: Vocab, sampling: Sampling,
+                    keep: np.ndarray | None = None) -> GeneratedImage:
     """Reference: rebuild `<s> prompt <|image|> windows ...` and run the full forward for every
     sampled pixel, reading the logits that predict it."""
     _check(model)
@@ -149,7 +149,7 @@ def sample_uncached(model, prompt: list, template: Windows, vocab: Vocab, sampli
             logprob += float(_logp(logits, t))
         img.pix[k, j] = int(t)
         drawn += 1
-    return ImageSample(img.pix, logprob, drawn)
+    return GeneratedImage(img.pix, logprob, drawn)
 
 
 def to_rgb(pix: np.ndarray, folding, size: int, window: int, pad_rgb=(255, 0, 255)) -> np.ndarray:
