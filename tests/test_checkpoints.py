@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from pixword_lit.cli import main
 from pixword_lit.fit.train import fit
-from pixword_lit.system import checkpoints
+from pixword_lit.system import checkpoints, resume
 from pixword_lit.system.checkpoints import CheckpointError
 
 SHORT = ["trainer.val_check_interval=2", "data.val_limit=4", "run.pictures=0"]
@@ -311,21 +311,21 @@ def test_validate_with_other_shapes_refused(single_run, capsys):
 
 def test_vocabulary_and_palette_differences_named():
     hp = {"n_words": 262, "folding_state": {"name": "palette", "palette": [[0, 0, 0], [9, 9, 9]]}}
-    out = checkpoints.derived_differences(hp, 300, {"name": "palette", "palette": [[0, 0, 0], [8, 8, 8]]})
+    out = resume.derived_differences(hp, 300, {"name": "palette", "palette": [[0, 0, 0], [8, 8, 8]]})
     assert any("262 tokens in the checkpoint, 300 now" in x for x in out)
     assert any(x.startswith("folding: a 2-color palette") for x in out)
-    assert checkpoints.derived_differences(hp, 262, hp["folding_state"]) == []
+    assert resume.derived_differences(hp, 262, hp["folding_state"]) == []
     # null vs a mapping, and a parameter only one component has, count as differences
     saved = {"model": {"rope_scaling": None, "folding": {"name": "uniform", "factor": 16}}}
     now = {"model": {"rope_scaling": {"factor": 8.0}, "folding": {"name": "palette", "colors": 8}}}
-    diff = "\n".join(checkpoints.config_differences(saved, now, resume=False))
+    diff = "\n".join(resume.config_differences(saved, now, resume=False))
     for key in ("model.rope_scaling:", "model.rope_scaling.factor:", "model.folding.name:",
                 "model.folding.factor: 16 in the checkpoint, (not set) now", "model.folding.colors:"):
         assert key in diff, key
     # a key the checkpoint's config lacks entirely (an older schema) is not compared
-    assert checkpoints.config_differences({"model": {}}, {"model": {"new_key": 1}}, resume=True) == []
+    assert resume.config_differences({"model": {}}, {"model": {"new_key": 1}}, resume=True) == []
     # model.compile changes how the model runs, not what it computes: free on resume
-    assert checkpoints.config_differences({"model": {"compile": False, "dim": 8}},
+    assert resume.config_differences({"model": {"compile": False, "dim": 8}},
                                           {"model": {"compile": True, "dim": 8}}, resume=True) == []
 
 

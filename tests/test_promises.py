@@ -148,7 +148,7 @@ def test_run_folder_with_checkpoints_is_not_reused_without_overwrite(tmp_path, c
     assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == [
         "checkpoints", "checkpoints/last.ckpt", "metrics.jsonl"]
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == b"an earlier run"
-    from pixword_lit.fit.train import prepare_run_dir
+    from pixword_lit.fit.trainer import prepare_run_dir
 
     prepare_run_dir(run, None, overwrite=True)  # --overwrite starts the folder again
     assert run.is_dir() and list(run.iterdir()) == []

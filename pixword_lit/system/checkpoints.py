@@ -30,7 +30,6 @@ from pathlib import Path
 import torch
 
 from pixword_lit.errors import CheckpointError  # noqa: F401  (raised here; imported from here too)
-from pixword_lit.system.config import flatten
 
 METADATA = "meta.pt"  # Lightning's name for the non-tensor part of a sharded checkpoint
 DCP_INDEX = ".metadata"  # torch.distributed.checkpoint's shard index
@@ -313,17 +312,7 @@ def find_resume_checkpoint(run_dir: Path, resume: str) -> str:
     return str(newest)
 
 
-# ---- does a run's config fit a checkpoint? --------------------------------------------------
-# Settings that change parameter shapes or what the model computes and predicts: a checkpoint
-# only continues (or is validated) with the values it was trained with.
-FIXED = ("model.", "data.mode")
-FREE = ("model.compile",)  # how the model runs, not what it computes: may change on resume
-# Resume only: the optimizer state in the checkpoint restores these, so a new value would be
-# silently ignored.
-FIXED_ON_RESUME = ("optim.lr", "optim.betas", "optim.eps", "optim.weight_decay")
-COMPONENTS = ("model.folding.", "model.attention.", "model.embedding.")
-
-
+# ---- what a checkpoint says it is -----------------------------------------------------------
 def saved_hparams(path: Path, meta: dict | None = None) -> dict:
     meta = read_meta(path) if meta is None else meta
     hp = meta.get("hyper_parameters")
@@ -332,59 +321,3 @@ def saved_hparams(path: Path, meta: dict | None = None) -> dict:
         raise CheckpointError(f"{path}: not a pixword checkpoint (no stored config, vocabulary "
                               "size and folding)")
     return hp
-
-
-def config_differences(saved: dict, now: dict, resume: bool) -> list[str]:
-    """'key: A in the checkpoint, B now' for every fixed key whose value differs."""
-    keys = FIXED + (FIXED_ON_RESUME if resume else ())
-    a, b = flatten(saved), flatten(now)
-    out = []
-    for k in sorted(set(a) | set(b)):
-        if (not k.startswith(keys) and k not in keys) or k in FREE:
-            continue
-        if k in a and k in b:
-            if a[k] != b[k]:
-                out.append(f"{k}: {a[k]!r} in the checkpoint, {b[k]!r} now")
-        elif _related(k, b if k in a else a):  # e.g. a component parameter only one side has
-            out.append(f"{k}: {a.get(k, '(not set)')!r} in the checkpoint, "
-                       f"{b.get(k, '(not set)')!r} now")
-    return [s.replace("'(not set)'", "(not set)") for s in out]
-
-
-def derived_differences(hp: dict, n_words: int, folding_state: dict) -> list[str]:
-    """What the config alone does not show: the word vocabulary (tokenizer) and the folding
-    (a fitted palette)."""
-    out = []
-    if int(hp.get("n_words", n_words)) != int(n_words):
-        out.append(f"word vocabulary (data.tokenizer / model.vocab_size): {hp['n_words']} tokens "
-                   f"in the checkpoint, {n_words} now")
-    old = hp.get("folding_state")
-    if old is not None and old != folding_state:
-        out.append(f"folding: {_describe_folding(old)} in the checkpoint, "
-                   f"{_describe_folding(folding_state)} now")
-    return out
-
-
-def _describe_folding(state: dict) -> str:
-    if state.get("name") == "palette":
-        pal = state.get("palette") or []
-        return f"a {len(pal)}-color palette starting {pal[:1]}"
-    return f"{state.get('name')} factor {state.get('factor')}"
-
-
-def refuse_mismatch(path, differences: list[str], resume: bool) -> None:
-    if not differences:
-        return
-    todo = ("drop these overrides (or set them back in the config) to continue that run, or "
-            "start a new run with --overwrite or another run.dir" if resume else
-            "drop these overrides: validate evaluates the checkpoint's own model")
-    raise CheckpointError(f"{path} was trained with other settings: {'; '.join(differences)}. "
-                          f"To use it, {todo}")
-
-
-def _related(key: str, other: dict) -> bool:
-    """A key only one side has still differs when the other side sets its parent or its
-    children (null vs a mapping), or it is a component's parameter; a key the other side lacks
-    entirely is a schema change and is not compared."""
-    return key.startswith(COMPONENTS) or any(
-        key.startswith(o + ".") or o.startswith(key + ".") for o in other)
