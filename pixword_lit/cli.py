@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("decoding", "tokens/s of KV-cached vs uncached decoding"),
         ("all", "all of the above (about 3-5 minutes on 2 CPU cores)"),
         ("ab", "interleaved A/B of the bare quickstart step, one change at a time, each arm "
-               "in a fresh process (bench_ab.py; about 4 minutes)"),
+               "in a fresh process (bench/ab.py; about 4 minutes)"),
         ("paper", "the paper configuration in bf16: step time, memory, MFU, window kernels, "
                   "CPU-vs-device loss (experiments/bench_gpu.sh; --config a paper config)"),
     ):

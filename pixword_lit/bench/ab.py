@@ -39,7 +39,7 @@ def arm(config: str, overrides: list[str], change: str | None, dtype: str, n_bat
 
     import torch
 
-    from pixword_lit.bench import training as bt
+    from pixword_lit.bench import step as bt
     from pixword_lit.fit.memory import keep_freed_memory
     from pixword_lit.model import layers
 

@@ -4,9 +4,9 @@ experiments/bench_gpu.sh.
 
 Rows: bf16 (autocast) training steps with each window attention kernel (`packed`, the CUDA
 default, and the `mask` reference): step time, peak memory, pix tokens/s, FLOPs/step and
-MFU against the device's dense bf16 peak (datasheet on CUDA, `bench_train.GPU_PEAK`; the
+MFU against the device's dense bf16 peak (datasheet on CUDA, `bench.step.GPU_PEAK`; the
 measured matmul peak on CPU) and its ceiling (the MFU if only the matmuls and attention
-kernels took time: `bench_train.matmul_seconds`); then the loss agreement check: the first
+kernels took time: `bench.step.matmul_seconds`); then the loss agreement check: the first
 batch's fp32 loss on this device (TF32 off) and bf16 loss against the fp32 loss on CPU, same
 initial weights.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from pixword_lit.bench import training as bt
+from pixword_lit.bench import step as bt
 from pixword_lit.model.layers import set_window_kernel
 
 

@@ -4,7 +4,7 @@ Every table's header states the command, the commit, the machine (device, torch 
 threads, load average at the start: a load above the thread count means the machine was
 shared) and refuses a tree with uncommitted changes outside results/bench/ (results come
 from commits; --allow-dirty marks the commit `-dirty`). Training benchmarks are in
-bench_train.py: utilization, overhead, data, scaling; `all` runs every one.
+bench/training.py: utilization, overhead, data, scaling; `all` runs every one.
 
 - `decoding`: word tokens/s of KV-cached decoding (`generate.generate`) against the uncached
   reference loop (`generate.generate_uncached`, full forward per token), for a prompt of the

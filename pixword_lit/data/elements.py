@@ -155,7 +155,7 @@ def _concat(windows: list, attr: str, empty: np.ndarray) -> np.ndarray:
 
 
 def empty_sample() -> dict:
-    """A placeholder that scores nothing: keeps batch counts equal across ranks (see data.py)."""
+    """A placeholder that scores nothing: keeps batch counts equal across ranks (see data/stream.py)."""
     return {
         "input_ids": np.array([BOS]),
         "window_slot": np.array([-1]),

@@ -1,6 +1,6 @@
 """Where shards are and how to read them: shard URLs (a folder made by `pixword prep`, a brace
 pattern, a `pipe:` command) with their index.json -> `ShardSet`, and a shard's raw samples.
-The order in which they are read, and what is built from them: `data.py`.
+The order in which they are read, and what is built from them: `data/stream.py`.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 def counted_op_names() -> set[str]:
     """torch.profiler names ("aten::mm", ...) of the ops the counter counts: the time they
-    take is the step's matmul time (`bench_train.utilization`'s ceiling)."""
+    take is the step's matmul time (`bench.training.utilization`'s ceiling)."""
     register_cpu_attention()
     return {str(op).replace("aten.", "aten::", 1) for op in flop_counter.flop_registry}
 

@@ -62,7 +62,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, logger=True, control=None) -> L
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     t.pop("default_root_dir")
     strategy = parallel.make_strategy(t.pop("strategy"), t["devices"], t["num_nodes"])
-    # checkpoints only after a step or a validation (control.py: they all resume exactly)
+    # checkpoints only after a step or a validation (fit/preempt.py: they all resume exactly)
     callbacks = [StepCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor="val/loss", mode="min",
         save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
@@ -83,7 +83,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, logger=True, control=None) -> L
         logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="",
                                    default_hp_metric=False)
     plugins = [] if parallel.is_fsdp(strategy) else [AtomicCheckpointIO()]  # fsdp: see parallel
-    if SLURMEnvironment.detect():  # pixword handles preemption (control.py), not Lightning
+    if SLURMEnvironment.detect():  # pixword handles preemption (fit/preempt.py), not Lightning
         plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer = L.Trainer(
         **t, strategy=strategy, callbacks=callbacks, logger=logger, plugins=plugins,

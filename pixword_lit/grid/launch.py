@@ -2,7 +2,7 @@
 
 Each run is one `pixword fit` process (under SLURM one per task: a DDP/FSDP run gets one
 task per GPU, as experiments/slurm_fit.sbatch does) started by submitit's LocalExecutor or
-SlurmExecutor, not by a scheduler of our own; cell.py is what the job runs, grid_status.py
+SlurmExecutor, not by a scheduler of our own; cell.py is what the job runs, grid/status.py
 the record (grid_state.json) and its lock. A launch refuses a checkout with uncommitted
 changes unless allowed, skips finished runs, leaves SLURM jobs in flight alone, resumes
 preempted and interrupted runs (`--resume last`) and starts the others afresh.

@@ -1,7 +1,7 @@
 """Text generation from a trained model: KV-cached decoding and sampling.
 
-A prompt is a list of elements, as in training (`image.build_sample`): word-id arrays and
-`image.Windows`. The prompt batch is run once through the whole model (`PixWordModel.prefill`:
+A prompt is a list of elements, as in training (`elements.build_sample`): word-id arrays and
+`elements.Windows`. The prompt batch is run once through the whole model (`PixWordModel.prefill`:
 embedding, image block, summaries, decoder), which fills a per-layer KV cache of the decoder
 (`layers.DecoderCache`); every new word token then costs one decoder step
 (`PixWordModel.step`). Only word classes are sampled (pix classes are masked, and so are

@@ -7,7 +7,7 @@ never sampled); the finished window then goes through the image block, and its s
 decoder step. Both the decoder and the local decoder keep KV caches (`layers.DecoderCache`).
 For full_causal every pixel is a decoder token: one decoder step per pixel.
 
-A template `image.Windows` fixes the geometry (which pixels are valid); completion keeps the
+A template `elements.Windows` fixes the geometry (which pixels are valid); completion keeps the
 pixels of its top window rows. The log-probability of every sampled pixel under the model
 (temperature 1, before top-k; for full_causal over all of the head's classes, as its NLL is
 scored, though only pixel classes are drawn) is summed as it is drawn, so it equals the

@@ -1,7 +1,7 @@
 """The model's input: one batch of right-padded samples, every key with its shape and meaning.
 
-Built by `image.build_sample` (one sample, numpy) and `image.collate` (padded torch batch);
-read by `model.PixWordModel` and the attention variants (`components/attention.py`).
+Built by `elements.build_sample` (one sample, numpy) and `elements.collate` (padded torch batch);
+read by `pixword.PixWordModel` and the attention variants (`components/attention.py`).
 B samples, T element slots (the longest sample), Nw window slots (the most windows of a
 sample), P = window_size^2 pixels per window, in window-major order (spec sections 3, 5).
 
@@ -36,7 +36,7 @@ class Batch(TypedDict):
 
 
 class StreamBatch(Batch):
-    """A batch as the training/validation stream (`data.ShardStream`) yields it."""
+    """A batch as the training/validation stream (`stream.ShardStream`) yields it."""
 
     n_skipped: torch.Tensor  # () int64 units of this batch dropped (unreadable, small_images: skip)
     batch_index: torch.Tensor  # () int64 index of this batch in its rank's epoch

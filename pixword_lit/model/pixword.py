@@ -6,7 +6,7 @@
 
 Which image block (or none) and which pix embedding are components picked by name
 (`pixword_lit.model.components`); the decoder, the word table and the head are shared by all.
-The batch's keys, shapes and meaning: `pixword_lit.model.batch.Batch` (built by `image.collate`).
+The batch's keys, shapes and meaning: `pixword_lit.model.batch.Batch` (built by `elements.collate`).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class PixWordModel(nn.Module):
         `layers.DecoderCache` of self.decoder) -> (B, dim) normed decoder output after each
         sample's last element.
 
-        Samples are right-padded (`image.collate`); new elements all continue at the common
+        Samples are right-padded (`elements.collate`); new elements all continue at the common
         slot cache.length, and the padding slots between stay invalid keys, so each sample
         attends exactly to its own prompt. RoPE positions continue from each sample's count.
         """

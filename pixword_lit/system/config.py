@@ -59,8 +59,8 @@ class ModelConfig:
     attention: dict = field(default_factory=lambda: {"name": "global_conditional"})
     embedding: dict = field(default_factory=lambda: {"name": "pix_table"})
     objective: dict = field(default_factory=lambda: {"name": "first_pixel"})
-    init: str = "normal"  # normal: N(0, 0.02) everywhere | paper: the authors' (see model.py)
-    compile: bool = False  # torch.compile each transformer block (model.py); same weights and keys
+    init: str = "normal"  # normal: N(0, 0.02) everywhere | paper: the authors' (see model/pixword.py)
+    compile: bool = False  # torch.compile each transformer block (model/pixword.py); same weights and keys
 
 
 @dataclass
@@ -129,7 +129,7 @@ class RunConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation by generation after training (`pixword eval captions`, see evaluate.py)."""
+    """Evaluation by generation after training (`pixword eval captions`, see infer/captions.py)."""
 
     captions: bool = False  # after fit: greedy answers on data.val -> RUN/eval, eval/* in summary
     prefix: str = 'The text says "'  # prompt text after the last image, shared by all answers
