@@ -1,0 +1,174 @@
+"""Numbers in prose come from the committed tables: check them, or rewrite them.
+
+    python tests/prose_numbers.py            # check every span; exit 1 naming each mismatch
+    python tests/prose_numbers.py --write    # rewrite every span's text from the tables
+
+A measured figure in the READMEs is written as a marked span (HTML comments: not rendered)
+
+    <!--n:FMT EXPR-->TEXT<!--/n-->
+
+EXPR is arithmetic (+ - * / **, parentheses, sum/min/max/abs/mean/len) over references
+{TABLE:ROW:COL}: TABLE is a CSV under results/ without `.csv` (`fold/summary`,
+`bench/decoding`, `measured`); ROW is the value of the table's first column (a cell name),
+or KEY=VALUE[,KEY=VALUE...] on any columns, or `*` (every row, as an array); COL is a column.
+ROW `@` reads the first line of TABLE.md, where `pixword bench` states how it ran: COL
+`commit`, `load` (load average at the start) or `seconds` (the section's time).
+FMT is a Python format spec (`.4f`, `,.0f`, `.1f`); `s` (or `.7s`) takes text as it is.
+TEXT must equal format(EXPR, FMT). A change to a table, or to a quoted number, fails
+`make test` (tests/test_prose_numbers.py) until `--write` or a hand edit makes them agree.
+
+Kept under tests/ (like golden_losses.py): it checks the repository's documents, not
+anything a pixword user runs, and so leaves the package and its CLI alone.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import re
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+SPAN = re.compile(r"<!--n:(?P<fmt>\S+) (?P<expr>[^\n]+?)-->(?P<text>[^<\n]*)<!--/n-->")
+REF = re.compile(r"\{([^{}:]+):([^{}:]+):([^{}:]+)\}")
+FUNCS = {"sum": np.sum, "min": np.min, "max": np.max, "abs": np.abs, "mean": np.mean, "len": len}
+OPS = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow,
+       ast.USub, ast.UAdd, ast.Constant, ast.Name, ast.Load, ast.Call)
+
+
+def documents(root: Path = REPO) -> list[Path]:
+    """The files whose figures are checked: every README.md of the repository, and results/."""
+    skip = {".venv", "runs", "data", "mutants", ".git", "node_modules"}
+    return sorted(p for p in root.rglob("*.md")
+                  if not skip & set(p.relative_to(root).parts) and
+                  (p.name == "README.md" or p.relative_to(root).parts[0] == "results"))
+
+
+class Tables:
+    def __init__(self, root: Path):
+        self.results = root / "results"
+
+    @lru_cache(maxsize=None)
+    def rows(self, table: str) -> list[dict[str, str]]:
+        path = self.results / f"{table}.csv"
+        if not path.is_file():
+            raise LookupError(f"no table results/{table}.csv")
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    @lru_cache(maxsize=None)
+    def header(self, table: str) -> dict[str, str]:
+        path = self.results / f"{table}.md"
+        if not path.is_file():
+            raise LookupError(f"no results/{table}.md for row @")
+        line = path.read_text().splitlines()[0]
+        found = {"commit": re.search(r"at commit (\w+)", line),
+                 "load": re.search(r"load average ([\d.]+)", line),
+                 "seconds": re.search(r": (\d+) s\s*$", line)}
+        return {k: m.group(1) for k, m in found.items() if m}
+
+    def value(self, table: str, row: str, col: str):
+        if row == "@":
+            meta = self.header(table)
+            if col not in meta:
+                raise LookupError(f"results/{table}.md: its first line states no {col!r}")
+            return _number(meta[col])
+        rows = self.rows(table)
+        if rows and col not in rows[0]:
+            raise LookupError(f"results/{table}.csv has no column {col!r}")
+        if row == "*":
+            return np.array([_number(r[col]) for r in rows])
+        first = next(iter(rows[0])) if rows else ""
+        want = dict(kv.split("=", 1) for kv in row.split(",")) if "=" in row else {first: row}
+        hits = [r for r in rows if all(r.get(k) == v for k, v in want.items())]
+        if len(hits) != 1:
+            raise LookupError(f"results/{table}.csv: {len(hits)} rows match {row!r}, not 1")
+        return _number(hits[0][col])
+
+
+def _number(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def evaluate(expr: str, tables: Tables):
+    names: dict[str, object] = dict(FUNCS)
+
+    def ref(m: re.Match) -> str:
+        name = f"_r{len(names)}"
+        names[name] = tables.value(*(g.strip() for g in m.groups()))
+        return name
+
+    code = REF.sub(ref, expr)
+    tree = ast.parse(code.strip(), mode="eval")
+    for node in ast.walk(tree):
+        if not isinstance(node, OPS) or (isinstance(node, ast.Name) and node.id not in names):
+            raise LookupError(f"not allowed in a span: {ast.unparse(node)!r}")
+    return eval(compile(tree, "<span>", "eval"), {"__builtins__": {}}, names)  # nodes checked above
+
+
+def render(expr: str, fmt: str, tables: Tables) -> str:
+    value = evaluate(expr, tables)
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.item()
+    if fmt.endswith("s"):
+        return format(str(value), fmt)
+    return format(float(value), fmt)
+
+
+def check(root: Path = REPO, docs: list[Path] | None = None, write: bool = False) -> list[str]:
+    """One line per span whose text is not what its tables say (or that cannot be read)."""
+    tables, problems = Tables(root), []
+    for doc in docs if docs is not None else documents(root):
+        text = doc.read_text()
+        changed = False
+
+        def replace(m: re.Match) -> str:
+            nonlocal changed
+            line = text.count("\n", 0, m.start()) + 1
+            where = f"{doc.relative_to(root)}:{line}"
+            try:
+                want = render(m["expr"], m["fmt"], tables)
+            except (LookupError, SyntaxError, ValueError, TypeError, ZeroDivisionError) as e:
+                problems.append(f"{where}: {m['expr'].strip()}: {e}")
+                return m.group(0)
+            if m["text"] != want:
+                if not write:
+                    problems.append(f"{where}: says {m['text']!r}, its tables say {want!r} "
+                                    f"({m['expr'].strip()})")
+                changed = True
+                return f"<!--n:{m['fmt']} {m['expr']}-->{want}<!--/n-->"
+            return m.group(0)
+
+        new = SPAN.sub(replace, text)
+        opened = text.count("<!--n:")
+        if opened != len(SPAN.findall(text)):
+            problems.append(f"{doc.relative_to(root)}: {opened} spans opened (<!--n:), "
+                            f"{len(SPAN.findall(text))} well formed (<!--n:FMT EXPR-->TEXT<!--/n-->)")
+        if write and changed:
+            doc.write_text(new)
+    return problems
+
+
+def spans(root: Path = REPO) -> int:
+    return sum(len(SPAN.findall(d.read_text())) for d in documents(root))
+
+
+def main(argv: list[str]) -> int:
+    write = "--write" in argv
+    problems = check(write=write)
+    for p in problems:
+        print(p, file=sys.stderr)
+    print(f"{spans()} numbers in {len(documents())} documents; "
+          f"{len(problems)} {'unreadable' if write else 'wrong or unreadable'}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
