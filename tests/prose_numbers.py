@@ -7,12 +7,18 @@ A measured figure in the READMEs is written as a marked span (HTML comments: not
 
     <!--n:FMT EXPR-->TEXT<!--/n-->
 
-EXPR is arithmetic (+ - * / **, parentheses, sum/min/max/abs/mean/len) over references
+EXPR is arithmetic (+ - * / // % **, parentheses, sum/min/max/abs/mean/len) over references
 {TABLE:ROW:COL}: TABLE is a CSV under results/ without `.csv` (`fold/summary`,
-`bench/decoding`, `measured`); ROW is the value of the table's first column (a cell name),
-or KEY=VALUE[,KEY=VALUE...] on any columns, or `*` (every row, as an array); COL is a column.
-ROW `@` reads the first line of TABLE.md, where `pixword bench` states how it ran: COL
-`commit`, `load` (load average at the start) or `seconds` (the section's time).
+`bench/decoding`, `measured`), or a Markdown file with its `.md` (its first table: quote a
+grid's means and spreads from `fold/summary.md`, COL `val/pix_loss` or `val/pix_loss ±`, at
+the precision it prints them; summary.csv keeps 6 significant digits, and re-rounding
+1.46065 gives 1.4607 where the run's value, and summary.md, give 1.4606); ROW is the value
+of the table's first column (a cell name), or KEY=VALUE[,KEY=VALUE...] on any columns, or `*`
+(every row, as an array); COL is a column (a cell `a / b / c`, as `pixword bench ab` writes
+its pairs, is an array too).
+ROW `@` reads TABLE.md: COL `commit`, `load` (load average at the start) or `seconds` (the
+section's time) from the first line, where `pixword bench` states how it ran; `r2` from a
+power-law fit line of `pixword compare`.
 FMT is a Python format spec (`.4f`, `,.0f`, `.1f`); `s` (or `.7s`) takes text as it is.
 TEXT must equal format(EXPR, FMT). A change to a table, or to a quoted number, fails
 `make test` (tests/test_prose_numbers.py) until `--write` or a hand edit makes them agree.
@@ -27,17 +33,22 @@ import ast
 import csv
 import re
 import sys
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 SPAN = re.compile(r"<!--n:(?P<fmt>\S+) (?P<expr>[^\n]+?)-->(?P<text>[^<\n]*)<!--/n-->")
-REF = re.compile(r"\{([^{}:]+):([^{}:]+):([^{}:]+)\}")
-FUNCS = {"sum": np.sum, "min": np.min, "max": np.max, "abs": np.abs, "mean": np.mean, "len": len}
-OPS = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow,
-       ast.USub, ast.UAdd, ast.Constant, ast.Name, ast.Load, ast.Call)
+REF = re.compile(r"\{([^{}:]+):([^{}]+):([^{}:]+)\}")  # ROW may hold ":" (aten::mm)
+def _flat(*args) -> np.ndarray:
+    return np.concatenate([np.atleast_1d(np.asarray(a, dtype=float)) for a in args])
+
+
+FUNCS = {"sum": lambda *a: _flat(*a).sum(), "min": lambda *a: _flat(*a).min(),
+         "max": lambda *a: _flat(*a).max(), "mean": lambda *a: _flat(*a).mean(),
+         "abs": np.abs, "len": lambda *a: _flat(*a).size}
+OPS = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv,
+       ast.Mod, ast.Pow, ast.USub, ast.UAdd, ast.Constant, ast.Name, ast.Load, ast.Call)
 
 
 def documents(root: Path = REPO) -> list[Path]:
@@ -51,24 +62,38 @@ def documents(root: Path = REPO) -> list[Path]:
 class Tables:
     def __init__(self, root: Path):
         self.results = root / "results"
+        self._rows: dict[str, list[dict[str, str]]] = {}
+        self._headers: dict[str, dict[str, str]] = {}
 
-    @lru_cache(maxsize=None)
     def rows(self, table: str) -> list[dict[str, str]]:
-        path = self.results / f"{table}.csv"
+        if table not in self._rows:
+            self._rows[table] = self._read(table)
+        return self._rows[table]
+
+    def _read(self, table: str) -> list[dict[str, str]]:
+        path = self.results / (table if table.endswith(".md") else f"{table}.csv")
         if not path.is_file():
-            raise LookupError(f"no table results/{table}.csv")
+            raise LookupError(f"no table results/{path.relative_to(self.results)}")
+        if path.suffix == ".md":
+            return _markdown_rows(path.read_text())
         with open(path, newline="") as f:
             return list(csv.DictReader(f))
 
-    @lru_cache(maxsize=None)
     def header(self, table: str) -> dict[str, str]:
+        if table not in self._headers:
+            self._headers[table] = self._read_header(table)
+        return self._headers[table]
+
+    def _read_header(self, table: str) -> dict[str, str]:
         path = self.results / f"{table}.md"
         if not path.is_file():
             raise LookupError(f"no results/{table}.md for row @")
-        line = path.read_text().splitlines()[0]
+        text = path.read_text()
+        line = text.splitlines()[0]
         found = {"commit": re.search(r"at commit (\w+)", line),
                  "load": re.search(r"load average ([\d.]+)", line),
-                 "seconds": re.search(r": (\d+) s\s*$", line)}
+                 "seconds": re.search(r": (\d+) s\s*$", line),
+                 "r2": re.search(r"R² = ([\d.]+)", text)}
         return {k: m.group(1) for k, m in found.items() if m}
 
     def value(self, table: str, row: str, col: str):
@@ -79,19 +104,42 @@ class Tables:
             return _number(meta[col])
         rows = self.rows(table)
         if rows and col not in rows[0]:
-            raise LookupError(f"results/{table}.csv has no column {col!r}")
+            raise LookupError(f"{_name(table)} has no column {col!r}")
         if row == "*":
             return np.array([_number(r[col]) for r in rows])
         first = next(iter(rows[0])) if rows else ""
         want = dict(kv.split("=", 1) for kv in row.split(",")) if "=" in row else {first: row}
         hits = [r for r in rows if all(r.get(k) == v for k, v in want.items())]
         if len(hits) != 1:
-            raise LookupError(f"results/{table}.csv: {len(hits)} rows match {row!r}, not 1")
+            raise LookupError(f"{_name(table)}: {len(hits)} rows match {row!r}, not 1")
         return _number(hits[0][col])
+
+
+def _name(table: str) -> str:
+    return f"results/{table}" if table.endswith(".md") else f"results/{table}.csv"
+
+
+def _markdown_rows(text: str) -> list[dict[str, str]]:
+    """The first Markdown table of a document; a cell `4.8622 ± 0.0410` is two columns,
+    `COL` (the mean) and `COL ±` (the spread), as `pixword compare` prints them."""
+    lines = [ln.strip().strip("|") for ln in text.splitlines() if ln.startswith("|")]
+    if len(lines) < 2:
+        return []
+    head = [c.strip() for c in lines[0].split("|")]
+    rows = []
+    for line in lines[2:]:
+        row = {}
+        for key, cell in zip(head, (c.strip() for c in line.split("|"))):
+            mean, _, spread = cell.partition(" ± ")
+            row[key], row[f"{key} ±"] = mean.replace(",", ""), spread
+        rows.append(row)
+    return rows
 
 
 def _number(text: str):
     try:
+        if " / " in text:  # `pixword bench ab` keeps every pair's time: "0.1622 / 0.1699 / 0.1838"
+            return np.array([float(t) for t in text.split(" / ")])
         return float(text)
     except ValueError:
         return text
@@ -123,36 +171,37 @@ def render(expr: str, fmt: str, tables: Tables) -> str:
 
 
 def check(root: Path = REPO, docs: list[Path] | None = None, write: bool = False) -> list[str]:
-    """One line per span whose text is not what its tables say (or that cannot be read)."""
+    """One line per span whose text is not what its tables say (or that cannot be read);
+    with `write`, such spans are rewritten instead and only unreadable ones are reported."""
     tables, problems = Tables(root), []
     for doc in docs if docs is not None else documents(root):
-        text = doc.read_text()
-        changed = False
+        problems += _check_doc(doc, doc.relative_to(root), tables, write)
+    return problems
 
-        def replace(m: re.Match) -> str:
-            nonlocal changed
-            line = text.count("\n", 0, m.start()) + 1
-            where = f"{doc.relative_to(root)}:{line}"
-            try:
-                want = render(m["expr"], m["fmt"], tables)
-            except (LookupError, SyntaxError, ValueError, TypeError, ZeroDivisionError) as e:
-                problems.append(f"{where}: {m['expr'].strip()}: {e}")
-                return m.group(0)
-            if m["text"] != want:
-                if not write:
-                    problems.append(f"{where}: says {m['text']!r}, its tables say {want!r} "
-                                    f"({m['expr'].strip()})")
-                changed = True
-                return f"<!--n:{m['fmt']} {m['expr']}-->{want}<!--/n-->"
-            return m.group(0)
 
-        new = SPAN.sub(replace, text)
-        opened = text.count("<!--n:")
-        if opened != len(SPAN.findall(text)):
-            problems.append(f"{doc.relative_to(root)}: {opened} spans opened (<!--n:), "
-                            f"{len(SPAN.findall(text))} well formed (<!--n:FMT EXPR-->TEXT<!--/n-->)")
-        if write and changed:
-            doc.write_text(new)
+def _check_doc(doc: Path, name: Path, tables: Tables, write: bool) -> list[str]:
+    text, problems, out, last = doc.read_text(), [], [], 0
+    for m in SPAN.finditer(text):
+        where = f"{name}:{text.count(chr(10), 0, m.start()) + 1}"
+        out.append(text[last:m.start()])
+        last = m.end()
+        try:
+            want = render(m["expr"], m["fmt"], tables)
+        except (LookupError, SyntaxError, ValueError, TypeError, ZeroDivisionError) as e:
+            problems.append(f"{where}: {m['expr'].strip()}: {e}")
+            out.append(m.group(0))
+            continue
+        if m["text"] != want and not write:
+            problems.append(f"{where}: says {m['text']!r}, its tables say {want!r} "
+                            f"({m['expr'].strip()})")
+        out.append(f"<!--n:{m['fmt']} {m['expr']}-->{want}<!--/n-->")
+    out.append(text[last:])
+    opened, formed = text.count("<!--n:"), len(SPAN.findall(text))
+    if opened != formed:
+        problems.append(f"{name}: {opened} spans opened (<!--n:), {formed} well formed "
+                        "(<!--n:FMT EXPR-->TEXT<!--/n-->)")
+    if write and "".join(out) != text:
+        doc.write_text("".join(out))
     return problems
 
 

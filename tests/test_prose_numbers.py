@@ -30,7 +30,7 @@ def test_a_changed_number_in_the_prose_fails(tmp_path):
     root = _copy(tmp_path)
     doc = root / "results" / "README.md"
     text = doc.read_text()
-    span = "fold/summary:folding-palette512:val/pix_loss_mean}-->"
+    span = "{fold/summary.md:folding-palette512:val/pix_loss}-->"
     at = text.index(span) + len(span)
     end = text.index("<!--/n-->", at)
     quoted = text[at:end]
@@ -80,3 +80,20 @@ def test_expressions_sums_and_headers(tmp_path):
                    "<!--n:.2f {bench/utilization:@:load}-->1.10<!--/n--> "
                    "<!--n:.1f {bench/utilization:model=dim256,dtype=bf16:utilization_pct}-->53.2<!--/n-->")
     assert not check(root, [doc]), check(root, [doc])
+
+
+def test_the_completion_samples_window_rows_are_what_the_readme_says():
+    """results/objective/samples/README.md: validation glyphs 0-3 at 24 px in 4 px windows."""
+    import math
+
+    from data_prep.glyphs import make_sample
+    from pixword_lit.data.elements import resize_longer_side
+
+    rows = []
+    for i in range(4):
+        _, img = make_sample(0, "val", i)
+        img = resize_longer_side(img, 24, "upscale", "bilinear_antialias")
+        rows.append(math.ceil(img.size[1] / 4))
+    assert rows == [2, 3, 3, 3]
+    text = (REPO / "results" / "objective" / "samples" / "README.md").read_text()
+    assert '"NEXT" has 2 window rows, the other three images 3' in text
