@@ -97,3 +97,22 @@ def test_the_completion_samples_window_rows_are_what_the_readme_says():
     assert rows == [2, 3, 3, 3]
     text = (REPO / "results" / "objective" / "samples" / "README.md").read_text()
     assert '"NEXT" has 2 window rows, the other three images 3' in text
+
+
+def test_the_paper_configs_parameter_counts_in_experiments_readme():
+    """experiments/README.md quotes the paper configs' sizes; counted here on the meta device."""
+    import torch
+
+    from pixword_lit.model.pixword import PixWordModel
+    from pixword_lit.model.tokens import N_SPECIAL, Vocab
+    from pixword_lit.system.build import folding_from_state
+    from pixword_lit.system.config import load_config
+
+    text = (REPO / "experiments" / "README.md").read_text()
+    for name in ("paper_image_only", "paper_mixed"):
+        m = load_config(REPO / "experiments" / f"{name}.yaml").model
+        folding = folding_from_state({"name": "uniform", "factor": m.folding.factor})
+        with torch.device("meta"):
+            model = PixWordModel(m, Vocab(m.vocab_size or N_SPECIAL, folding.n_pix), folding)
+        n = sum(p.numel() for p in model.parameters())
+        assert f"about {n / 1e6:.1f}M parameters" in text, (name, n)
