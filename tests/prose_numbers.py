@@ -130,8 +130,9 @@ def _markdown_rows(text: str) -> list[dict[str, str]]:
     for line in lines[2:]:
         row = {}
         for key, cell in zip(head, (c.strip() for c in line.split("|"))):
-            mean, _, spread = cell.partition(" ± ")
-            row[key], row[f"{key} ±"] = mean.replace(",", ""), spread
+            m = re.match(r"(-?[\d,]*\.?\d+)(?:\s*±\s*(-?\d*\.?\d+))?", cell)
+            row[key] = m.group(1).replace(",", "") if m else cell
+            row[f"{key} ±"] = (m.group(2) or "") if m else ""
         rows.append(row)
     return rows
 
