@@ -20,7 +20,8 @@ ROW `@` reads TABLE.md: COL `commit`, `load` (load average at the start) or `sec
 section's time) from the first line, where `pixword bench` states how it ran; `r2` from a
 power-law fit line of `pixword compare`.
 FMT is a Python format spec (`.4f`, `,.0f`, `.1f`); `s` (or `.7s`) takes text as it is.
-TEXT must equal format(EXPR, FMT). A change to a table, or to a quoted number, fails
+TEXT must equal format(EXPR, FMT), or be it in backticks (a commit: `<!--n:...-->`abc1234`<!--/n-->`,
+as a comment inside a code span would be shown). A change to a table, or to a quoted number, fails
 `make test` (tests/test_prose_numbers.py) until `--write` or a hand edit makes them agree.
 
 Kept under tests/ (like golden_losses.py): it checks the repository's documents, not
@@ -192,11 +193,16 @@ def _check_doc(doc: Path, name: Path, tables: Tables, write: bool) -> list[str]:
             problems.append(f"{where}: {m['expr'].strip()}: {e}")
             out.append(m.group(0))
             continue
-        if m["text"] != want and not write:
-            problems.append(f"{where}: says {m['text']!r}, its tables say {want!r} "
+        tick = "`" if len(m["text"]) > 1 and m["text"][0] == m["text"][-1] == "`" else ""
+        said = m["text"][len(tick):len(m["text"]) - len(tick)]
+        if said != want and not write:
+            problems.append(f"{where}: says {said!r}, its tables say {want!r} "
                             f"({m['expr'].strip()})")
-        out.append(f"<!--n:{m['fmt']} {m['expr']}-->{want}<!--/n-->")
+        out.append(f"<!--n:{m['fmt']} {m['expr']}-->{tick}{want}{tick}<!--/n-->")
     out.append(text[last:])
+    for m in re.finditer(r"^[ \t]*<!--n:", text, flags=re.M):
+        problems.append(f"{name}:{text.count(chr(10), 0, m.start()) + 1}: a span starts the line, "
+                        "where Markdown reads it as an HTML block: move a word before it")
     opened, formed = text.count("<!--n:"), len(SPAN.findall(text))
     if opened != formed:
         problems.append(f"{name}: {opened} spans opened (<!--n:), {formed} well formed "

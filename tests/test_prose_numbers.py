@@ -61,22 +61,24 @@ def test_a_bad_reference_is_one_line_naming_it(tmp_path):
                    "b <!--n:.4f {fold/summary:folding-palette512:no_col}-->1<!--/n-->\n"
                    "c <!--n:.4f {nothing:x:y}-->1<!--/n-->\n"
                    "d <!--n:.4f __import__('os')-->1<!--/n-->\n"
-                   "e <!--n:.4f {fold/summary:folding-palette512:val/loss_mean}-->1\n")
+                   "e <!--n:.4f {fold/summary:folding-palette512:val/loss_mean}-->1\n"
+                   "<!--n:.4f {fold/summary.md:folding-palette512:val/pix_loss}-->4.8622<!--/n-->\n")
     problems = check(root, [doc])
-    assert len(problems) == 5, problems
+    assert len(problems) == 6, problems
     assert "doc.md:1" in problems[0] and "0 rows match 'no-such-cell'" in problems[0]
     assert "no column 'no_col'" in problems[1]
     assert "no table results/nothing.csv" in problems[2]
     assert "not allowed" in problems[3]
-    assert "5 spans opened" in problems[4] and "4 well formed" in problems[4]
+    assert "doc.md:6: a span starts the line" in problems[4]
+    assert "6 spans opened" in problems[5] and "5 well formed" in problems[5]
 
 
 def test_expressions_sums_and_headers(tmp_path):
     root = _copy(tmp_path)
     doc = root / "doc.md"
     rows = "{attention/summary:*:wall_s}*{attention/summary:*:runs}"
-    doc.write_text(f"<!--n:.1f sum({rows})/60-->65.8<!--/n--> "
-                   "<!--n:.7s {bench/utilization:@:commit}-->40b09f1<!--/n--> "
+    doc.write_text(f"t <!--n:.1f sum({rows})/60-->65.8<!--/n--> "
+                   "<!--n:.7s {bench/utilization:@:commit}-->`40b09f1`<!--/n--> "
                    "<!--n:.2f {bench/utilization:@:load}-->1.10<!--/n--> "
                    "<!--n:.1f {bench/utilization:model=dim256,dtype=bf16:utilization_pct}-->53.2<!--/n-->")
     assert not check(root, [doc]), check(root, [doc])
