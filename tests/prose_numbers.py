@@ -200,6 +200,11 @@ def _check_doc(doc: Path, name: Path, tables: Tables, write: bool) -> list[str]:
                             f"({m['expr'].strip()})")
         out.append(f"<!--n:{m['fmt']} {m['expr']}-->{tick}{want}{tick}<!--/n-->")
     out.append(text[last:])
+    for m in SPAN.finditer(text):
+        para = text.rfind("\n\n", 0, m.start()) + 1
+        if text.count("`", para, m.start()) % 2:
+            problems.append(f"{name}:{text.count(chr(10), 0, m.start()) + 1}: a span inside a code "
+                            "span is shown as it is: put the backticks inside the span")
     for m in re.finditer(r"^[ \t]*<!--n:", text, flags=re.M):
         problems.append(f"{name}:{text.count(chr(10), 0, m.start()) + 1}: a span starts the line, "
                         "where Markdown reads it as an HTML block: move a word before it")

@@ -62,15 +62,17 @@ def test_a_bad_reference_is_one_line_naming_it(tmp_path):
                    "c <!--n:.4f {nothing:x:y}-->1<!--/n-->\n"
                    "d <!--n:.4f __import__('os')-->1<!--/n-->\n"
                    "e <!--n:.4f {fold/summary:folding-palette512:val/loss_mean}-->1\n"
-                   "<!--n:.4f {fold/summary.md:folding-palette512:val/pix_loss}-->4.8622<!--/n-->\n")
+                   "<!--n:.4f {fold/summary.md:folding-palette512:val/pix_loss}-->4.8622<!--/n-->\n\n"
+                   "g `<!--n:.7s {bench/utilization:@:commit}-->40b09f1<!--/n-->`\n")
     problems = check(root, [doc])
-    assert len(problems) == 6, problems
+    assert len(problems) == 7, problems
     assert "doc.md:1" in problems[0] and "0 rows match 'no-such-cell'" in problems[0]
     assert "no column 'no_col'" in problems[1]
     assert "no table results/nothing.csv" in problems[2]
     assert "not allowed" in problems[3]
-    assert "doc.md:6: a span starts the line" in problems[4]
-    assert "6 spans opened" in problems[5] and "5 well formed" in problems[5]
+    assert "doc.md:8: a span inside a code span" in problems[4]
+    assert "doc.md:6: a span starts the line" in problems[5]
+    assert "7 spans opened" in problems[6] and "6 well formed" in problems[6]
 
 
 def test_expressions_sums_and_headers(tmp_path):
