@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import os
 import re
 import sys
 from pathlib import Path
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+SKIP = {"runs", "data", "mutants", "node_modules"}  # at the top: outputs, not documents
 SPAN = re.compile(r"<!--n:(?P<fmt>\S+) (?P<expr>[^\n]+?)-->(?P<text>[^<\n]*)<!--/n-->")
 REF = re.compile(r"\{([^{}:]+):([^{}]+):([^{}:]+)\}")  # ROW may hold ":" (aten::mm)
 def _flat(*args) -> np.ndarray:
@@ -53,11 +55,16 @@ OPS = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Add, ast.Sub, ast.Mult, ast.D
 
 
 def documents(root: Path = REPO) -> list[Path]:
-    """The files whose figures are checked: every README.md of the repository, and results/."""
-    skip = {".venv", "runs", "data", "mutants", ".git", "node_modules"}
-    return sorted(p for p in root.rglob("*.md")
-                  if not skip & set(p.relative_to(root).parts) and
-                  (p.name == "README.md" or p.relative_to(root).parts[0] == "results"))
+    """The files whose figures are checked: every README.md of the repository, and results/
+    (data, runs and hidden folders are not walked: they can be large)."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        rel = Path(folder).relative_to(root)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__" and
+                   not (rel == Path(".") and d in SKIP)]
+        found += [Path(folder) / f for f in files if f == "README.md" or
+                  (f.endswith(".md") and rel.parts[:1] == ("results",))]
+    return sorted(found)
 
 
 class Tables:
