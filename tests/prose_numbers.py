@@ -20,9 +20,12 @@ ROW `@` reads TABLE.md: COL `commit`, `load` (load average at the start) or `sec
 section's time) from the first line, where `pixword bench` states how it ran; `r2` from a
 power-law fit line of `pixword compare`.
 FMT is a Python format spec (`.4f`, `,.0f`, `.1f`); `s` (or `.7s`) takes text as it is.
-TEXT must equal format(EXPR, FMT), or be it in backticks (a commit: `<!--n:...-->`abc1234`<!--/n-->`,
-as a comment inside a code span would be shown). A change to a table, or to a quoted number, fails
-`make test` (tests/test_prose_numbers.py) until `--write` or a hand edit makes them agree.
+TEXT must equal format(EXPR, FMT), or be that in backticks (a commit:
+<!--n:.7s EXPR-->`abc1234`<!--/n-->, since a comment inside a code span would be shown); a span
+may not start a line (Markdown would read an HTML block). A change to a table, or to a quoted
+number, fails `make test` (tests/test_prose_numbers.py) until `--write` or a hand edit makes
+them agree. To add a figure, write `[[n:FMT EXPR]]` where it goes and run `make prose`: it
+becomes a span with its text filled in.
 
 Kept under tests/ (like golden_losses.py): it checks the repository's documents, not
 anything a pixword user runs, and so leaves the package and its CLI alone.
@@ -41,6 +44,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 SKIP = {"runs", "data", "mutants", "node_modules"}  # at the top: outputs, not documents
+SHORTHAND = re.compile(r"\[\[n:(\S+) ([^\]\n]+?)\]\]")
 SPAN = re.compile(r"<!--n:(?P<fmt>\S+) (?P<expr>[^\n]+?)-->(?P<text>[^<\n]*)<!--/n-->")
 REF = re.compile(r"\{([^{}:]+):([^{}]+):([^{}:]+)\}")  # ROW may hold ":" (aten::mm)
 def _flat(*args) -> np.ndarray:
@@ -190,6 +194,11 @@ def check(root: Path = REPO, docs: list[Path] | None = None, write: bool = False
 
 def _check_doc(doc: Path, name: Path, tables: Tables, write: bool) -> list[str]:
     text, problems, out, last = doc.read_text(), [], [], 0
+    if write:  # the shorthand an author writes: [[n:FMT EXPR]] -> a span (its text filled below)
+        text = SHORTHAND.sub(lambda m: f"<!--n:{m[1]} {m[2]}-->?<!--/n-->", text)
+    for m in SHORTHAND.finditer(text):
+        problems.append(f"{name}:{text.count(chr(10), 0, m.start()) + 1}: {m[0]} is not a span "
+                        "yet: run `make prose` (python tests/prose_numbers.py --write)")
     for m in SPAN.finditer(text):
         where = f"{name}:{text.count(chr(10), 0, m.start()) + 1}"
         out.append(text[last:m.start()])
@@ -219,7 +228,7 @@ def _check_doc(doc: Path, name: Path, tables: Tables, write: bool) -> list[str]:
     if opened != formed:
         problems.append(f"{name}: {opened} spans opened (<!--n:), {formed} well formed "
                         "(<!--n:FMT EXPR-->TEXT<!--/n-->)")
-    if write and "".join(out) != text:
+    if write and "".join(out) != doc.read_text():
         doc.write_text("".join(out))
     return problems
 

@@ -120,3 +120,14 @@ def test_the_paper_configs_parameter_counts_in_experiments_readme():
             model = PixWordModel(m, Vocab(m.vocab_size or N_SPECIAL, folding.n_pix), folding)
         n = sum(p.numel() for p in model.parameters())
         assert f"about {n / 1e6:.1f}M parameters" in text, (name, n)
+
+
+def test_shorthand_becomes_a_span_on_write(tmp_path):
+    root = _copy(tmp_path)
+    doc = root / "doc.md"
+    doc.write_text("decoding ran at [[n:.1f {bench/decoding:cached:tokens_per_s}]] tokens/s\n")
+    assert "is not a span yet" in check(root, [doc])[0]
+    assert not check(root, [doc], write=True)
+    assert doc.read_text() == ("decoding ran at <!--n:.1f {bench/decoding:cached:tokens_per_s}-->"
+                               "902.6<!--/n--> tokens/s\n")
+    assert not check(root, [doc])
