@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 GLYPHS := data/glyphs
 
-.PHONY: install quickstart test test-fast lint mutation clean
+.PHONY: install quickstart test test-fast lint prose mutation clean
 
 # torch is pinned and installed first: on a CPU-only machine pip takes the CPU build on disk,
 # a user with GPUs gets the normal build; an unpinned torch would pull a multi-GB CUDA build.
@@ -32,6 +32,11 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check pixword_lit data_prep tests
+
+# The figures quoted in the READMEs are marked spans checked against results/ by make test
+# (tests/test_prose_numbers.py); after new results, this rewrites them from the tables.
+prose: $(STAMP)
+	$(BIN)/python tests/prose_numbers.py --write
 
 # Mutation testing (mutmut 3, a dev dependency) of the modules where a silent error corrupts
 # results: image.py, tokens.py, components/folding.py and model.loss_terms, each mutant run

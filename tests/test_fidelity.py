@@ -1,6 +1,6 @@
 """Training as the authors' code trains (issue 16): one token mean over the global batch,
-skipped images, initialization, optimizer, resize filter and rounding, and the README's
-fidelity table checked against the paper configs."""
+skipped images, initialization, optimizer, resize filter and rounding, and the fidelity table of
+experiments/README.md checked against the paper configs."""
 
 from __future__ import annotations
 
@@ -278,10 +278,10 @@ def test_bilinear_antialias_matches_an_independent_reference(w, h, size):
     assert np.abs(bicubic - ref).max() > 1  # the reference tells the filters apart
 
 
-# ---- the README's fidelity table ----------------------------------------------------
+# ---- the fidelity table (experiments/README.md) ----------------------------------------------------
 
 def _fidelity_rows() -> dict[str, str]:
-    text = (REPO_ROOT / "README.md").read_text()
+    text = (REPO_ROOT / "experiments" / "README.md").read_text()
     start, end = text.index("<!-- fidelity:start -->"), text.index("<!-- fidelity:end -->")
     rows = {}
     for line in text[start:end].splitlines():
@@ -306,7 +306,7 @@ def test_fidelity_table_matches_the_paper_configs():
         raw = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "experiments" / f"{name}.yaml"))
         raw.pop("defaults", None)
         missing = [k for k in _leaf_keys(raw) if k not in rows]
-        assert not missing, f"README fidelity table lacks {missing}"
+        assert not missing, f"experiments/README.md fidelity table lacks {missing}"
     for key, cell in rows.items():
         values = cell.split(" / ") if " / " in cell else [cell, cell]
         for (name, cfg), want in zip(cfgs.items(), values):

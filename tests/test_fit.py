@@ -16,7 +16,7 @@ from pixword_lit.system.config import REPO_ROOT
 
 pytestmark = pytest.mark.slow  # real fits: `make test-fast` leaves them out
 
-README_TB_SCALARS = [  # README "TensorBoard": for train and validation, then throughput and lr
+README_TB_SCALARS = [  # experiments/README.md "TensorBoard": for train and validation, then throughput and lr
     *(f"{split}/{name}" for split in ("train", "val") for name in ("loss", "word_loss", "pix_loss",
                                                                     "pix_acc")),
     "train/pix_tokens_per_s",
@@ -71,7 +71,7 @@ def test_tiny_fit_learns_and_writes_outputs(glyph_shards, tmp_path):
     assert timer["train_seconds"] == pytest.approx(saved["train_s"], abs=0.01)
     assert saved["pix_tokens_per_s"] == pytest.approx(saved["pix_tokens_seen"] / timer["train_seconds"],
                                                       rel=1e-3)
-    # TensorBoard holds the tags README lists
+    # TensorBoard holds the tags experiments/README.md lists
     acc = tb_tags(run)
     tags = acc.Tags()
     assert set(README_TB_SCALARS) <= set(tags["scalars"])
