@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pixword_lit.cli import main
+from pixword_lit.errors import ConfigError
 from pixword_lit.model.layers import RMSNorm
 from pixword_lit.model.tokens import IGNORE
 from pixword_lit.system.config import BASE_YAML, DEBUG_MODEL, REPO_ROOT, Config, load_config
@@ -228,3 +229,27 @@ def test_package_imports_have_no_circles():
             visit(mod, [])
     assert {"pixword_lit.system.build", "pixword_lit.system.lit_module",
             "pixword_lit.system.config"} <= set(graph)
+
+
+@pytest.mark.parametrize("family,name", [("folding", "palette"), ("attention", "full_causal"),
+                                         ("embedding", "linear_rgb"), ("objective", "dense")])
+def test_a_component_by_its_name_alone_is_that_component_with_its_defaults(family, name):
+    """`model.attention=full_causal`, as a user types it, is `model.attention.name=...`."""
+    quick = str(REPO_ROOT / "experiments" / "quickstart.yaml")
+    alone = load_config(quick, [f"model.{family}={name}"])
+    dotted = load_config(quick, [f"model.{family}.name={name}"])
+    assert OmegaConf.to_container(alone.model[family]) == {"name": name}
+    assert alone == dotted
+    with pytest.raises(ConfigError, match=f"model.{family}.name: unknown {family} 'nope'"):
+        load_config(quick, [f"model.{family}=nope"])
+
+
+def test_a_parameter_the_new_component_lacks_is_refused_by_name():
+    """Changing the folding's name and giving the old folding's factor in one command fails:
+    the palette has no factor, and it is not kept silently."""
+    quick = str(REPO_ROOT / "experiments" / "quickstart.yaml")
+    for overrides in (["model.folding.name=palette", "model.folding.factor=32"],
+                      ["model.folding=palette", "model.folding.factor=32"]):
+        with pytest.raises(ConfigError, match="model.folding.factor: not a parameter of folding 'palette'"):
+            load_config(quick, overrides)
+    assert "factor" not in load_config(quick, ["model.folding=palette"]).model.folding

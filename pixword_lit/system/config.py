@@ -160,7 +160,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             bad = [o for o in overrides if "=" not in o]
             if bad:
                 raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
-            cfg = _merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+            cfg = _merge(cfg, OmegaConf.from_dotlist([_component_by_name(o) for o in overrides]))
     except ConfigError:
         raise
     except Exception as e:  # OmegaConf names the key and the file position
@@ -169,6 +169,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg.run.name = Path(path).stem
     validate(cfg)
     return cfg
+
+
+COMPONENT_KEYS = tuple(f"model.{f}" for f in ("folding", "attention", "embedding", "objective"))
+
+
+def _component_by_name(override: str) -> str:
+    """`model.attention=full_causal` (a component by its name alone, as a user types it) is
+    `model.attention.name=full_causal`: that component with its defaults."""
+    key, value = override.split("=", 1)
+    if key.strip() in COMPONENT_KEYS and value.strip() and value.strip()[0] not in "{[":
+        return f"{key.strip()}.name={value}"
+    return override
 
 
 def _one_line(e: Exception) -> str:
