@@ -10,7 +10,7 @@ from pathlib import Path
 from .errors import BadInput, UsageError
 from .imageio import shard_image
 from .pipeline import WORKER, run_items
-from .shards import DatasetWriter, assign_split
+from .shards import DatasetWriter, assign_splits
 
 DEFAULT_MAX_SIDE = 224  # the paper's image size; see README "Compact shards"
 
@@ -53,10 +53,9 @@ def build_images(
     writer = DatasetWriter(out, "images", shard_size, args, len(files), overwrite)
     if writer.complete:
         return writer.saved_report()
-    items = []
-    for path in files:
-        rel = path.relative_to(src).as_posix()
-        items.append((assign_split(rel, seed, val_fraction), (rel, str(path))))
+    rels = [path.relative_to(src).as_posix() for path in files]
+    split = assign_splits(rels, seed, val_fraction)
+    items = [(split[rel], (rel, str(path))) for rel, path in zip(rels, files)]
     config = {"max_side": max_side, "store": store}
     return run_items(writer, items, image_work, config, workers=workers, progress=progress,
                      label="prep images")  # fmt: skip

@@ -25,7 +25,7 @@ from .errors import BadInput, UsageError
 from .imageio import shard_image
 from .mixed import _check_geometry, build_documents
 from .pipeline import WORKER, run_items
-from .shards import DatasetWriter, assign_split
+from .shards import DatasetWriter, assign_splits
 from .sources import MissingImage, image_spec, open_images
 
 MODES = ("image_only", "mixed")
@@ -116,15 +116,15 @@ def build_llava(
         "max_side": max_side, "store": store, "seed": seed,
     }  # fmt: skip
     if mode == "image_only":
-        items = []
+        named = []
         for i, entry in enumerate(entries):
             where = f"{json_path.name}#{i}"
             try:
-                name = entry_image(entry, where)
+                named.append((where, entry_image(entry, where), None))
             except BadInput as e:
-                items.append(("train", (where, None, e)))  # nothing is written for it
-                continue
-            items.append((assign_split(name, seed, val_fraction), (where, name, None)))
+                named.append((where, None, e))  # nothing is written for it
+        split = assign_splits([n for _, n, e in named if e is None], seed, val_fraction)
+        items = [(split.get(n, "train"), (where, n, e)) for where, n, e in named]
         writer = DatasetWriter(out, "images", shard_size, args, len(items), overwrite)
         if writer.complete:
             return writer.saved_report()
@@ -132,16 +132,15 @@ def build_llava(
         return run_items(writer, items, llava_image_work, config, workers=workers,
                          progress=progress, label="prep llava")  # fmt: skip
     _check_geometry(image_size, window_size)
-    documents = []
+    parsed = []  # (where, image name, elements or None, BadInput or None)
     for i, entry in enumerate(entries):
         where = f"{json_path.name}#{i}"
         try:
-            elements = entry_elements(entry, where, prompt)
+            parsed.append((where, entry_image(entry, where), entry_elements(entry, where, prompt), None))
         except BadInput as e:
-            documents.append((where, "train", None, e))
-            continue
-        split = assign_split(entry_image(entry, where), seed, val_fraction)
-        documents.append((where, split, elements, None))
+            parsed.append((where, None, None, e))
+    split = assign_splits([n for _, n, els, _ in parsed if els is not None], seed, val_fraction)
+    documents = [(where, split.get(n, "train"), els, e) for where, n, els, e in parsed]
     args.update(prompt=prompt, image_size=image_size, window_size=window_size,
                 max_seq_len=max_seq_len, vocab_size=vocab_size)  # fmt: skip
     return build_documents(

@@ -17,7 +17,7 @@ from .imageio import shard_image
 from .images import list_files
 from .pack import pack_document
 from .pipeline import WORKER, run_items
-from .shards import DatasetWriter, assign_split
+from .shards import DatasetWriter, assign_splits
 from .sources import MissingImage, image_spec, open_images
 from .tokenizer import load_checked_tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
 
@@ -60,12 +60,14 @@ def build_mixed(
         raise UsageError(f"no *.txt documents found under {docs}")
     max_side = image_size if max_side is None else max_side
     documents = []  # (source, split, elements or None, BadInput or None)
+    parsed = []
     for path, source in found:
-        split = assign_split(source, seed, val_fraction)
         try:
-            documents.append((source, split, parse_document(read_document(path), source), None))
+            parsed.append((source, parse_document(read_document(path), source), None))
         except BadInput as e:
-            documents.append((source, split, None, e))
+            parsed.append((source, None, e))
+    split = assign_splits([s for s, els, _ in parsed if els is not None], seed, val_fraction)
+    documents = [(s, split.get(s, "train"), els, e) for s, els, e in parsed]
     args = {
         "command": "mixed", "docs": str(docs), "images": str(images), "out": str(out),
         "image_size": image_size, "window_size": window_size, "max_seq_len": max_seq_len,

@@ -49,4 +49,7 @@ def summary(report: dict, out: Path) -> str:
         lines.append(f"skipped {len(report['skipped'])}: {counts} (details: {out / 'report.json'})")
     else:
         lines.append("skipped: none")
+    if written["val"] == 0 and written["train"] >= 2:
+        lines.append("warning: the validation split is empty, and `pixword fit` needs one: pass a "
+                     "larger --val-fraction (or set data.val to other shards)")
     return "\n".join(lines)

@@ -28,10 +28,24 @@ STATE = "progress.json"
 STATE_FORMAT = "pixword-prep-progress-v1"
 
 
+def _split_hash(name: str, seed: int) -> float:
+    return zlib.crc32(f"{seed}:{name}".encode()) / 2**32
+
+
 def assign_split(name: str, seed: int, val_fraction: float) -> str:
     """'val' for a stable fraction of names (crc32 of seed + name), else 'train'."""
-    h = zlib.crc32(f"{seed}:{name}".encode()) / 2**32
-    return "val" if h < val_fraction else "train"
+    return "val" if _split_hash(name, seed) < val_fraction else "train"
+
+
+def assign_splits(names, seed: int, val_fraction: float) -> dict[str, str]:
+    """`assign_split` of every distinct name, except that a split with two or more names and
+    a val_fraction above 0 keeps at least one name in 'val' (5% of 18 photographs rounds to
+    none, and a run needs validation data): the name whose hash is smallest goes there."""
+    names = list(dict.fromkeys(names))
+    splits = {n: assign_split(n, seed, val_fraction) for n in names}
+    if val_fraction > 0 and len(names) >= 2 and "val" not in splits.values():
+        splits[min(names, key=lambda n: _split_hash(n, seed))] = "val"
+    return splits
 
 
 def write_json_atomic(path: Path, obj) -> None:

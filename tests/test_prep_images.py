@@ -14,7 +14,7 @@ from data_prep.cli import main
 from data_prep.errors import BadInput
 from data_prep.imageio import load_rgb, shard_image, to_rgb
 from data_prep.images import build_images
-from data_prep.shards import assign_split
+from data_prep.shards import assign_split, assign_splits
 
 WHITE = (255, 255, 255)
 
@@ -178,6 +178,31 @@ def test_split_is_stable_and_proportional():
     assert {assign_split(n, 0, 1) for n in names} == {"val"}
 
 
+def test_two_or_more_inputs_keep_a_validation_unit():
+    # 18 names none of which the hash puts in val (5% of 18 rounds to none often enough)
+    names = [n for n in (f"photo_{i}.png" for i in range(40)) if assign_split(n, 0, 0.05) == "train"][:18]
+    assert len(names) == 18
+    splits = assign_splits(names, 0, 0.05)
+    assert list(splits.values()).count("val") == 1  # the one whose hash is smallest
+    assert splits == assign_splits(list(reversed(names)), 0, 0.05)  # order does not matter
+    assert set(assign_splits(names, 0, 0).values()) == {"train"}  # asked for no validation
+    assert assign_splits(["only.jpg"], 0, 0.05) == {"only.jpg": "train"}
+    many = [f"img_{i}.jpg" for i in range(2000)]  # where the hash gives val units, it decides
+    assert assign_splits(many, 0, 0.2) == {n: assign_split(n, 0, 0.2) for n in many}
+
+
+def test_prep_images_of_a_small_folder_writes_validation_images(tmp_path):
+    src = tmp_path / "photos"
+    src.mkdir()
+    names = [n for n in (f"photo_{i}.png" for i in range(40)) if assign_split(n, 0, 0.05) == "train"][:18]
+    for i, name in enumerate(names):
+        noise(6, 5, i).save(src / name)
+    build_images(src, tmp_path / "out")  # the default 5%
+    val, _ = read_split(tmp_path / "out" / "val")
+    train, _ = read_split(tmp_path / "out" / "train")
+    assert val["num_samples"] == 1 and train["num_samples"] == 17
+
+
 def test_builds_are_byte_identical(tmp_path):
     src = tmp_path / "imgs"
     src.mkdir()
@@ -280,3 +305,14 @@ def test_output_inside_input_is_not_read_back(tmp_path):
     for _ in range(2):
         report = build_images(src, src / "shards", val_fraction=0)
         assert report["inputs_seen"] == 1 and report["skipped"] == []
+
+
+def test_an_empty_validation_split_is_named_at_prep_time(tmp_path, capsys):
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i in range(3):
+        noise(6, 5, i).save(src / f"{i}.png")
+    assert main(["images", str(src), "--out", str(tmp_path / "out"), "--val-fraction", "0"]) == 0
+    assert "the validation split is empty" in capsys.readouterr().out
+    assert main(["images", str(src), "--out", str(tmp_path / "out2")]) == 0
+    assert "validation split is empty" not in capsys.readouterr().out

@@ -169,3 +169,18 @@ def test_zip_images_are_not_unpacked(llava, tmp_path):
     assert not any(name.endswith(".jpg") for name in written)
     img = Image.open(io.BytesIO(samples(out / "train")[1][0]["img0.jpg"]))
     assert img.size == (40, 30)
+
+
+@pytest.mark.parametrize("mode", ["image_only", "mixed"])
+def test_a_small_llava_set_keeps_validation_data(llava, tmp_path, mode):
+    """8 usable images at the default 5%: the hash alone would put none in val."""
+    from data_prep.shards import assign_split
+
+    chat, imgs, _ = llava
+    names = [f"GCC_train_{i:09d}.jpg" for i in range(8)] + ["GCC_train_missing.jpg", "broken.jpg"]
+    # a seed whose hash puts none of the images in val, nor the two that cannot be read
+    seed = next(s for s in range(100) if {assign_split(n, s, 0.05) for n in names} == {"train"})
+    out = tmp_path / "out"
+    build_llava(chat, imgs, out, mode=mode, image_size=32, window_size=8, max_seq_len=64,
+                vocab_size=500, seed=seed)  # fmt: skip
+    assert samples(out / "val")[0]["num_samples"] >= 1

@@ -431,3 +431,18 @@ def test_tokenizer_without_the_special_ids_is_refused(tmp_path, capsys):
         if name in bad:
             assert "at ids 0-5" in err
     assert not out.exists()  # refused before anything was written
+
+
+def test_prep_mixed_keeps_a_validation_document(tmp_path):
+    """Documents few enough that 5% of them rounds to none still leave one for validation."""
+    from data_prep.shards import assign_split
+
+    names = [n for n in (f"doc{i}.txt" for i in range(40)) if assign_split(n, 0, 0.05) == "train"][:4]
+    docs = write_docs(tmp_path / "docs", {n: f"look <|image|>a.png<|/image|> at {n}" for n in names})
+    placeholder_images(tmp_path / "img", ["a.png"])
+    out = tmp_path / "out"
+    assert main(["mixed", str(docs), "--images", str(tmp_path / "img"), "--out", str(out), *PACKING,
+                 "--vocab-size", "300"]) == 0
+    val, _ = read_split(out / "val")
+    train, _ = read_split(out / "train")
+    assert val["num_samples"] == 1 and train["num_samples"] == 3
