@@ -201,8 +201,43 @@ def _compare(a) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors as one line, `pixword CMD: error: ...` (exit 2), like every
+    other error of the command; `--help` still shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def at_least(low: int):
+    """An argparse type: an integer >= low."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+    return parse
+
+
+def in_range(low: float, high: float, low_open: bool = False):
+    """An argparse type: a number in [low, high] ((low, high] with low_open)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (low < value if low_open else low <= value) or not value <= high or value != value:
+            raise argparse.ArgumentTypeError(
+                f"must be in {'(' if low_open else '['}{low:g}, {high:g}], got {text}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pixword", description=__doc__)
+    p = OneLineParser(prog="pixword", description=__doc__)
     p.add_argument("--debug", action="store_true",
                    help="show the traceback of an error (anywhere on the line; or PIXWORD_DEBUG=1)")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -228,11 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="show exactly what the model sees for an image or a mixed document")
     i.add_argument("path", help="an image, or a .txt document in the mixed format")
     i.add_argument("--images", help="image folder for a document's <|image|>NAME<|/image|> references")
-    i.add_argument("--image-size", type=int, default=224)
-    i.add_argument("--window-size", type=int, default=16)
-    i.add_argument("--fold", type=int, default=16, help="uniform fold factor f")
+    i.add_argument("--image-size", type=at_least(1), default=224)
+    i.add_argument("--window-size", type=at_least(1), default=16)
+    i.add_argument("--fold", type=at_least(1), default=16, help="uniform fold factor f")
     i.add_argument("--tokenizer", help="tokenizer.json for documents (default: special tokens only)")
-    i.add_argument("--max-seq-len", type=int, default=1024)
+    i.add_argument("--max-seq-len", type=at_least(1), default=1024)
     i.add_argument("--resample", default="bicubic",
                    help="the resize filter (a config's data.resample; default bicubic, as base.yaml)")
     i.add_argument("--json", action="store_true", help="compact JSON on one line")
@@ -256,8 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--root", help="grid root folder (default runs/grids/NAME)")
     g.add_argument("--launcher", choices=["local", "slurm"],
                    help="default: the grid's launcher.name, else local")
-    g.add_argument("--parallel", type=int, help="local: cells at once (default: launcher.parallel, else 1)")
-    g.add_argument("--threads", type=int, help="intra-op threads per cell (default: cores / parallel - 1)")
+    g.add_argument("--parallel", type=at_least(1),
+                   help="local: cells at once (default: launcher.parallel, else 1)")
+    g.add_argument("--threads", type=at_least(1),
+                   help="intra-op threads per cell (default: cores / parallel - 1)")
     g.add_argument("--launcher-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="override a `launcher:` key, e.g. partition=gpu time=240 gpus_per_node=4")
     g.add_argument("--allow-dirty", action="store_true",
@@ -282,18 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", help="JSONL file: input, prompt, output, tokens, stop, seconds")
     gen.add_argument("--before", default="", help="text before the image")
     gen.add_argument("--prompt", default="", help="text after the image, continued by the model")
-    gen.add_argument("--max-new-tokens", type=int, default=64)
-    gen.add_argument("--temperature", type=float, default=0.0,
+    gen.add_argument("--max-new-tokens", type=at_least(1), default=64)
+    gen.add_argument("--temperature", type=in_range(0, 100), default=0.0,
                      help="0 = greedy (images: 0 means 1.0, plain sampling)")
-    gen.add_argument("--top-k", type=int)
-    gen.add_argument("--top-p", type=float)
+    gen.add_argument("--top-k", type=at_least(1), help="sample among the k likeliest (>= 1)")
+    gen.add_argument("--top-p", type=in_range(0, 1, low_open=True),
+                     help="sample from the smallest set holding this much probability, in (0, 1]")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--batch-size", type=int, default=16)
+    gen.add_argument("--batch-size", type=at_least(1), default=16)
     gen.add_argument("--tokenizer", help="tokenizer.json, for checkpoints that do not hold one")
-    gen.add_argument("--sample", type=int, help="dense checkpoints: draw N whole images (after "
+    gen.add_argument("--sample", type=at_least(1), help="dense checkpoints: draw N whole images (after "
                      "--prompt for mixed models) -> OUT/samples.png, samples.json")
     gen.add_argument("--complete", help="dense checkpoints: keep the top rows of IMAGE, sample the rest")
-    gen.add_argument("--keep-rows", type=int, help="--complete: pixel rows kept, rounded up to whole "
+    gen.add_argument("--keep-rows", type=at_least(0), help="--complete: pixel rows kept, rounded up to whole "
                      "window rows (default: half the image)")
     gen.set_defaults(fn=_generate)
 
@@ -310,9 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--end", help="answers are cut at this marker ('' = whole text; default: "
                      "the run's eval.end)")
     cap.add_argument("--out", help="output folder (default RUN/eval)")
-    cap.add_argument("--batch-size", type=int, default=16)
-    cap.add_argument("--limit", type=int, help="only the first N documents")
-    cap.add_argument("--max-new-tokens", type=int, help="default: longest true answer + 4")
+    cap.add_argument("--batch-size", type=at_least(1), default=16)
+    cap.add_argument("--limit", type=at_least(1), help="only the first N documents")
+    cap.add_argument("--max-new-tokens", type=at_least(1), help="default: longest true answer + 4")
     cap.set_defaults(fn=_eval)
 
     bn = sub.add_parser("bench", help="measure speed; writes CSV + Markdown (default results/bench)")
@@ -334,8 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
         b.add_argument("--config", default="experiments/quickstart.yaml", help="experiment measured")
         b.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="config override (repeatable), e.g. --set data.batch_size=4")
-        b.add_argument("--new-tokens", type=int, default=64, help="decoding: tokens generated")
-        b.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+        b.add_argument("--new-tokens", type=at_least(1), default=64, help="decoding: tokens generated")
+        b.add_argument("--threads", type=at_least(1), help="torch intra-op threads (default: torch's)")
         b.add_argument("--device", help="cpu | cuda (default: cuda when present)")
         b.add_argument("--out", default="results/bench")
         b.add_argument("--allow-dirty", action="store_true",
@@ -372,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
-        print(f"pixword {args.cmd}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        name = " ".join(x for x in (args.cmd, getattr(args, "what", None)) if x)  # eval captions
+        print(f"pixword {name}: error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 2
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pixword_lit.data.elements import RESAMPLE, build_sample, image_windows, resize_longer_side
-from pixword_lit.errors import ConfigError
+from pixword_lit.errors import ConfigError, DataError
 from pixword_lit.model.components.folding import UniformFolding
 from pixword_lit.model.tokens import IGNORE, N_SPECIAL, Vocab
 
@@ -36,18 +36,28 @@ def inspect_path(path: str | Path, g: Geometry, tokenizer: str | None = None,
                  images: str | None = None) -> dict:
     """The sample built from one image, or one mixed-format .txt document whose image
     references resolve under `images`, as the JSON fields `describe` gives."""
+    from data_prep.errors import BadInput, UsageError
+
+    try:
+        return _inspect(Path(path), g, tokenizer, images)
+    except (BadInput, UsageError) as e:  # missing, unreadable, not an image or document: one line naming it
+        raise DataError(str(e)) from None
+
+
+def _inspect(path: Path, g: Geometry, tokenizer: str | None, images: str | None) -> dict:
     if g.image_size % g.window_size:
         raise ConfigError(f"--window-size {g.window_size} does not divide --image-size {g.image_size}")
+    if g.fold not in {2**k for k in range(8)}:
+        raise ConfigError(f"--fold: the uniform fold factor must be a power of two in 1..128, got {g.fold}")
     if g.resample not in RESAMPLE:
         raise ConfigError(f"--resample: unknown filter {g.resample!r}; one of {', '.join(RESAMPLE)}")
     folding = UniformFolding(g.fold)
     tok = None
     if tokenizer:
-        from data_prep.tokenizer import load_tokenizer
+        from data_prep.tokenizer import load_checked_tokenizer
 
-        tok = load_tokenizer(tokenizer)
+        tok = load_checked_tokenizer(tokenizer)
     vocab = Vocab(tok.get_vocab_size() if tok else N_SPECIAL, folding.n_pix)
-    path = Path(path)
     if path.suffix.lower() != ".txt":
         w = _windows(path, g, folding, vocab)
         return describe(build_sample([w], vocab, g.max_seq_len))
