@@ -253,3 +253,20 @@ def test_a_parameter_the_new_component_lacks_is_refused_by_name():
         with pytest.raises(ConfigError, match="model.folding.factor: not a parameter of folding 'palette'"):
             load_config(quick, overrides)
     assert "factor" not in load_config(quick, ["model.folding=palette"]).model.folding
+
+
+def test_cpu_processes_share_the_runs_cores_not_the_machines(monkeypatch):
+    """Under a grid launcher a cell's share is OMP_NUM_THREADS; its ddp processes split that,
+    not os.cpu_count()."""
+    import os
+
+    from pixword_lit.system.lit_module import threads_per_process
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    assert [threads_per_process(n) for n in (1, 2, 4, 8)] == [6, 3, 1, 1]
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert [threads_per_process(n) for n in (1, 2, 3)] == [4, 2, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # empty: not set
+    assert threads_per_process(2) == 2

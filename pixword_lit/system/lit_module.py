@@ -125,7 +125,7 @@ class PixWordLit(L.LightningModule):
         if self.device.type == "cpu" and self.trainer.num_devices > 1:
             # CPU processes on one machine share its cores: more threads than cores spin and
             # slow every process down
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.trainer.num_devices))
+            torch.set_num_threads(threads_per_process(self.trainer.num_devices))
 
     def configure_model(self):
         # fsdp (ModelParallelStrategy): shard the finished model, once (fit, then validate)
@@ -242,6 +242,22 @@ def image_likelihood(nll: float, folding) -> dict:
         return {"val/pix_nll_all": nll, "val/bpd_folded": bpd,
                 "val/bpd_8bit": bpd + math.log2(folding.factor)}
     return {"val/pix_nll_all": nll, "val/bpd_palette": bpd}
+
+
+def threads_per_process(processes: int) -> int:
+    """Intra-op threads for each of `processes` CPU processes of one run: their share of the
+    run's cores, which are OMP_NUM_THREADS where set (a grid launcher's share of the machine)
+    or else the cores this process may run on (its affinity: a cgroup, taskset or SLURM)."""
+    budget = os.environ.get("OMP_NUM_THREADS", "").strip()
+    cores = int(budget) if budget.isdigit() and int(budget) > 0 else _usable_cores()
+    return max(1, cores // max(processes, 1))
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float):
