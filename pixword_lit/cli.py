@@ -184,8 +184,10 @@ def _grid(a) -> int:
         try:
             counts = run_grid(grid, root, spec, allow_dirty=a.allow_dirty)
         except KeyboardInterrupt:
-            print("pixword grid: interrupted; running cells are marked finished or interrupted "
-                  "in grid_state.json, and the next launch picks them up", file=sys.stderr)
+            where = root or grid.default_root()
+            print(f"pixword grid: interrupted: the cells that were running are marked above "
+                  f"(finished, or interrupted: resumed from their last checkpoint next time); "
+                  f"continue with: pixword grid {a.grid} --root {where}", file=sys.stderr)
             return 130
     return 1 if counts.get("failed") or counts.get("invalid") else 0
 

@@ -189,16 +189,21 @@ def test_ctrl_c_leaves_cells_interrupted_and_the_next_launch_resumes_them(glyph_
     # SIGINT as a terminal delivers it: an ignored SIGINT is inherited through exec (something
     # earlier in a full test session leaves it ignored in this process), and a Python started
     # with SIGINT ignored never raises KeyboardInterrupt
+    # a session of its own: Ctrl-C reaches every process of it, as a terminal's does
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     names = [r.name for r in load_grid(path).runs()]
     deadline = time.time() + 240
     while not all((root / n / "checkpoints" / "step0000005.ckpt").exists() for n in names):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # the launcher, submitit's controllers, cells, fits
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, out
+    # what was interrupted and how to go on, and nothing else: no traceback of any process
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    assert f"continue with: pixword grid {path} --root {root}" in out.splitlines()[-1]
     assert fit_processes(str(root)) == []  # no cell trains on unrecorded
     recs = load_state(root)["runs"]
     stopped = [n for n in names if recs[n]["status"] == "interrupted"]

@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,7 +181,8 @@ def _run_local(root, state, todo, n, spec, threads, commit, counts, echo) -> Non
         while queue or live:
             while queue and len(live) < spec.parallel:
                 i, run, args, resume = queue.popleft()
-                job = executor.submit(_cell(root, run, args, resume, threads, local=True))
+                with _stderr_to(root / ".submitit" / "controllers.log"):
+                    job = executor.submit(_cell(root, run, args, resume, threads, local=True))
                 rec = _record(state, run, args, job, spec, resume, commit,
                               "resumed" if resume else "running")
                 live[run.name] = (job, rec, time.perf_counter())
@@ -206,6 +209,23 @@ def _run_local(root, state, todo, n, spec, threads, commit, counts, echo) -> Non
             echo(f"    {name}: {rec['status']}")
         save_state(root, state)
         raise
+
+
+@contextmanager
+def _stderr_to(path: Path):
+    """File descriptor 2 points at `path` while a local job's controller starts: the
+    controller (submitit's, one process per cell) keeps that stderr, so a Ctrl-C, which the
+    terminal sends to every process of the launch, ends it without a traceback on the screen."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as f:
+            os.dup2(f.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _local_returncode(job) -> int | None:
