@@ -2,11 +2,9 @@
 
 Workers start from a fork server that imported torch and pixword_lit.data.stream once, not by
 forking the training process: a fork copies locks that the process's other threads (gloo's,
-torch's pools) may hold into a worker that can then wait on them forever (pytorch#130610; a
-test run hung with two fsdp ranks and their forked workers asleep, issue #9). The server
-starts once per training process (about 5 s on 2 cores); `spawn` would re-import torch for
-every iterator (about 10 s). Batches do not depend on the start method: workers build them
-from seeds alone.
+torch's pools) may hold into a worker that can then wait on them forever (pytorch#130610).
+The server starts once per training process; `spawn` would re-import torch for every
+iterator. Batches do not depend on the start method: workers build them from seeds alone.
 
 A worker started by the fork server is the server's child, so torch's own check (the
 worker's parent is gone) does not see the training process die; `watch_trainer` ends the

@@ -1,15 +1,12 @@
 """Host memory allocation settings for CPU training (glibc's malloc, Linux).
 
-A training step allocates and frees the same large activations every step (the quickstart:
-tensors of up to 13 MB). glibc serves allocations above its mmap threshold (128 KiB, adapting
-upward only after such a block is freed) with fresh mmap pages and trims the top of its heap
-back to the kernel on free, so steps keep touching new pages: thousands of minor page faults
-per quickstart step, each a trip into the kernel to hand out a zeroed page.
-`keep_freed_memory` raises the mmap threshold to its maximum (32 MiB) and the trim threshold
-to 1 GiB: after the first step the heap already holds what a step needs and most faults stop
-(`pixword bench ab`, README "Speed": 5,188 -> 728 per quickstart step; the time saved was
-within this machine's noise). The cost: freed memory stays with the process (its resident
-size stays at the peak it reached), which a training process wants anyway.
+A training step allocates and frees the same large activations every step. glibc serves
+allocations above its mmap threshold with fresh mmap pages and trims the top of its heap back
+to the kernel on free, so steps keep touching new pages (minor page faults, each a trip into
+the kernel). `keep_freed_memory` raises the mmap threshold to its maximum (32 MiB) and the
+trim threshold to 1 GiB: after the first step the heap already holds what a step needs and
+most faults stop (counted by `pixword bench ab`; results/README.md, "Speed"). The cost: freed
+memory stays with the process, which a training process wants anyway.
 
 Intel's PyTorch CPU tuning guide gets the same from jemalloc or tcmalloc by LD_PRELOAD; this
 needs no extra library. It is a no-op off glibc (macOS, musl) and when the user set any

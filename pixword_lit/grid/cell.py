@@ -1,4 +1,4 @@
-"""One grid run as a job runs it (issue 12): submitit pickles a Cell and calls it once per
+"""One grid run as a job runs it: submitit pickles a Cell and calls it once per
 task, on whatever machine the job lands on.
 
 The Cell runs `pixword fit` as a child process, logging to `<root>/logs/<run>.log`.

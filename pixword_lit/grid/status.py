@@ -1,4 +1,4 @@
-"""A grid's record (issue 12): `<root>/grid_state.json` is the one record of every run, kept
+"""A grid's record: `<root>/grid_state.json` is the one record of every run, kept
 by one launch at a time (`GridLock`) and refreshed from SLURM when it can. Paths in it are
 relative to the grid root, so runs that ran on several machines are compared anywhere.
 

@@ -78,8 +78,8 @@ def attention_mask(valid: torch.Tensor) -> torch.Tensor:
 
 # On CPU, training (autograd recording) attention over at most this many keys runs as explicit
 # matmuls (`matmul_attention`) instead of SDPA's CPU flash kernel, whose blocking is made for
-# long sequences and whose backward is slow for short ones, in bf16 most of all (the
-# quickstart's bf16 step: 1.55x faster, README "Speed", `pixword bench ab`). Longer sequences
+# long sequences and whose backward is slow for short ones, in bf16 most of all (measured by
+# `pixword bench ab`; results/README.md, "Speed"). Longer sequences
 # keep SDPA: the explicit (T, T) scores grow quadratically in memory traffic. Without autograd
 # (validation, generation, sampling) SDPA runs: one call per layer, which decoding one token
 # at a time needs (its cost is per-op overhead). Setting it to 0 turns the matmuls off.
