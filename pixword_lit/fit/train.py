@@ -11,7 +11,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from pixword_lit.fit.preempt import (
     disable_lightning_signals,
     requeue_slurm_job,
 )
+from pixword_lit.infer import export
 from pixword_lit.infer.captions import evaluate_run
 from pixword_lit.infer.load import Run
 from pixword_lit.system import checkpoints, parallel
@@ -40,7 +40,6 @@ from pixword_lit.system.build import build_datamodule, build_module, build_parts
 from pixword_lit.system.checkpoints import find_resume_checkpoint
 from pixword_lit.system.config import ConfigError, flatten, load_config
 from pixword_lit.system.config import validate as check
-from pixword_lit.system.lit_module import PixWordLit
 from pixword_lit.system.parallel import AtomicCheckpointIO
 
 # each DataLoader worker builds whole, distinct batches (data.py), so __len__ is exact
@@ -266,8 +265,8 @@ def epochs_begun(trainer) -> int:
 
 
 def validate(ckpt: str, overrides: list[str]) -> dict:
-    """Evaluate a checkpoint (a .ckpt file, or a sharded fsdp checkpoint folder)."""
-    saved = checkpoints.saved_hparams(ckpt)  # read safely; missing or damaged -> one line
+    """Evaluate a checkpoint (a .ckpt file, a sharded fsdp checkpoint folder or an export folder)."""
+    saved = export.saved_hparams(ckpt)  # read safely (or an export folder); bad -> one line
     try:
         cfg = OmegaConf.merge(load_config(), saved["config"], OmegaConf.from_dotlist(overrides))
     except Exception as e:  # OmegaConf names the key
@@ -279,11 +278,7 @@ def validate(ckpt: str, overrides: list[str]) -> dict:
     parts = build_parts(cfg, None, saved["folding_state"])
     checkpoints.refuse_mismatch(ckpt, checkpoints.derived_differences(
         saved, parts.vocab.n_words, parts.folding_state), resume=False)
-    with tempfile.TemporaryDirectory() as tmp:  # a sharded folder is converted aside, not kept
-        path = Path(ckpt)
-        if path.is_dir():
-            path = checkpoints.single_file_checkpoint(path, Path(tmp) / "single.ckpt")
-        module = PixWordLit.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    module = export.load_module(ckpt)  # a sharded folder is converted aside, not kept
     trainer = make_trainer(cfg, Path(ckpt).parent, logger=False)
     trainer.validate(module, datamodule=build_datamodule(parts), ckpt_path=None, verbose=False)
     return {k: float(v) for k, v in module.last_val.items()}

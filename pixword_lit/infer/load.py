@@ -7,7 +7,6 @@ checkpoint copied alone to another machine still generates. Used by `pixword gen
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +21,10 @@ from pixword_lit.data.elements import SkipImage
 from pixword_lit.data.shards import read_shard, resolve_shards
 from pixword_lit.data.stream import SampleBuilder
 from pixword_lit.files import atomic_save, atomic_write
+from pixword_lit.infer.export import load_module
 from pixword_lit.infer.generate import GenerateError, Generation, Sampling, generate
 from pixword_lit.infer.sample import blank, kept_windows, sample_images, to_rgb
 from pixword_lit.model.tokens import N_SPECIAL
-from pixword_lit.system import checkpoints
-from pixword_lit.system.lit_module import PixWordLit
 
 
 @dataclass
@@ -57,13 +55,9 @@ class Run:
 def load_run(ckpt: str, tokenizer: str | None = None, words: bool = True) -> Run:
     """`words`: the caller generates text, so the model must know words (not image-only).
     The checkpoint is read safely (weights_only; checkpoints.py), a sharded folder converted
-    aside; a missing, damaged or hostile one raises CheckpointError naming the file."""
-    checkpoints.saved_hparams(Path(ckpt))  # readable, and a pixword checkpoint
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(ckpt)
-        if path.is_dir():
-            path = checkpoints.single_file_checkpoint(path, Path(tmp) / "single.ckpt")
-        module = PixWordLit.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    aside, an export folder from safetensors (export.py); a missing, damaged or hostile one
+    raises CheckpointError naming the file."""
+    module = load_module(ckpt)  # a checkpoint file, sharded folder or export folder (export.py)
     cfg = module.cfg
     image_only = cfg.data.mode == "image_only" or module.vocab.n_words <= N_SPECIAL
     if words and image_only:
