@@ -11,6 +11,10 @@ For notebooks::
     run = pw.load_run("exports/quickstart")            # model, tokenizer, image windows
     prompt = [run.image(pw.read_image("plate.png"), "plate.png"), run.text('The text says "')]
 
+    from pixword_lit.infer.generate import Sampling, generate
+    (g,) = generate(run.model, [prompt], run.vocab, run.cfg.data.max_seq_len, Sampling())
+    print(run.decode(g.tokens))
+
 Every function imports what it needs when called: `import pixword_lit` loads no torch (the
 `pixword` command and every submodule import this file first).
 """

@@ -59,6 +59,7 @@ def test_folder_holds_the_checkpoint_weights_as_plain_safetensors(trained):
 
     ckpt, out = trained
     assert {p.name for p in out.iterdir()} == FILES
+    assert len({(out / f).stat().st_mode for f in FILES}) == 1  # all readable alike (shared folders)
     saved = torch.load(ckpt, weights_only=True)
     weights = load_file(out / "model.safetensors")
     sd = saved["state_dict"]
@@ -295,3 +296,21 @@ def test_public_face_config_build_and_load(trained, tmp_path):
         Image.open(__import__("io").BytesIO(png)).tobytes()
     wa, wb = pw.load_run(ckpt).image(png, "red"), pw.load_run(out).image(png, "red")
     assert (wa.pix == wb.pix).all() and int(wa.valid.sum()) > 0
+
+
+def test_a_sharded_fsdp_folder_exports_its_full_weights(glyph_shards, tmp_path):
+    """One-process fsdp writes sharded checkpoint folders; the export holds the whole model,
+    as `pixword convert-ckpt` gathers it."""
+    from safetensors.torch import load_file
+    from test_checkpoints import SHORT, in_process_fsdp
+
+    with in_process_fsdp():
+        fit(tiny_config(glyph_shards, tmp_path, "trainer.max_steps=2", "trainer.strategy=fsdp", *SHORT))
+    sharded = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert sharded.is_dir()
+    out = pw.export(sharded, tmp_path / "exp")
+    assert main(["convert-ckpt", str(sharded), "--out", str(tmp_path / "single.ckpt")]) == 0
+    want = torch.load(tmp_path / "single.ckpt", weights_only=True)["state_dict"]
+    got = load_file(out / "model.safetensors")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert json.loads((out / "pixword.json").read_text())["global_step"] == 2

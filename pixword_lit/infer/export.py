@@ -175,6 +175,7 @@ def export(ckpt, out, overwrite: bool = False, git_commit: str | None = None) ->
     try:
         save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})  # "pt": what transformers expects
         (tmp / CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.create(hp["config"])))
+        shutil.copymode(tmp / CONFIG, tmp / WEIGHTS)  # safetensors writes 0600; the umask's mode
         if hp.get("tokenizer"):
             (tmp / TOKENIZER).write_text(hp["tokenizer"])
         (tmp / META).write_text(json.dumps(record, indent=2) + "\n")
