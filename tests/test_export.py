@@ -222,8 +222,8 @@ def test_export_refuses_bad_out_and_bad_input(trained, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("damage", ["no model.safetensors", "no config.yaml", "no pixword.json",
-                                    "no tokenizer.json", "truncated weights", "other shapes",
-                                    "newer format"])
+                                    "no tokenizer.json", "only config.yaml", "truncated weights",
+                                    "other shapes", "newer format"])
 def test_loading_a_damaged_export_says_which_file(trained, tmp_path, capsys, damage):
     import shutil
 
@@ -234,6 +234,10 @@ def test_loading_a_damaged_export_says_which_file(trained, tmp_path, capsys, dam
     if damage.startswith("no "):
         (bad / name).unlink()
         want = f"{bad}: export folder without {name}"
+    elif damage == "only config.yaml":
+        for f in FILES - {"config.yaml"}:
+            (bad / f).unlink()
+        want = f"{bad}: export folder without pixword.json"
     elif damage == "truncated weights":
         w = bad / "model.safetensors"
         w.write_bytes(w.read_bytes()[:-100])

@@ -42,10 +42,12 @@ class ExportError(CheckpointError):
 
 
 def is_export(path) -> bool:
-    """An export folder (or what is left of one): a folder with pixword.json or model.safetensors.
-    Sharded fsdp checkpoint folders hold neither (meta.pt, .metadata, *.distcp)."""
+    """An export folder (or what is left of one, so that loading names the missing file): a
+    folder with any of its files and none of a sharded fsdp checkpoint's (meta.pt, .metadata)."""
     p = Path(path)
-    return p.is_dir() and ((p / META).exists() or (p / WEIGHTS).exists())
+    if not p.is_dir() or (p / checkpoints.METADATA).exists() or (p / checkpoints.DCP_INDEX).exists():
+        return False
+    return any((p / n).exists() for n in (META, WEIGHTS, CONFIG, TOKENIZER))
 
 
 # ---- reading: a checkpoint file, a sharded folder or an export folder ----------------------
