@@ -102,10 +102,9 @@ def test_generate_from_the_export_gives_the_checkpoints_outputs(trained, glyph_s
             got.append([{k: v for k, v in json.loads(line).items() if k != "seconds"}
                         for line in f.read_text().splitlines()])
         assert len(got[0]) == 16 and got[0] == got[1]
-    plate = sorted((glyph_shards / "val").glob("*.tar"))  # one image through --image too
-    from pixword_lit.data.shards import read_shard
+    from pixword_lit.data.shards import read_shard  # one glyph image through --image too
 
-    raw = next(iter(read_shard(str(plate[0]))))
+    raw = next(iter(read_shard(str(sorted((glyph_shards / "val").glob("*.tar"))[0]))))
     image = tmp_path / "plate.png"
     image.write_bytes(raw[json.loads(raw["json"])["elements"][1]["file"]])
     capsys.readouterr()
@@ -292,12 +291,14 @@ def test_public_face_config_build_and_load(trained, tmp_path):
     weights = load_file(out / "model.safetensors")
     assert all(torch.equal(weights[f"model.{k}"], v) for k, v in sb.items())
     # read_image + Run.image: the windows of an image file, as the checkpoint's run builds them
+    import io
+
     from PIL import Image
 
     Image.new("RGB", (12, 5), (200, 30, 90)).save(tmp_path / "red.bmp")
     png = pw.read_image(tmp_path / "red.bmp")
-    assert png.startswith(b"\x89PNG") and Image.open(tmp_path / "red.bmp").tobytes() == \
-        Image.open(__import__("io").BytesIO(png)).tobytes()
+    assert png.startswith(b"\x89PNG")
+    assert Image.open(io.BytesIO(png)).tobytes() == Image.open(tmp_path / "red.bmp").tobytes()
     wa, wb = pw.load_run(ckpt).image(png, "red"), pw.load_run(out).image(png, "red")
     assert (wa.pix == wb.pix).all() and int(wa.valid.sum()) > 0
 
