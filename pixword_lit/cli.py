@@ -1,5 +1,5 @@
 """The `pixword` command: prep | fit | validate | generate | eval | inspect | print-config
-(and grid, compare, bench, convert-ckpt). Each subcommand has --help."""
+(and grid, compare, bench, convert-ckpt, export). Each subcommand has --help."""
 
 from __future__ import annotations
 
@@ -57,6 +57,16 @@ def _convert(a) -> int:
 
     out = single_file_checkpoint(Path(a.checkpoint), Path(a.out) if a.out else None)
     print(f"wrote {out}")
+    return 0
+
+
+def _export(a) -> int:
+    from pixword_lit.infer.export import export
+    from pixword_lit.provenance import git_commit
+
+    out = export(a.checkpoint, a.out, a.overwrite, git_commit())
+    print(f"wrote {out}: model.safetensors, config.yaml, pixword.json"
+          + (", tokenizer.json" if (out / "tokenizer.json").exists() else ""))
     return 0
 
 
@@ -257,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start again in a run folder that has checkpoints")
     f.set_defaults(fn=_fit)
 
-    v = sub.add_parser("validate", help="evaluate a checkpoint (.ckpt file or sharded fsdp folder)")
+    v = sub.add_parser("validate", help="evaluate a checkpoint (.ckpt file, sharded fsdp folder or export)")
     v.add_argument("checkpoint")
     v.add_argument("overrides", nargs="*", help="key=value, e.g. data.val=other/val")
     v.set_defaults(fn=_validate)
@@ -311,9 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser(
         "generate", help="continue text after an image (what does the image say?)",
-        description="KV-cached decoding from a checkpoint (file or sharded folder). The prompt is "
-        "[--before] IMAGE [--prompt]; for the glyph models: --before 'Read the text in the image.' "
-        "--prompt 'The text says \"'. With --data, each document up to its last image, then --prompt.")
+        description="KV-cached decoding from a checkpoint (file, sharded folder or export folder). "
+        "The prompt is [--before] IMAGE [--prompt]; for the glyph models: "
+        "--before 'Read the text in the image.' --prompt 'The text says \"'. With --data, each "
+        "document up to its last image, then --prompt.")
     gen.add_argument("checkpoint")
     gen.add_argument("--image", help="one image: prints the continuation")
     gen.add_argument("--images", help="a folder of images -> JSONL (--out)")
@@ -387,6 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", help="output file (default: next to the folder, NAME-single.ckpt; "
                    "--resume never picks such copies, they hold no optimizer state)")
     k.set_defaults(fn=_convert)
+
+    x = sub.add_parser("export", help="checkpoint -> folder: model.safetensors (no pickle), config.yaml, "
+                       "tokenizer.json, pixword.json; generate, eval and validate take it as a checkpoint")
+    x.add_argument("checkpoint", help=".ckpt file, sharded fsdp folder or another export folder")
+    x.add_argument("--out", required=True, help="the folder to write (new or empty)")
+    x.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    x.set_defaults(fn=_export)
     return p
 
 

@@ -18,12 +18,12 @@ from pixword_lit.fit.memory import keep_freed_memory
 from pixword_lit.fit.preempt import Preempted, RunControl
 from pixword_lit.fit.summary import finish_run, record_preemption
 from pixword_lit.fit.trainer import is_launcher_rank0, make_trainer, prepare_run_dir, run_dir_of
+from pixword_lit.infer import export
 from pixword_lit.system import checkpoints
 from pixword_lit.system import resume as resume_rules
 from pixword_lit.system.build import build_datamodule, build_module, build_parts
 from pixword_lit.system.config import ConfigError, load_config
 from pixword_lit.system.config import validate as check
-from pixword_lit.system.lit_module import PixWordLit
 
 # each DataLoader worker builds whole, distinct batches (data/stream.py), so __len__ is exact
 warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined")
@@ -73,9 +73,8 @@ def _fit(cfg: DictConfig, resume: str | None, overwrite: bool, run_dir, control:
 
 
 def validate(ckpt: str, overrides: list[str]) -> dict:
-    """Evaluate a checkpoint (a .ckpt file, or a sharded fsdp checkpoint folder) on its own
-    config's validation data, or on what `overrides` change that may change."""
-    saved = checkpoints.saved_hparams(ckpt)  # read safely; missing or damaged -> one line
+    """Evaluate a checkpoint (a .ckpt file, a sharded fsdp checkpoint folder or an export folder)."""
+    saved = export.saved_hparams(ckpt)  # read safely (or an export folder); bad -> one line
     try:
         cfg = OmegaConf.merge(load_config(), saved["config"], OmegaConf.from_dotlist(overrides))
     except Exception as e:  # OmegaConf names the key
@@ -87,7 +86,7 @@ def validate(ckpt: str, overrides: list[str]) -> dict:
     parts = build_parts(cfg, None, saved["folding_state"])
     resume_rules.refuse_mismatch(ckpt, resume_rules.derived_differences(
         saved, parts.vocab.n_words, parts.folding_state), resume=False)
-    module = PixWordLit.load_trained(ckpt)
+    module = export.load_module(ckpt)  # a sharded folder is converted aside, not kept
     trainer = make_trainer(cfg, Path(ckpt).parent, logger=False)
     trainer.validate(module, datamodule=build_datamodule(parts), ckpt_path=None, verbose=False)
     return {k: float(v) for k, v in module.last_val.items()}

@@ -21,11 +21,10 @@ from pixword_lit.data.elements import SkipImage
 from pixword_lit.data.shards import read_shard, resolve_shards
 from pixword_lit.data.stream import SampleBuilder
 from pixword_lit.files import atomic_save, atomic_write
+from pixword_lit.infer.export import load_module
 from pixword_lit.infer.generate import GenerateError, Generation, Sampling, generate
 from pixword_lit.infer.images import blank, generate_images, kept_windows, to_rgb
 from pixword_lit.model.tokens import N_SPECIAL
-from pixword_lit.system import checkpoints
-from pixword_lit.system.lit_module import PixWordLit
 
 
 @dataclass
@@ -64,9 +63,9 @@ class TrainedModel:
 def load_run(ckpt: str, tokenizer: str | None = None, words: bool = True) -> TrainedModel:
     """`words`: the caller generates text, so the model must know words (not image-only).
     The checkpoint is read safely (weights_only; checkpoints.py), a sharded folder converted
-    aside; a missing, damaged or hostile one raises CheckpointError naming the file."""
-    checkpoints.saved_hparams(Path(ckpt))  # readable, and a pixword checkpoint
-    module = PixWordLit.load_trained(ckpt)
+    aside, an export folder from safetensors (export.py); a missing, damaged or hostile one
+    raises CheckpointError naming the file."""
+    module = load_module(ckpt)  # a checkpoint file, sharded folder or export folder (export.py)
     cfg = module.cfg
     image_only = cfg.data.mode == "image_only" or module.vocab.n_words <= N_SPECIAL
     if words and image_only:
