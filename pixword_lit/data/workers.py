@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import signal
 import threading
 import time
 
@@ -26,12 +27,46 @@ def worker_start(num_workers: int) -> dict:
         return {}  # in-process, or Windows (spawn, its only method, has the worker's parent right)
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "pixword_lit.data.stream"])
+    start_helpers_deaf()
     return {"multiprocessing_context": ctx,
             "worker_init_fn": functools.partial(watch_trainer, os.getpid())}
 
 
+# Signals a job scheduler sends to every process of a job step to announce preemption or a
+# time limit (SLURM: `--signal`, `scancel -s`): the training process acts on them (fit/
+# preempt.py); the fork server, its workers and multiprocessing's resource tracker must not
+# die of them (a dead tracker is relaunched and leaks /dev/shm segments; dead workers fill the
+# log with tracebacks).
+JOB_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+
+
+def start_helpers_deaf() -> None:
+    """Start the fork server (and with it the resource tracker) with JOB_SIGNALS blocked:
+    a blocked signal mask survives fork and exec, so they and every worker forked from the
+    server never receive them, while this process gets any that arrived meanwhile once they
+    are unblocked. A no-op when they already run (the first loader of the process started them)."""
+    from multiprocessing import forkserver
+
+    if threading.current_thread() is not threading.main_thread():
+        forkserver.ensure_running()
+        return
+    from multiprocessing import resource_tracker
+
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, JOB_SIGNALS)
+    try:
+        resource_tracker.ensure_running()  # it unblocks SIGINT and SIGTERM here when it returns
+        signal.pthread_sigmask(signal.SIG_BLOCK, JOB_SIGNALS)
+        forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def watch_trainer(trainer_pid: int, worker_id: int) -> None:
-    """worker_init_fn: a daemon thread that exits the worker once `trainer_pid` is gone."""
+    """worker_init_fn: the worker ignores JOB_SIGNALS (a worker killed by one would raise in
+    the training process through torch's SIGCHLD check, before its preemption checkpoint), and
+    a daemon thread exits the worker once `trainer_pid` is gone."""
+    for sig in JOB_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     threading.Thread(target=_watch, args=(trainer_pid,), daemon=True,
                      name=f"pixword-watch-{worker_id}").start()
 
