@@ -194,7 +194,8 @@ def _compare(a) -> int:
     from pixword_lit.grid.compare import collect, write_results
 
     col = collect(a.targets)
-    for f in write_results(col, Path(a.out or Path("results") / col.name), a.power_law)["files"]:
+    out = Path(a.out) if a.out else Path(a.targets[0]).parent if col.from_table else Path("results") / col.name
+    for f in write_results(col, out, a.power_law, a.ref)["files"]:
         print(f"wrote {f}")
     return 0
 
@@ -260,9 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="launch from a checkout with uncommitted changes (not for results)")
     g.set_defaults(fn=_grid)
 
-    m = sub.add_parser("compare", help="summarize runs: results/GRID/summary.csv, summary.md, plots")
-    m.add_argument("targets", nargs="+", help="run folders, a grid root, or a grid YAML / name")
-    m.add_argument("--out", help="output folder (default results/NAME)")
+    m = sub.add_parser("compare", help="summarize runs: results/GRID/runs.csv, summary.csv, paired.csv, "
+                       "summary.md, plots (95%% Student-t intervals over seeds)")
+    m.add_argument("targets", nargs="+", help="run folders, a grid root, a grid YAML / name, or a "
+                   "runs.csv written by compare (re-analysed without the run folders)")
+    m.add_argument("--out", help="output folder (default results/NAME; a runs.csv: its folder)")
+    m.add_argument("--ref", metavar="CELL", help="reference cell of the paired differences "
+                   "(default: the grid's first cell)")
     m.add_argument("--power-law", help="fit METRIC = a * params^-alpha (default: the grid's power_law)")
     m.set_defaults(fn=_compare)
 
