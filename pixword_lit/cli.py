@@ -191,11 +191,10 @@ def _grid(a) -> int:
 def _compare(a) -> int:
     from pathlib import Path
 
-    from pixword_lit.grid.compare import collect, write_results
+    from pixword_lit.grid.compare import collect, default_out, write_results
 
     col = collect(a.targets)
-    out = Path(a.out) if a.out else Path(a.targets[0]).parent if col.from_table else Path("results") / col.name
-    for f in write_results(col, out, a.power_law, a.ref)["files"]:
+    for f in write_results(col, Path(a.out) if a.out else default_out(col), a.power_law, a.ref)["files"]:
         print(f"wrote {f}")
     return 0
 

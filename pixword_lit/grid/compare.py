@@ -222,6 +222,11 @@ def _short_error(error: str) -> str:
 
 
 # ---- outputs -------------------------------------------------------------------------------
+def default_out(col: Collection) -> Path:
+    """results/NAME; a re-analysed runs.csv: its own folder."""
+    return Path(col.source).parent if col.from_table else Path("results") / col.name
+
+
 def write_results(col: Collection, out: Path, power_law: str | None = None,
                   ref: str | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
