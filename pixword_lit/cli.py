@@ -173,6 +173,10 @@ def _grid(a) -> int:
     opts = {k: OmegaConf.to_container(OmegaConf.from_dotlist([f"v={v}"]))["v"] for k, v in opts.items()}
     spec = launcher_of(grid, name=a.launcher, parallel=a.parallel, **opts)
     root = Path(a.root) if a.root else None
+    if a.reproduce is not None:
+        from pixword_lit.grid.reproduce import reproduce
+
+        return 1 if reproduce(grid, a.reproduce, root, spec, a.allow_dirty)["failed"] else 0
     if a.status:
         counts = status_table(grid, root)
     elif a.dry_run:
@@ -249,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--list", action="store_true", help="list the predefined grids")
     g.add_argument("--status", action="store_true",
                    help="print every run's record (refreshed from SLURM) and exit")
+    g.add_argument("--reproduce", nargs="?", const="", metavar="CELL",
+                   help="run one seed of CELL (default: the first cell) again at this commit into "
+                   "--root (default runs/reproduce/NAME) and print results/NAME's values vs now")
     g.add_argument("--root", help="grid root folder (default runs/grids/NAME)")
     g.add_argument("--launcher", choices=["local", "slurm"],
                    help="default: the grid's launcher.name, else local")
