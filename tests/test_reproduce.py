@@ -7,11 +7,12 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from pixword_lit.cli import main
 from pixword_lit.grid.compare import collect, write_results
-from pixword_lit.grid.reproduce import pick_run, reproduce
+from pixword_lit.grid.reproduce import pick_run, reproduce, verdict
 from pixword_lit.grid.spec import load_grid
 from pixword_lit.system.config import REPO_ROOT, ConfigError
 
@@ -84,8 +85,21 @@ def test_reproduce_against_a_committed_table(glyph_shards, tmp_path):
     # only a summary.csv (means over seeds): the difference in the committed seeds' std
     (results / "tiny" / "runs.csv").unlink()
     lines.clear()
-    reproduce(grid, None, tmp_path / "b", allow_dirty=True, results=results, echo=lines.append)
+    fallback = reproduce(grid, None, tmp_path / "b", allow_dirty=True, results=results, echo=lines.append)
     assert any("not this seed alone" in ln for ln in lines)
+    assert fallback["moved"] == [] and "val/loss" in fallback["same"]  # one seed: its own mean
+
+
+def test_two_seed_means_give_the_seeds_back():
+    """A committed mean ± std over 2 seeds, printed to 6 digits, holds both seeds: a rerun of
+    either is `same`; a value off by more than the printed digits moved."""
+    seeds = np.array([3.4371672, 3.4233927])
+    mean, std = float(f"{seeds.mean():.6g}"), float(f"{seeds.std(ddof=1):.6g}")
+    assert verdict(mean, seeds[0], std, 2)[0] == "same"
+    assert verdict(mean, seeds[1], std, 2)[0] == "same"
+    assert verdict(mean, seeds[0] + 2e-4, std, 2) == ("moved", "moved, +0.7 std")
+    assert verdict(mean, seeds[0], std, 3)[0] == "moved"  # 3 seeds: no way back to one
+    assert verdict(83225.0, 83205.0, float("nan"), 2)[0] == "unknown"  # a count: no std
 
 
 def test_cli_reproduce_without_a_table_is_one_line(tmp_path, monkeypatch, capsys):

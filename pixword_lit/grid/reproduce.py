@@ -107,28 +107,45 @@ def reproduce(grid: Grid, cell: str | None = None, root: Path | None = None,
     echo(f"\n{grid.name} {run.name}: committed ({what}) at {committed['commit']} "
          f"[{committed['source']}] vs now at {now.get('git_commit')}")
     head = ["metric", "committed", "now", "now - committed", ""]
-    rows, same, moved = [], [], []
+    rows, groups = [], {"same": [], "moved": [], "unknown": []}
     for k in COMPARED:
         c, n = committed["values"].get(k, math.nan), num(now.get(k))
         if not (math.isfinite(c) or math.isfinite(n)):
             continue
-        sd = committed["std"].get(k, math.nan)
-        if committed["seeds"] is None:
-            verdict = "same" if same_printed(c, n) else "moved"
-        else:
-            z = (n - c) / sd if math.isfinite(sd) and sd > 0 else math.nan
-            verdict = f"{z:+.1f} std" if math.isfinite(z) else (
-                "same" if same_printed(c, n) else "moved")
-        (same if verdict == "same" else moved).append(k)
+        group, text = verdict(c, n, committed["std"].get(k, math.nan), committed["seeds"])
+        groups[group].append(k)
         diff = n - c if math.isfinite(c) and math.isfinite(n) else math.nan
-        rows.append([k, _g(c), _g(n), _g(diff, signed=True), verdict])
+        rows.append([k, _g(c), _g(n), _g(diff, signed=True), text])
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     for r in [head, *rows]:
         echo("  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip())
-    if committed["seeds"] is None:
-        echo(f"{len(same)} of {len(rows)} reproduce to the printed digit"
-             + (f"; moved: {', '.join(moved)}" if moved else ""))
-    return {"run": run.name, "rows": rows, "same": same, "moved": moved, "failed": None}
+    echo(f"{len(groups['same'])} of {len(rows)} reproduce to the printed digit"
+         + (f"; moved: {', '.join(groups['moved'])}" if groups["moved"] else "")
+         + (f"; cannot tell from a mean without its std: {', '.join(groups['unknown'])}"
+            if groups["unknown"] else ""))
+    return {"run": run.name, "rows": rows, **groups, "failed": None}
+
+
+def _half_digit(x: float) -> float:
+    """Half a unit of the 6th significant digit of x: what printing it may have rounded."""
+    return 0.0 if x == 0 or not math.isfinite(x) else 0.5 * 10 ** (math.floor(math.log10(abs(x))) - 5)
+
+
+def verdict(c: float, n: float, sd: float, seeds: int | None) -> tuple[str, str]:
+    """(same | moved | unknown, text) of committed c against now n. A cell's mean over 2
+    seeds with its std gives both seeds back (mean ± std / sqrt 2): `now` is compared with
+    them to the printed digits; with more seeds only the distance in std is known."""
+    if same_printed(c, n):
+        return "same", "same"
+    if seeds is None or not (math.isfinite(c) and math.isfinite(n)):
+        return "moved", "moved"
+    if not math.isfinite(sd):
+        return "unknown", "mean of seeds"
+    if seeds == 2:
+        tol = _half_digit(c) + _half_digit(sd) / math.sqrt(2) + _half_digit(n)
+        if min(abs(n - (c + sd / math.sqrt(2))), abs(n - (c - sd / math.sqrt(2)))) <= tol:
+            return "same", "same as a seed (mean ± std/√2)"
+    return "moved", (f"moved, {(n - c) / sd:+.1f} std" if sd > 0 else "moved")
 
 
 def _g(x: float, signed: bool = False) -> str:
