@@ -94,6 +94,7 @@ def test_compare_intervals_paired_differences_and_reanalysis(tmp_path, capsys):
     paired_md = md.split("## Paired differences")[1]
     assert "*(noise)*" in paired_md.split("| c | 3 |")[1].splitlines()[0]
     assert "*(noise)*" not in paired_md.split("| b | 3 |")[1].splitlines()[0]
+    assert (out / "paired_differences.png").stat().st_size > 0 and "paired_differences.png" in md
     runs = list(csv.DictReader(open(out / "runs.csv")))
     assert [(r["cell"], r["seed"]) for r in runs][:2] == [("a", "0"), ("a", "1")] and len(runs) == 9
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pixword_lit.grid.plots import plot_curves, plot_finals, plot_power_law, varies
+from pixword_lit.grid.plots import bar_metrics, plot_curves, plot_finals, plot_paired, plot_power_law, varies
 from pixword_lit.grid.spec import load_grid, load_state, read_summary, summary_problem
 from pixword_lit.grid.stats import interval, paired
 from pixword_lit.grid.tables import (
@@ -253,6 +253,8 @@ def write_results(col: Collection, out: Path, power_law: str | None = None,
                          plot_finals(col.name, col.runs, rows, out / "final_metrics.png")) if p]
     if col.from_table and (out / "pix_loss_curves.png").exists():  # curves need the run folders
         plots.insert(0, out / "pix_loss_curves.png")
+    if pairs:
+        plots.append(plot_paired(col.name, pairs, ref, bar_metrics(rows), out / "paired_differences.png"))
     if fit:
         plots.append(plot_power_law(col.name, col.runs, fit, out / "power_law.png"))
     reading = plot_by_height(col.runs, out)  # runs evaluated with eval.captions

@@ -119,3 +119,34 @@ def plot_power_law(name: str, runs, fit: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_paired(name: str, pairs: list[dict], ref: str, metrics: list[str], path: Path) -> Path | None:
+    """Each cell minus the reference cell, seed by seed: dot = mean difference, bar = its 95%
+    Student-t interval; grey where the interval covers 0 (within noise). None without pairs."""
+    shown = [m for m in metrics if any(p["metric"] == m for p in pairs)][:MAX_PANELS]
+    if not shown:
+        return None
+    plt = _plt()
+    cells = list(dict.fromkeys(p["cell"] for p in pairs))
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown) + 1.5, 0.45 * len(cells) + 2),
+                             squeeze=False, sharey=True)
+    for ax, m in zip(axes[0], shown):
+        for i, cell in enumerate(cells):
+            p = next((q for q in pairs if q["cell"] == cell and q["metric"] == m), None)
+            if p is None:
+                continue
+            half = p["diff_ci95"] if math.isfinite(p["diff_ci95"]) else 0
+            color = "0.6" if p["verdict"] != "differs" else ("C3" if p["diff_mean"] > 0 else "C0")
+            ax.errorbar(p["diff_mean"], i, xerr=half, fmt="o", color=color, capsize=3)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(range(len(cells)), cells, fontsize=7)
+        ax.set_title(f"{m} minus {ref}", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_ylim(len(cells) - 0.5, -0.5)  # the first cell on top
+    fig.suptitle(f"{name}: paired differences to {ref} (95% Student-t interval over seeds; "
+                 "grey: covers 0)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
