@@ -37,7 +37,7 @@ from pixword_lit.infer.captions import plot_by_height
 from pixword_lit.system.config import ConfigError
 
 __all__ = ["METRICS", "COUNTS", "collect", "write_results", "cell_rows", "paired_rows",
-           "power_law_fit", "mean_std"]
+           "power_law_fit"]
 
 
 @dataclass
@@ -142,11 +142,6 @@ def _from_root(root: Path, name: str, source: str) -> Collection:
 
 
 # ---- numbers -------------------------------------------------------------------------------
-def mean_std(values: list[float]) -> tuple[float, float]:
-    i = interval(values)
-    return i.mean, i.std
-
-
 def power_law_fit(params, losses) -> dict:
     """Least squares in log space: log L = log a - alpha log N  ->  {a, alpha, r2, n}."""
     n, y = np.log(np.asarray(params, float)), np.log(np.asarray(losses, float))
