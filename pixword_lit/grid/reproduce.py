@@ -143,9 +143,11 @@ def verdict(c: float, n: float, sd: float, seeds: int | None) -> tuple[str, str]
         return "unknown", "mean of seeds"
     if seeds == 2:
         tol = _half_digit(c) + _half_digit(sd) / math.sqrt(2) + _half_digit(n)
-        if min(abs(n - (c + sd / math.sqrt(2))), abs(n - (c - sd / math.sqrt(2)))) <= tol:
+        near = min((c + sd / math.sqrt(2), c - sd / math.sqrt(2)), key=lambda seed: abs(n - seed))
+        if abs(n - near) <= tol:
             return "same", "same as a seed (mean ± std/√2)"
-    return "moved", (f"moved, {(n - c) / sd:+.1f} std" if sd > 0 else "moved")
+        return "moved", f"moved, {n - near:+.3g} from the nearer seed ({(n - c) / sd:+.1f} std from the mean)"
+    return "moved", (f"moved, {(n - c) / sd:+.1f} std from the mean" if sd > 0 else "moved")
 
 
 def _g(x: float, signed: bool = False) -> str:
