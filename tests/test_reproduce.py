@@ -67,6 +67,7 @@ def test_reproduce_against_a_committed_table(glyph_shards, tmp_path):
     again = reproduce(grid, None, tmp_path / "b", allow_dirty=True, results=results, echo=lines.append)
     assert again["moved"] == [] and {"val/loss", "val/pix_loss", "params"} <= set(again["same"])
     assert any("reproduce to the printed digit" in ln for ln in lines)
+    assert "reproduce to the printed digit" in (tmp_path / "b" / again["run"] / "reproduce.txt").read_text()
 
     # a committed number changed by hand: that metric, and only it, moved
     table = list(csv.DictReader(open(results / "tiny" / "runs.csv")))

@@ -4,10 +4,11 @@ of the current commit?
 One seed of one cell (default: the grid's first cell at its first seed; `CELL_s<seed>` picks
 another seed) runs again at HEAD into a scratch root (default runs/reproduce/GRID), then every
 metric is printed beside the committed value from results/GRID/: the run's own row of
-runs.csv when there is one, else the cell's row of summary.csv (a mean over seeds, so the
-difference is given in the committed seeds' standard deviations too). "same" means equal to
-the 6 significant digits the tables print. Timings (wall_s, tokens/s) are left out: they
-measure the machine, not the code.
+runs.csv when there is one, else the cell's row of summary.csv: a mean over seeds, which
+over 2 seeds with its std gives both seeds back (mean ± std/sqrt 2); over more, only the
+distance in std is known. "same" means equal to the 6 significant digits the tables print.
+Timings (wall_s, tokens/s) are left out: they measure the machine, not the code. The
+printout is kept as <root>/<run>/reproduce.txt.
 """
 
 from __future__ import annotations
@@ -104,8 +105,8 @@ def reproduce(grid: Grid, cell: str | None = None, root: Path | None = None,
         return {"run": run.name, "rows": [], "same": [], "moved": [], "failed": problem}
     what = (f"seed {run.seed}" if committed["seeds"] is None
             else f"mean ± std of {committed['seeds']} seeds, not this seed alone")
-    echo(f"\n{grid.name} {run.name}: committed ({what}) at {committed['commit']} "
-         f"[{committed['source']}] vs now at {now.get('git_commit')}")
+    report = [f"{grid.name} {run.name}: committed ({what}) at {committed['commit']} "
+              f"[{committed['source']}] vs now at {now.get('git_commit')}"]
     head = ["metric", "committed", "now", "now - committed", ""]
     rows, groups = [], {"same": [], "moved": [], "unknown": []}
     for k in COMPARED:
@@ -117,12 +118,14 @@ def reproduce(grid: Grid, cell: str | None = None, root: Path | None = None,
         diff = n - c if math.isfinite(c) and math.isfinite(n) else math.nan
         rows.append([k, _g(c), _g(n), _g(diff, signed=True), text])
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    for r in [head, *rows]:
-        echo("  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip())
-    echo(f"{len(groups['same'])} of {len(rows)} reproduce to the printed digit"
-         + (f"; moved: {', '.join(groups['moved'])}" if groups["moved"] else "")
-         + (f"; cannot tell from a mean without its std: {', '.join(groups['unknown'])}"
-            if groups["unknown"] else ""))
+    report += ["  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip() for r in [head, *rows]]
+    report.append(f"{len(groups['same'])} of {len(rows)} reproduce to the printed digit"
+                  + (f"; moved: {', '.join(groups['moved'])}" if groups["moved"] else "")
+                  + (f"; cannot tell from a mean without its std: {', '.join(groups['unknown'])}"
+                     if groups["unknown"] else ""))
+    for line in ["", *report]:
+        echo(line)
+    (root / run.name / "reproduce.txt").write_text("\n".join(report) + "\n")  # kept with the run
     return {"run": run.name, "rows": rows, **groups, "failed": None}
 
 
