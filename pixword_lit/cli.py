@@ -185,6 +185,10 @@ def _grid(a) -> int:
     opts = {k: OmegaConf.to_container(OmegaConf.from_dotlist([f"v={v}"]))["v"] for k, v in opts.items()}
     spec = launcher_of(grid, name=a.launcher, parallel=a.parallel, **opts)
     root = Path(a.root) if a.root else None
+    if a.reproduce is not None:
+        from pixword_lit.grid.reproduce import reproduce
+
+        return 1 if reproduce(grid, a.reproduce, root, spec, a.allow_dirty)["failed"] else 0
     if a.status:
         counts = status_table(grid, root)
     elif a.dry_run:
@@ -205,10 +209,10 @@ def _grid(a) -> int:
 def _compare(a) -> int:
     from pathlib import Path
 
-    from pixword_lit.grid.compare import collect, write_results
+    from pixword_lit.grid.compare import collect, default_out, write_results
 
     col = collect(a.targets)
-    for f in write_results(col, Path(a.out or Path("results") / col.name), a.power_law)["files"]:
+    for f in write_results(col, Path(a.out) if a.out else default_out(col), a.power_law, a.ref)["files"]:
         print(f"wrote {f}")
     return 0
 
@@ -300,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--list", action="store_true", help="list the predefined grids")
     g.add_argument("--status", action="store_true",
                    help="print every run's record (refreshed from SLURM) and exit")
+    g.add_argument("--reproduce", nargs="?", const="", metavar="CELL",
+                   help="run one seed of CELL (default: the first cell) again at this commit into "
+                   "--root (default runs/reproduce/NAME) and print results/NAME's values vs now")
     g.add_argument("--root", help="grid root folder (default runs/grids/NAME)")
     g.add_argument("--launcher", choices=["local", "slurm"],
                    help="default: the grid's launcher.name, else local")
@@ -313,9 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="launch from a checkout with uncommitted changes (not for results)")
     g.set_defaults(fn=_grid)
 
-    m = sub.add_parser("compare", help="summarize runs: results/GRID/summary.csv, summary.md, plots")
-    m.add_argument("targets", nargs="+", help="run folders, a grid root, or a grid YAML / name")
-    m.add_argument("--out", help="output folder (default results/NAME)")
+    m = sub.add_parser("compare", help="summarize runs: results/GRID/runs.csv, summary.csv, paired.csv, "
+                       "summary.md, plots (95%% Student-t intervals over seeds)")
+    m.add_argument("targets", nargs="+", help="run folders, a grid root, a grid YAML / name, or a "
+                   "runs.csv written by compare (re-analysed without the run folders)")
+    m.add_argument("--out", help="output folder (default results/NAME; a runs.csv: its folder)")
+    m.add_argument("--ref", metavar="CELL", help="reference cell of the paired differences "
+                   "(default: the grid's first cell)")
     m.add_argument("--power-law", help="fit METRIC = a * params^-alpha (default: the grid's power_law)")
     m.set_defaults(fn=_compare)
 

@@ -165,8 +165,8 @@ seeds: [0]
     # compare: one row per cell, the failed one with its error; plots written
     out = tmp_path / "results"
     res = write_results(collect([str(root)]), out)
-    assert {f.name for f in res["files"]} == {"summary.csv", "summary.md", "pix_loss_curves.png",
-                                              "final_metrics.png"}
+    assert {f.name for f in res["files"]} == {"runs.csv", "summary.csv", "paired.csv", "summary.md",
+                                              "pix_loss_curves.png", "final_metrics.png"}
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert [r["cell"] for r in rows] == [good.cell, bad.cell]
     assert float(rows[0]["val/loss_mean"]) == pytest.approx(summary["val/loss"], rel=1e-5)

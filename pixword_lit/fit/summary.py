@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from pixword_lit.data.stream import PixLoader
 from pixword_lit.files import write_json
 from pixword_lit.fit.callbacks import PixThroughput
+from pixword_lit.fit.hparams_view import log_hparams_view
 from pixword_lit.fit.preempt import RunControl, requeue_slurm_job
 from pixword_lit.infer.captions import evaluate_run
 from pixword_lit.infer.load import TrainedModel
@@ -45,20 +46,9 @@ def finish_run(cfg, module, trainer, control: RunControl, parts, run_dir: Path) 
     write_json(run_dir / "summary.json", summary)
     hp = {k: v for k, v in flatten(summary["config"]).items() if isinstance(v, (int, float, str, bool))}
     metrics = {k: v for k, v in summary.items() if k.startswith(("val/", "baseline/")) and math.isfinite(v)}
-    log_hparams_view(trainer.logger, hp, metrics)
+    log_hparams_view(trainer.logger, hp, metrics, run_dir, cfg.run.name)  # grid runs: hparams_view
     trainer.logger.finalize("success")  # the writer log_hyperparams reopened: flush it before exit
     return summary
-
-
-def log_hparams_view(logger, hp: dict, metrics: dict) -> None:
-    """TensorBoard's HParams view: the config, and the final metrics, which TensorBoard reads
-    as the last point of each metric's own curve. (logger.log_hyperparams would also write
-    the metrics again as points at step 0, drawing every val/ curve back to its start.)"""
-    from torch.utils.tensorboard.summary import hparams
-
-    writer = logger.experiment._get_file_writer()
-    for part in hparams(hp, metrics):
-        writer.add_summary(part)
 
 
 def eval_captions_after_fit(cfg, module, parts, run_dir: Path) -> dict:

@@ -1,31 +1,43 @@
-"""Compare runs (issue 3): run summaries -> results/<grid>/summary.csv, summary.md and plots.
+"""Compare runs (issues 3, 25): run summaries -> results/<grid>/runs.csv, summary.csv,
+paired.csv, summary.md and plots.
 
 Every number comes from a run's summary.json (the final validation of `fit`, the same values
 `fit` hands to TensorBoard's HParams view) or its metrics.jsonl (validation curves); nothing
 is recomputed. Runs are grouped into cells by their name without the `_s<seed>` suffix; a
-cell's metrics are the mean and the sample standard deviation over its finished seeds.
+cell's metrics are the mean, the sample standard deviation and the 95% Student-t interval
+over its finished seeds (stats.py), and each cell is compared with a reference cell (the
+grid's first, or `--ref`) seed by seed. runs.csv keeps every run's numbers, so
+`pixword compare results/<grid>/runs.csv` redoes the tables without the run folders.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pixword_lit.grid.plots import bar_metrics, plot_curves, plot_finals, plot_paired, plot_power_law, varies
 from pixword_lit.grid.spec import load_grid, load_state, read_summary, summary_problem
+from pixword_lit.grid.stats import interval, paired
+from pixword_lit.grid.tables import (
+    COUNTS,
+    METRICS,
+    fmt_axis,
+    markdown,
+    num,
+    read_runs_csv,
+    run_rows,
+    write_csv,
+)
 from pixword_lit.infer.captions import plot_by_height
 from pixword_lit.system.config import ConfigError
 
-METRICS = ["val/loss", "val/pix_loss", "val/word_loss", "val/pix_acc", "val/fold_psnr",
-           "val/pix_loss_all", "val/pix_nll_all", "val/bpd_folded", "val/bpd_8bit", "val/bpd_palette",
-           "baseline/pix_loss", "eval/exact_match", "eval/cer", "eval/answer_nll"]
-COUNTS = ["params", "steps", "tokens_seen", "pix_tokens_seen", "wall_s", "pix_tokens_per_s"]
+__all__ = ["METRICS", "COUNTS", "collect", "write_results", "cell_rows", "paired_rows",
+           "power_law_fit"]
 
 
 @dataclass
@@ -39,6 +51,18 @@ class RunRecord:
     @property
     def cell(self) -> str:
         return re.sub(r"_s\d+$", "", self.name)
+
+    @property
+    def seed(self) -> int | None:
+        """The run's seed (summary.json's, else its name's `_s<seed>`); pairs match on it."""
+        s = (self.summary or {}).get("seed")
+        if isinstance(s, int) and not isinstance(s, bool):
+            return s
+        m = re.search(r"_s(\d+)$", self.name)
+        return int(m.group(1)) if m else None
+
+    def value(self, key: str) -> float:
+        return num((self.summary or {}).get(key))
 
     def curve(self, metric: str = "val/pix_loss") -> tuple[list, list]:
         """(steps, values) of the validation curve; a repeated step keeps its last value."""
@@ -61,10 +85,13 @@ class Collection:
     source: str  # what was compared, for the report
     spec: dict | None = None  # the grid spec, when the runs are a grid's
     root: Path | None = None  # the grid root
+    from_table: bool = False  # re-read from a committed runs.csv
 
 
 def collect(targets: list[str]) -> Collection:
-    """Run dirs, grid roots (with grid_state.json) or grid YAMLs -> the runs to compare."""
+    """Run dirs, grid roots (with grid_state.json), grid YAMLs or a runs.csv -> the runs."""
+    if len(targets) == 1 and targets[0].endswith(".csv"):
+        return _from_table(Path(targets[0]))
     if len(targets) == 1 and (targets[0].endswith((".yaml", ".yml")) or not Path(targets[0]).exists()):
         grid = load_grid(targets[0])
         return _from_root(grid.default_root(), grid.name, targets[0])
@@ -77,12 +104,24 @@ def collect(targets: list[str]) -> Collection:
         dirs = [p] if (p / "summary.json").exists() else sorted(
             d for d in p.iterdir() if (d / "summary.json").exists()) if p.is_dir() else []
         if not dirs:
-            raise ConfigError(f"compare: {t} is not a run folder, a grid root or a grid file")
+            raise ConfigError(f"compare: {t} is not a run folder, a grid root, a grid file or a runs.csv")
         for d in dirs:
             s = read_summary(d)
             runs.append(RunRecord(d.name, d, s, summary_problem(s)))
     name = Path(targets[0]).name if len(targets) == 1 else "runs"
     return Collection(name, runs, " ".join(targets))
+
+
+def _from_table(path: Path) -> Collection:
+    if not path.exists():
+        raise ConfigError(f"compare: {path} not found")
+    try:
+        records = read_runs_csv(path)
+    except ValueError as e:
+        raise ConfigError(f"compare: {e}") from None
+    runs = [RunRecord(name, path.parent / "runs" / name, summary, error, axes)
+            for name, axes, summary, error in records]
+    return Collection(path.parent.name, runs, str(path), from_table=True)
 
 
 def _from_root(root: Path, name: str, source: str) -> Collection:
@@ -103,17 +142,6 @@ def _from_root(root: Path, name: str, source: str) -> Collection:
 
 
 # ---- numbers -------------------------------------------------------------------------------
-def _num(x) -> float:
-    return float(x) if isinstance(x, (int, float)) else float("nan")
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    v = np.array([x for x in values if math.isfinite(x)], dtype=float)
-    if len(v) == 0:
-        return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
-
-
 def power_law_fit(params, losses) -> dict:
     """Least squares in log space: log L = log a - alpha log N  ->  {a, alpha, r2, n}."""
     n, y = np.log(np.asarray(params, float)), np.log(np.asarray(losses, float))
@@ -124,26 +152,62 @@ def power_law_fit(params, losses) -> dict:
             "r2": 1 - ss_res / ss_tot if ss_tot > 0 else float("nan"), "n": len(n)}
 
 
-def cell_rows(col: Collection) -> list[dict]:
-    """One row per cell, in the order cells first appear (the grid's expansion order)."""
+def _cells(col: Collection) -> dict[str, list[RunRecord]]:
     cells: dict[str, list[RunRecord]] = {}
     for r in col.runs:
         cells.setdefault(r.cell, []).append(r)
+    return cells
+
+
+def cell_rows(col: Collection) -> list[dict]:
+    """One row per cell, in the order cells first appear (the grid's expansion order):
+    per metric the mean, sample std and the half-width of the 95% Student-t interval."""
     rows = []
-    for cell, runs in cells.items():
+    for cell, runs in _cells(col).items():
         ok = [r for r in runs if r.error is None]
-        row = {"cell": cell, **{k: _fmt_axis(v) for k, v in runs[0].axes.items()},
+        row = {"cell": cell, **{k: fmt_axis(v) for k, v in runs[0].axes.items()},
                "seeds": len(ok), "runs": len(runs),
                "status": "finished" if len(ok) == len(runs) else f"{len(runs) - len(ok)} failed"}
         for m in METRICS:
-            row[f"{m}_mean"], row[f"{m}_std"] = mean_std([_num(r.summary.get(m)) for r in ok])
+            i = interval([r.value(m) for r in ok])
+            row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_ci95"] = i.mean, i.std, i.half
         for k in COUNTS:
-            row[k] = mean_std([_num(r.summary.get(k)) for r in ok])[0]
+            row[k] = interval([r.value(k) for r in ok]).mean
         row["git_commit"] = ";".join(sorted({str(r.summary.get("git_commit")) for r in ok}))
         errors = [f"{r.name}: {_short_error(r.error)}" for r in runs if r.error]
         row["errors"] = " | ".join(errors)
         rows.append(row)
     return rows
+
+
+def reference_cell(col: Collection, ref: str | None) -> str | None:
+    cells = list(_cells(col))
+    if ref is None:
+        return cells[0] if cells else None
+    if ref not in cells:
+        raise ConfigError(f"compare: --ref {ref!r} is not a cell of {col.name} (cells: {', '.join(cells)})")
+    return ref
+
+
+def paired_rows(col: Collection, ref: str, metrics: list[str] | None = None) -> list[dict]:
+    """Each cell minus the reference cell, seed by seed, per metric: the mean difference and
+    its 95% Student-t interval; `verdict` says whether the interval covers 0."""
+    cells = _cells(col)
+    by_seed = {c: {m: {r.seed: r.value(m) for r in runs if r.error is None}
+                   for m in metrics or METRICS} for c, runs in cells.items()}
+    out = []
+    for cell in cells:
+        if cell == ref:
+            continue
+        for m in metrics or METRICS:
+            i = paired(by_seed[cell][m], by_seed[ref][m])
+            if i.n == 0:
+                continue
+            verdict = {None: "one pair", True: "within noise", False: "differs"}[i.covers_zero]
+            out.append({"cell": cell, "ref": ref, "metric": m, "pairs": i.n, "diff_mean": i.mean,
+                        "diff_ci95": i.half, "diff_low": i.low, "diff_high": i.high,
+                        "verdict": verdict})
+    return out
 
 
 def _short_error(error: str) -> str:
@@ -152,190 +216,45 @@ def _short_error(error: str) -> str:
     return lines[0] if len(lines) == 1 else f"{lines[0]}: {lines[-1]}"
 
 
-def _fmt_axis(v) -> str:
-    if isinstance(v, dict):
-        return v.get("label") or " ".join(f"{k}={x}" for k, x in v.items())
-    return str(v)
-
-
 # ---- outputs -------------------------------------------------------------------------------
-def write_results(col: Collection, out: Path, power_law: str | None = None) -> dict:
+def default_out(col: Collection) -> Path:
+    """results/NAME; a re-analysed runs.csv: its own folder."""
+    return Path(col.source).parent if col.from_table else Path("results") / col.name
+
+
+def write_results(col: Collection, out: Path, power_law: str | None = None,
+                  ref: str | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     rows = cell_rows(col)
+    ref = reference_cell(col, ref)
+    varying = [m for m in METRICS if varies(rows, m)]
+    pairs = paired_rows(col, ref, varying) if ref else []
     power_law = power_law or (col.spec or {}).get("power_law")
     fit = None
     if power_law:
-        pts = [(r.summary["params"], r.summary[power_law]) for r in col.runs if r.error is None]
+        pts = [(r.value("params"), r.value(power_law)) for r in col.runs if r.error is None]
         if len({p for p, _ in pts}) >= 2:
             fit = {**power_law_fit(*zip(*pts)), "metric": power_law}
             for row in rows:
                 row["power_law_alpha"] = fit["alpha"]
                 row["power_law_fit"] = fit["a"] * row["params"] ** -fit["alpha"]
-    _write_csv(rows, out / "summary.csv")
-    plots = [plot_curves(col, out / "pix_loss_curves.png"), plot_finals(col, rows, out / "final_metrics.png")]
+    files = [out / "summary.csv", out / "paired.csv"]
+    if not col.from_table:  # a re-analysis leaves the committed runs.csv as it is
+        write_csv(run_rows(col.runs), out / "runs.csv", exact=True)
+        files.insert(0, out / "runs.csv")
+    write_csv(rows, out / "summary.csv")
+    write_csv(pairs, out / "paired.csv")
+    plots = [p for p in (plot_curves(col.name, col.runs, out / "pix_loss_curves.png"),
+                         plot_finals(col.name, col.runs, rows, out / "final_metrics.png")) if p]
+    if col.from_table and (out / "pix_loss_curves.png").exists():  # curves need the run folders
+        plots.insert(0, out / "pix_loss_curves.png")
+    if pairs:
+        plots.append(plot_paired(col.name, pairs, ref, bar_metrics(rows), out / "paired_differences.png"))
     if fit:
-        plots.append(plot_power_law(col, fit, out / "power_law.png"))
+        plots.append(plot_power_law(col.name, col.runs, fit, out / "power_law.png"))
     reading = plot_by_height(col.runs, out)  # runs evaluated with eval.captions
     if reading:
         plots.append(reading)
-    (out / "summary.md").write_text(markdown(col, rows, fit, [p.name for p in plots]))
-    return {"rows": rows, "fit": fit, "files": [out / "summary.csv", out / "summary.md", *plots]}
-
-
-def _write_csv(rows: list[dict], path: Path) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _csv(r.get(k)) for k in keys})
-
-
-def _csv(v):
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return ""
-        return str(int(v)) if v.is_integer() else f"{v:.6g}"
-    return "" if v is None else v
-
-
-def _pm(mean: float, std: float, digits: int = 4) -> str:
-    if not math.isfinite(mean):
-        return "n/a"
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if math.isfinite(std) else "")
-
-
-def _int(x: float) -> str:
-    return "n/a" if not math.isfinite(x) else f"{x:,.0f}"
-
-
-def markdown(col: Collection, rows: list[dict], fit: dict | None, plots: list[str]) -> str:
-    shown = [m for m in METRICS if any(math.isfinite(r[f"{m}_mean"]) for r in rows)]
-    head = ["cell", "seeds", *shown, "params", "tokens seen", "pix tokens seen", "wall s",
-            "pix tok/s"]
-    lines = [f"# Grid `{col.name}`", "",
-             f"Generated by `pixword compare {col.source}` from {len(col.runs)} runs; every number "
-             "is read from the runs' summary.json (final validation) and metrics.jsonl.",
-             "Metrics are mean ± sample standard deviation over the finished seeds of a cell.", ""]
-    if col.spec:
-        lines += [f"- base: `{col.spec['base']}`, seeds {col.spec.get('seeds')}",
-                  f"- fixed: `{json.dumps(col.spec.get('fixed') or {})}`",
-                  f"- axes: `{json.dumps(col.spec.get('axes') or {})}`"]
-    commits = sorted({c for r in rows for c in r["git_commit"].split(";") if c})
-    machines = sorted({str(r.summary.get("machine")) for r in col.runs if r.summary})
-    total = sum(_num(r.summary.get("wall_s")) for r in col.runs if r.summary)
-    lines += [f"- git commit: {', '.join(f'`{c}`' for c in commits) or 'n/a'}",
-              f"- machine: {'; '.join(machines) or 'n/a'}",
-              f"- wall time of the finished runs, summed: {total / 60:.1f} min", "",
-              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["cell"], str(r["seeds"]) + ("" if r["status"] == "finished" else f" ({r['status']})")]
-        cells += [_pm(r[f"{m}_mean"], r[f"{m}_std"], 2 if m == "val/fold_psnr" else 4) for m in shown]
-        cells += [_int(r["params"]), _int(r["tokens_seen"]), _int(r["pix_tokens_seen"]),
-                  _int(r["wall_s"]), _int(r["pix_tokens_per_s"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    if fit:
-        lines += ["", f"Power-law fit over {fit['n']} runs, least squares in log space: "
-                  f"{fit['metric']} = {fit['a']:.4g} * params^-{fit['alpha']:.4f} "
-                  f"(alpha = {fit['alpha']:.4f}, R² = {fit['r2']:.3f})."]
-    failed = [r for r in rows if r["errors"]]
-    if failed:
-        lines += ["", "Failed or missing runs (not in the means):", ""]
-        lines += [f"- {e}" for r in failed for e in r["errors"].split(" | ")]
-    lines += ["", "Plots: " + ", ".join(f"[{p}]({p})" for p in plots), ""]
-    if col.root:
-        lines += ["The same final metrics are in TensorBoard's HParams view: "
-                  f"`tensorboard --logdir {_show_path(col.root)}`.", ""]
-    return "\n".join(lines)
-
-
-def _show_path(p: Path) -> str:
-    rel = os.path.relpath(p)
-    return str(p) if rel.startswith("..") else rel
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _colors(cells: list[str]) -> dict:
-    cmap = _plt().get_cmap("tab10" if len(cells) <= 10 else "tab20")
-    return {c: cmap(i % cmap.N) for i, c in enumerate(cells)}
-
-
-def plot_curves(col: Collection, path: Path) -> Path:
-    plt = _plt()
-    cells = list(dict.fromkeys(r.cell for r in col.runs))
-    colors = _colors(cells)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    labelled = set()
-    for r in col.runs:
-        steps, vals = r.curve("val/pix_loss")
-        if not steps:
-            continue
-        seed = r.summary.get("seed") if r.summary else None
-        ax.plot(steps, vals, color=colors[r.cell], marker="o", ms=3,
-                ls="-" if seed in (None, 0) else "--", alpha=0.85,
-                label=None if r.cell in labelled else r.cell)
-        labelled.add(r.cell)
-    ax.set(xlabel="step", ylabel="val/pix_loss", title=f"{col.name}: validation pix loss (solid: seed 0)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_finals(col: Collection, rows: list[dict], path: Path) -> Path:
-    plt = _plt()
-    shown = [m for m in ("val/loss", "val/pix_loss", "val/pix_acc", "val/fold_psnr")
-             if any(math.isfinite(r[f"{m}_mean"]) for r in rows)]
-    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown) + 1, 4.2), squeeze=False)
-    x = np.arange(len(rows))
-    colors = _colors([r["cell"] for r in rows])
-    for ax, m in zip(axes[0], shown):
-        means = [r[f"{m}_mean"] for r in rows]
-        stds = [r[f"{m}_std"] if math.isfinite(r[f"{m}_std"]) else 0 for r in rows]
-        ax.bar(x, means, yerr=stds, capsize=3, color=[colors[r["cell"]] for r in rows], alpha=0.8)
-        for i, row in enumerate(rows):  # each seed's value, so the spread is visible
-            vals = [_num(r.summary.get(m)) for r in col.runs if r.cell == row["cell"] and r.error is None]
-            ax.scatter([i] * len(vals), vals, color="k", s=8, zorder=3)
-        ax.set_xticks(x, [r["cell"] for r in rows], rotation=60, ha="right", fontsize=7)
-        ax.set_title(m, fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{col.name}: final metrics (bar: mean, error bar: std, dots: seeds)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_power_law(col: Collection, fit: dict, path: Path) -> Path:
-    plt = _plt()
-    m = fit["metric"]
-    ok = [r for r in col.runs if r.error is None]
-    n = np.array([r.summary["params"] for r in ok], float)
-    y = np.array([r.summary[m] for r in ok], float)
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.scatter(n, y, color="k", s=14, label="runs (each seed)", zorder=3)
-    xs = np.geomspace(n.min() / 1.2, n.max() * 1.2, 50)
-    ax.plot(xs, fit["a"] * xs ** -fit["alpha"], color="C3",
-            label=f"fit {m} = {fit['a']:.3g} N^-{fit['alpha']:.3f} (R² {fit['r2']:.2f})")
-    ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel=m,
-           title=f"{col.name}: final {m} against parameters")
-    from matplotlib.ticker import FormatStrFormatter
-
-    for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-        axis(FormatStrFormatter("%.2f"))  # plain numbers: the loss spans less than a decade
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    (out / "summary.md").write_text(markdown(col, rows, pairs, ref, fit, [p.name for p in plots], varying))
+    return {"rows": rows, "pairs": pairs, "ref": ref, "fit": fit,
+            "files": [*files, out / "summary.md", *plots]}

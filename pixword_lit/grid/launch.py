@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pixword_lit.grid.cell import Cell, has_checkpoint, log_path
+from pixword_lit.grid.hparams import write_declaration
 from pixword_lit.grid.spec import (
     Grid,
     cell_args,
@@ -146,6 +147,7 @@ def run_grid(grid: Grid, root: Path | None = None, spec: Launcher | None = None,
                 resume = status in ("preempted", "interrupted") and has_checkpoint(root / run.name)
                 todo.append((i, run, args, resume))
         save_state(root, state)
+        write_declaration(grid, root)  # what every run shows in TensorBoard's HParams view
         start = time.perf_counter()
         launch = _run_local if spec.name == "local" else _submit_slurm
         launch(root, state, todo, len(runs), spec, threads, commit, counts, echo)

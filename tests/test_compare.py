@@ -1,0 +1,136 @@
+"""compare with intervals (issue 25): Student-t quantiles against published table values,
+per-cell 95% intervals, paired (same seed) differences to a reference cell, runs.csv that
+re-analyses to the same tables without the run folders, and the bar chart's metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pixword_lit.cli import main
+from pixword_lit.grid.compare import collect, write_results
+from pixword_lit.grid.plots import bar_metrics
+from pixword_lit.grid.stats import interval, paired, t_cdf, t_quantile
+
+# t(0.975, df) from the standard printed table (e.g. NIST/SEMATECH e-Handbook, table 1.3.6.7.2)
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 10: 2.228, 30: 2.042, 100: 1.984}
+
+
+@pytest.mark.parametrize("df,t", sorted(T975.items()))
+def test_t_quantile_matches_the_printed_table(df, t):
+    assert t_quantile(0.975, df) == pytest.approx(t, abs=6e-4)
+    assert t_cdf(t_quantile(0.975, df), df) == pytest.approx(0.975, abs=1e-9)
+    assert t_quantile(0.025, df) == pytest.approx(-t, abs=6e-4)
+
+
+def test_t_quantile_tends_to_the_normal_and_other_levels():
+    assert t_quantile(0.975, 1e7) == pytest.approx(1.95996, abs=1e-4)
+    assert t_quantile(0.995, 1) == pytest.approx(63.657, abs=1e-2)  # 99% two-sided, df 1
+    assert t_quantile(0.95, 2) == pytest.approx(2.920, abs=1e-3)
+    with pytest.raises(ValueError):
+        t_quantile(1.0, 3)
+
+
+def test_interval_and_paired_by_hand():
+    i = interval([1.0, 2.0, 3.0, float("nan")])  # a NaN seed does not count
+    assert (i.n, i.mean, i.std) == (3, pytest.approx(2.0), pytest.approx(1.0))
+    assert i.half == pytest.approx(4.303 / math.sqrt(3), abs=1e-3)
+    assert interval([5.0]).covers_zero is None and math.isnan(interval([5.0]).half)
+    # pairs match on the seed: seed 2 has no partner and is left out
+    d = paired({0: 1.0, 1: 2.0, 2: 9.0}, {0: 0.5, 1: 1.7})
+    assert d.n == 2 and d.mean == pytest.approx(0.4)
+    assert d.half == pytest.approx(12.706 * np.std([0.5, 0.3], ddof=1) / math.sqrt(2), rel=1e-3)
+    assert d.covers_zero  # 0.4 ± 1.27
+
+
+SEED_EFFECT = [0.00, 0.30, -0.20]  # what a seed shares across cells (data order, init)
+
+
+def make_runs(root, cells: dict) -> None:
+    """cell -> offset from cell `a`: run folders with summary.json and metrics.jsonl. Every
+    cell shares the seed effect, so paired differences are tight while per-cell intervals
+    are wide; `val/fold_psnr` is the same in every cell."""
+    for cell, (offset, jitter) in cells.items():
+        for seed, effect in enumerate(SEED_EFFECT):
+            d = root / f"{cell}_s{seed}"
+            d.mkdir(parents=True)
+            loss = 3.0 + effect + offset + jitter[seed]
+            (d / "summary.json").write_text(json.dumps({
+                "status": "finished", "seed": seed, "params": 1000, "val/loss": loss,
+                "val/pix_loss": loss + 1.0, "val/fold_psnr": 28.8, "val/bpd_8bit": loss / 2,
+                "git_commit": "abc", "wall_s": 2.0, "machine": "test"}))
+            (d / "metrics.jsonl").write_text(json.dumps({"step": 5, "val/pix_loss": loss + 1}) + "\n")
+
+
+CELLS = {"a": (0.0, [0, 0, 0]), "b": (0.5, [0.01, -0.01, 0.0]), "c": (0.0, [0.02, -0.03, 0.01])}
+
+
+def test_compare_intervals_paired_differences_and_reanalysis(tmp_path, capsys):
+    make_runs(tmp_path / "runs", CELLS)
+    out = tmp_path / "res"
+    assert main(["compare", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    rows = {r["cell"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+    a_loss = [3.0 + e for e in SEED_EFFECT]
+    assert float(rows["a"]["val/loss_mean"]) == pytest.approx(np.mean(a_loss), rel=1e-5)
+    assert float(rows["a"]["val/loss_ci95"]) == pytest.approx(
+        4.303 * np.std(a_loss, ddof=1) / math.sqrt(3), rel=1e-3)
+    # b - a: 0.5 on every seed, up to the jitter: the interval is far from 0
+    pairs = {(p["cell"], p["metric"]): p for p in csv.DictReader(open(out / "paired.csv"))}
+    b = pairs[("b", "val/loss")]
+    assert b["ref"] == "a" and b["pairs"] == "3" and b["verdict"] == "differs"
+    assert float(b["diff_mean"]) == pytest.approx(0.5, abs=1e-6)
+    assert float(b["diff_low"]) > 0.4
+    # c - a: jitter only; the cells' own intervals are 10x wider than the difference
+    c = pairs[("c", "val/loss")]
+    assert c["verdict"] == "within noise" and float(c["diff_low"]) < 0 < float(c["diff_high"])
+    # a metric every cell shares says nothing about the cells: no paired row, no bar panel
+    assert ("b", "val/fold_psnr") not in pairs
+    md = (out / "summary.md").read_text()
+    assert "Student-t" in md and "## Paired differences to `a`" in md
+    paired_md = md.split("## Paired differences")[1]
+    assert "*(noise)*" in paired_md.split("| c | 3 |")[1].splitlines()[0]
+    assert "*(noise)*" not in paired_md.split("| b | 3 |")[1].splitlines()[0]
+    assert (out / "paired_differences.png").stat().st_size > 0 and "paired_differences.png" in md
+    runs = list(csv.DictReader(open(out / "runs.csv")))
+    assert [(r["cell"], r["seed"]) for r in runs][:2] == [("a", "0"), ("a", "1")] and len(runs) == 9
+
+    # the committed tables alone redo the analysis: the same summary and paired tables
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "runs.csv").write_text((out / "runs.csv").read_text())
+    assert main(["compare", str(again / "runs.csv")]) == 0
+    assert (again / "summary.csv").read_text() == (out / "summary.csv").read_text()
+    assert (again / "paired.csv").read_text() == (out / "paired.csv").read_text()
+    assert (again / "runs.csv").read_text() == (out / "runs.csv").read_text()  # left as it was
+    assert "as recorded in runs.csv" in (again / "summary.md").read_text()
+
+    # --ref: another reference cell; an unknown one is one line naming the cells
+    assert main(["compare", str(again / "runs.csv"), "--ref", "b"]) == 0
+    pairs = {(p["cell"], p["metric"]): p for p in csv.DictReader(open(again / "paired.csv"))}
+    assert pairs[("a", "val/loss")]["ref"] == "b"
+    assert float(pairs[("a", "val/loss")]["diff_mean"]) == pytest.approx(-0.5, abs=1e-6)
+    capsys.readouterr()
+    assert main(["compare", str(again / "runs.csv"), "--ref", "zz"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'zz'" in err and "a, b, c" in err
+
+
+def test_bar_chart_plots_the_metrics_that_vary(tmp_path):
+    make_runs(tmp_path / "runs", CELLS)
+    res = write_results(collect([str(tmp_path / "runs")]), tmp_path / "res")
+    shown = bar_metrics(res["rows"])
+    assert "val/fold_psnr" not in shown  # the same in every cell
+    assert shown[:3] == ["val/loss", "val/pix_loss", "val/bpd_8bit"]  # bits/dim where present
+    assert (tmp_path / "res" / "final_metrics.png").stat().st_size > 0
+
+
+def test_a_runs_csv_that_is_not_one_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "runs.csv"
+    bad.write_text("cell,x\na,1\n")
+    assert main(["compare", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "not a runs.csv" in err and str(bad) in err
