@@ -1,220 +1,26 @@
-"""The `pixword` command: prep | fit | validate | generate | eval | inspect | print-config
-(and grid, compare, bench, convert-ckpt, export). Each subcommand has --help."""
+"""The `pixword` command line: every subcommand, its arguments and their checks (a bad
+number is one line, exit 2, before anything runs)."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
 
+from pixword_lit.cli.commands import (
+    cmd_bench,
+    cmd_compare,
+    cmd_convert,
+    cmd_eval,
+    cmd_export,
+    cmd_fit,
+    cmd_generate,
+    cmd_grid,
+    cmd_inspect,
+    cmd_print_config,
+    cmd_validate,
+)
 
-def _fit(a) -> int:
-    from pixword_lit.fit.preempt import PREEMPTED_EXIT, Preempted
-    from pixword_lit.fit.report import print_table
-    from pixword_lit.fit.train import fit
-    from pixword_lit.system.config import load_config
-
-    cfg = load_config(a.config, a.overrides)
-    try:
-        summary = fit(cfg, resume=a.resume, overwrite=a.overwrite)
-    except Preempted as e:
-        print(f"pixword fit: {e}; exit code {PREEMPTED_EXIT}; continue with --resume last",
-              file=sys.stderr, flush=True)
-        return PREEMPTED_EXIT
-    if summary is not None:  # rank 0 only
-        print_table(summary)
-    return 0
-
-
-def _validate(a) -> int:
-    from pixword_lit.fit.train import validate
-
-    print(json.dumps(validate(a.checkpoint, a.overrides), indent=2))
-    return 0
-
-
-def _inspect(a) -> int:
-    from pixword_lit.data.inspect_image import Geometry, inspect_path
-
-    g = Geometry(a.image_size, a.window_size, a.fold, a.resample, a.max_seq_len)
-    out = inspect_path(a.path, g, a.tokenizer, a.images)
-    print(json.dumps(out) if a.json else json.dumps(out, indent=1))
-    return 0
-
-
-def _print_config(a) -> int:
-    from pixword_lit.system.config import load_config, to_yaml
-
-    print(to_yaml(load_config(a.config, a.overrides)), end="")
-    return 0
-
-
-def _convert(a) -> int:
-    from pathlib import Path
-
-    from pixword_lit.system.checkpoints import single_file_checkpoint
-
-    out = single_file_checkpoint(Path(a.checkpoint), Path(a.out) if a.out else None)
-    print(f"wrote {out}")
-    return 0
-
-
-def _export(a) -> int:
-    from pixword_lit.infer.export import export
-    from pixword_lit.provenance import git_commit
-
-    out = export(a.checkpoint, a.out, a.overwrite, git_commit())
-    print(f"wrote {out}: model.safetensors, config.yaml, pixword.json"
-          + (", tokenizer.json" if (out / "tokenizer.json").exists() else ""))
-    return 0
-
-
-def _generate(a) -> int:
-    from pathlib import Path
-
-    from pixword_lit.infer.generate import GenerateError, Sampling
-    from pixword_lit.infer.load import (
-        image_prompts,
-        images_in,
-        load_run,
-        run_prompts,
-        shard_prompts,
-        write_jsonl,
-    )
-
-    given = [x for x in (a.image, a.images, a.data, a.sample, a.complete) if x]
-    if len(given) != 1:
-        raise GenerateError("give exactly one of --image PATH, --images DIR, --data SHARDS, "
-                            "--sample N, --complete IMAGE")
-    if a.sample or a.complete:  # images, from a dense checkpoint
-        from pixword_lit.infer.load import images_to_files
-
-        if not a.out:
-            raise GenerateError("--sample/--complete write OUT/samples.png and samples.json: give --out DIR")
-        run = load_run(a.checkpoint, a.tokenizer, words=False)
-        s = Sampling(a.temperature if a.temperature > 0 else 1.0, a.top_k, None, 0, a.seed)
-        rec = images_to_files(run, a.sample or 1, a.prompt, a.complete, a.keep_rows, s, Path(a.out),
-                              a.checkpoint)
-        print(f"wrote {a.out}/samples.png and samples.json ({len(rec['samples'])} images; "
-              f"kept window rows: {rec['kept_window_rows']})")
-        return 0
-    if (a.images or a.data) and not a.out:
-        raise GenerateError("--images/--data write JSONL: give --out FILE")
-    sampling = Sampling(a.temperature, a.top_k, a.top_p, a.max_new_tokens, a.seed)
-    run = load_run(a.checkpoint, a.tokenizer)
-    if a.data:
-        prompts = shard_prompts(run, a.data, a.prompt)
-    else:
-        paths = [Path(a.image)] if a.image else images_in(a.images)
-        prompts = image_prompts(run, paths, a.before, a.prompt)
-    records = run_prompts(run, prompts, sampling, a.batch_size)
-    if a.out:
-        write_jsonl(Path(a.out), records)
-        print(f"wrote {a.out} ({len(records)} generations)")
-    else:
-        r = records[0]
-        print(r["output"] + ("" if r["stop"] == "eos" else f"  [stopped: {r['stop']}]"))
-    return 0
-
-
-def _eval(a) -> int:
-    from pixword_lit.infer.captions import eval_captions
-
-    r = eval_captions(a.checkpoint, a.data, a.prefix, a.end, a.out, a.batch_size, a.limit,
-                      a.max_new_tokens)
-    print(f"exact match {r['eval/exact_match']:.4f}  CER {r['eval/cer']:.4f}  "
-          f"answer NLL {r['eval/answer_nll']:.4f} nats/token  ({r['documents']} documents)")
-    for b, s in r["by_glyph_height_windows"].items():
-        print(f"  glyph height {b:>9} windows: n={s['n']:4d}  "
-              f"exact {s['exact_match']:.3f}  CER {s['cer']:.3f}")
-    return 0
-
-
-def _bench(a) -> int:
-    from pathlib import Path
-
-    import torch
-
-    from pixword_lit.bench import run as bench
-
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    opts = [f"--config {a.config}", *(f"--set {x}" for x in a.set or [])]
-    opts += [f"--{k} {getattr(a, k)}" for k in ("threads", "device") if getattr(a, k)]
-    if a.what in ("decoding", "all"):
-        opts.append(f"--new-tokens {a.new_tokens}")
-    header = bench.provenance(f"pixword bench {a.what} {' '.join(opts)}", a.allow_dirty)
-    if a.what == "decoding":
-        rows = bench.decoding(a.config, a.new_tokens)
-        for f in bench.write_table(rows, Path(a.out), "decoding", header):
-            print(f"wrote {f}")
-        for r in rows:
-            print(f"{r['decoding']:>9}: {r['tokens_per_s']:9.1f} tokens/s "
-                  f"({r['seconds']} s for {r['new_tokens']})")
-        return 0
-    for f in bench.run(a.what, a.config, a.set or [], Path(a.out), header, device=a.device,
-                       threads=a.threads, new_tokens=a.new_tokens):
-        print(f"wrote {f}")
-    return 0
-
-
-def _grid(a) -> int:
-    from pathlib import Path
-
-    from pixword_lit.grid.launch import cell_threads, launcher_args, launcher_of, run_grid
-    from pixword_lit.grid.spec import dry_run, list_grids, load_grid
-    from pixword_lit.grid.status import status_table
-
-    if a.list:
-        list_grids()
-        return 0
-    if not a.grid:
-        print("pixword grid: error: give a grid file or name, or --list", file=sys.stderr)
-        return 2
-    grid = load_grid(a.grid)
-    if a.threads:
-        grid.threads = a.threads
-    opts = dict(kv.split("=", 1) for kv in a.launcher_opt if "=" in kv)
-    bad = [kv for kv in a.launcher_opt if "=" not in kv]
-    if bad:
-        print(f"pixword grid: error: --launcher-opt {bad[0]!r} is not KEY=VALUE", file=sys.stderr)
-        return 2
-    from omegaconf import OmegaConf  # values typed as in YAML: 4 -> int, true -> bool
-
-    opts = {k: OmegaConf.to_container(OmegaConf.from_dotlist([f"v={v}"]))["v"] for k, v in opts.items()}
-    spec = launcher_of(grid, name=a.launcher, parallel=a.parallel, **opts)
-    root = Path(a.root) if a.root else None
-    if a.reproduce is not None:
-        from pixword_lit.grid.reproduce import reproduce
-
-        return 1 if reproduce(grid, a.reproduce, root, spec, a.allow_dirty)["failed"] else 0
-    if a.status:
-        counts = status_table(grid, root)
-    elif a.dry_run:
-        counts = dry_run(grid, root or grid.default_root(), cell_threads(grid, spec),
-                         extra=launcher_args(spec))
-    else:
-        try:
-            counts = run_grid(grid, root, spec, allow_dirty=a.allow_dirty)
-        except KeyboardInterrupt:
-            where = root or grid.default_root()
-            print(f"pixword grid: interrupted: the cells that were running are marked above "
-                  f"(finished, or interrupted: resumed from their last checkpoint next time); "
-                  f"continue with: pixword grid {a.grid} --root {where}", file=sys.stderr)
-            return 130
-    return 1 if counts.get("failed") or counts.get("invalid") else 0
-
-
-def _compare(a) -> int:
-    from pathlib import Path
-
-    from pixword_lit.grid.compare import collect, default_out, write_results
-
-    col = collect(a.targets)
-    for f in write_results(col, Path(a.out) if a.out else default_out(col), a.power_law, a.ref)["files"]:
-        print(f"wrote {f}")
-    return 0
+DESCRIPTION = ("The `pixword` command: prep | fit | validate | generate | eval | inspect | "
+               "print-config (and grid, compare, bench, convert-ckpt, export). Each subcommand has --help.")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -253,7 +59,7 @@ def in_range(low: float, high: float, low_open: bool = False):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="pixword", description=__doc__)
+    p = OneLineParser(prog="pixword", description=DESCRIPTION)
     p.add_argument("--debug", action="store_true",
                    help="show the traceback of an error (anywhere on the line; or PIXWORD_DEBUG=1)")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -269,12 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--resume", help="'last' (newest complete checkpoint of the run) or a checkpoint path")
     f.add_argument("--overwrite", action="store_true",
                    help="start again in a run folder that has checkpoints")
-    f.set_defaults(fn=_fit)
+    f.set_defaults(fn=cmd_fit)
 
     v = sub.add_parser("validate", help="evaluate a checkpoint (.ckpt file, sharded fsdp folder or export)")
     v.add_argument("checkpoint")
     v.add_argument("overrides", nargs="*", help="key=value, e.g. data.val=other/val")
-    v.set_defaults(fn=_validate)
+    v.set_defaults(fn=cmd_validate)
 
     i = sub.add_parser("inspect", help="show exactly what the model sees for an image or a mixed document")
     i.add_argument("path", help="an image, or a .txt document in the mixed format")
@@ -287,12 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--resample", default="bicubic",
                    help="the resize filter (a config's data.resample; default bicubic, as base.yaml)")
     i.add_argument("--json", action="store_true", help="compact JSON on one line")
-    i.set_defaults(fn=_inspect)
+    i.set_defaults(fn=cmd_inspect)
 
     c = sub.add_parser("print-config", help="print the resolved config of an experiment")
     c.add_argument("config")
     c.add_argument("overrides", nargs="*")
-    c.set_defaults(fn=_print_config)
+    c.set_defaults(fn=cmd_print_config)
 
     g = sub.add_parser("grid", help="run a grid of experiments, one process per run; see experiments/grids",
                        description="Run every unfinished run of a grid: locally N at a time or on SLURM "
@@ -318,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a `launcher:` key, e.g. partition=gpu time=240 gpus_per_node=4")
     g.add_argument("--allow-dirty", action="store_true",
                    help="launch from a checkout with uncommitted changes (not for results)")
-    g.set_defaults(fn=_grid)
+    g.set_defaults(fn=cmd_grid)
 
     m = sub.add_parser("compare", help="summarize runs: results/GRID/runs.csv, summary.csv, paired.csv, "
                        "summary.md, plots (95%% Student-t intervals over seeds)")
@@ -328,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--ref", metavar="CELL", help="reference cell of the paired differences "
                    "(default: the grid's first cell)")
     m.add_argument("--power-law", help="fit METRIC = a * params^-alpha (default: the grid's power_law)")
-    m.set_defaults(fn=_compare)
+    m.set_defaults(fn=cmd_compare)
 
     gen = sub.add_parser(
         "generate", help="continue text after an image (what does the image say?)",
@@ -357,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--complete", help="dense checkpoints: keep the top rows of IMAGE, sample the rest")
     gen.add_argument("--keep-rows", type=at_least(0), help="--complete: pixel rows kept, rounded up to whole "
                      "window rows (default: half the image)")
-    gen.set_defaults(fn=_generate)
+    gen.set_defaults(fn=cmd_generate)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint by generation (captions)")
     evs = ev.add_subparsers(dest="what", required=True)
@@ -375,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--batch-size", type=at_least(1), default=16)
     cap.add_argument("--limit", type=at_least(1), help="only the first N documents")
     cap.add_argument("--max-new-tokens", type=at_least(1), help="default: longest true answer + 4")
-    cap.set_defaults(fn=_eval)
+    cap.set_defaults(fn=cmd_eval)
 
     bn = sub.add_parser("bench", help="measure speed; writes CSV + Markdown (default results/bench)")
     bns = bn.add_subparsers(dest="what", required=True)
@@ -402,49 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
         b.add_argument("--out", default="results/bench")
         b.add_argument("--allow-dirty", action="store_true",
                        help="run with uncommitted changes (tables say -dirty; not results)")
-        b.set_defaults(fn=_bench)
+        b.set_defaults(fn=cmd_bench)
 
     k = sub.add_parser("convert-ckpt", help="sharded fsdp checkpoint folder -> single .ckpt file")
     k.add_argument("checkpoint")
     k.add_argument("--out", help="output file (default: next to the folder, NAME-single.ckpt; "
                    "--resume never picks such copies, they hold no optimizer state)")
-    k.set_defaults(fn=_convert)
+    k.set_defaults(fn=cmd_convert)
 
     x = sub.add_parser("export", help="checkpoint -> folder: model.safetensors (no pickle), config.yaml, "
                        "tokenizer.json, pixword.json; generate, eval and validate take it as a checkpoint")
     x.add_argument("checkpoint", help=".ckpt file, sharded fsdp folder or another export folder")
     x.add_argument("--out", required=True, help="the folder to write (new or empty)")
     x.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
-    x.set_defaults(fn=_export)
+    x.set_defaults(fn=cmd_export)
     return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv or os.environ.get("PIXWORD_DEBUG", "") not in ("", "0")
-    argv = [x for x in argv if x != "--debug"]
-    if argv and argv[0] == "prep":
-        from data_prep.cli import main as prep_main
-
-        return prep_main(argv[1:])
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)  # overrides may come after --options too
-    if extra:
-        if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides += extra
-    from pixword_lit.errors import PixwordError
-
-    try:
-        return args.fn(args)
-    except PixwordError as e:
-        if debug:
-            raise
-        message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
-        name = " ".join(x for x in (args.cmd, getattr(args, "what", None)) if x)  # eval captions
-        print(f"pixword {name}: error: {message} (--debug shows the traceback)", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
