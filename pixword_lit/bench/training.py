@@ -42,7 +42,7 @@ from pixword_lit.bench.step import (
     time_bare,
 )
 
-SIZES = {  # the three model sizes: the quickstart and two wider ones (head dim 24/64/64)
+SIZES = {  # three model sizes: the quickstart and two wider ones (head dim 24/64/64)
     "quickstart": [],
     "dim256": ["model.dim=256", "model.n_heads=4", "model.n_kv_heads=2"],
     "dim512": ["model.dim=512", "model.n_heads=8", "model.n_kv_heads=4"],

@@ -1,4 +1,4 @@
-"""TensorBoard's HParams view of a run (issue 25).
+"""TensorBoard's HParams view of a run.
 
 A run on its own declares its whole flattened config, as before. A run of a grid declares
 what the grid declares in `<grid root>/hparams_config.json` (grid/hparams.py writes it at

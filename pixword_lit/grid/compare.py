@@ -1,4 +1,4 @@
-"""Compare runs (issues 3, 25): run summaries -> results/<grid>/runs.csv, summary.csv,
+"""Compare runs: run summaries -> results/<grid>/runs.csv, summary.csv,
 paired.csv, summary.md and plots.
 
 Every number comes from a run's summary.json (the final validation of `fit`, the same values

@@ -1,4 +1,4 @@
-"""What a grid's runs declare to TensorBoard's HParams view (issue 25): the keys that vary
+"""What a grid's runs declare to TensorBoard's HParams view: the keys that vary
 across the grid's runs and the grid's metrics, written at launch to
 `<root>/hparams_config.json`, which each run's `fit` reads (fit/hparams_view.py).
 

@@ -1,4 +1,4 @@
-"""Launch a grid's runs through submitit (issue 12): on this machine N at a time, or on SLURM.
+"""Launch a grid's runs through submitit: on this machine N at a time, or on SLURM.
 
 Each run is one `pixword fit` process (under SLURM one per task: a DDP/FSDP run gets one
 task per GPU, as experiments/slurm_fit.sbatch does) started by submitit's LocalExecutor or

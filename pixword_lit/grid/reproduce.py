@@ -1,4 +1,4 @@
-"""`pixword grid GRID --reproduce [CELL]` (issue 25): does a committed table still come out
+"""`pixword grid GRID --reproduce [CELL]`: does a committed table still come out
 of the current commit?
 
 One seed of one cell (default: the grid's first cell at its first seed; `CELL_s<seed>` picks

@@ -1,4 +1,4 @@
-"""Grids of runs (issue 3): a base experiment plus axes, expanded in a fixed order and run
+"""Grids of runs: a base experiment plus axes, expanded in a fixed order and run
 cell by cell, each in its own process, so a crash or a bad config fails only its cell.
 
 A grid file (experiments/grids/*.yaml):

@@ -1,4 +1,4 @@
-"""Intervals over seeds (issue 25): Student-t 95% intervals of a cell's mean and of paired
+"""Intervals over seeds: Student-t 95% intervals of a cell's mean and of paired
 (same seed) differences between cells, without scipy.
 
 A grid runs few seeds (2 or 3), so the interval uses Student's t with n - 1 degrees of freedom,
