@@ -45,7 +45,7 @@ def arm(config: str, overrides: list[str], change: str | None, dtype: str, n_bat
 
     if threads:
         torch.set_num_threads(threads)
-    keep_freed_memory()  # a no-op in the malloc_defaults arm: _run_arm sets a MALLOC_* variable
+    tuned = keep_freed_memory()  # a no-op in the malloc_defaults arm: _run_arm sets a MALLOC_* variable
     if change == "sdpa_attention":
         layers.MATMUL_ATTENTION_MAX_KEYS = 0
     elif change == "no_swiglu_activation":
@@ -61,7 +61,8 @@ def arm(config: str, overrides: list[str], change: str | None, dtype: str, n_bat
     sec, _, loss = bt.time_bare(model, s, dtype, dev, count_flops=False, rounds=rounds)
     steps = rounds * len(s.batches) + 1  # time_bare's own warm-up step too
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
-    return {"step_s": sec, "faults_per_step": faults, "loss": loss}
+    return {"step_s": sec, "faults_per_step": faults, "loss": loss, "pid": os.getpid(),
+            "malloc_tuned": tuned, "matmul_attention_max_keys": layers.MATMUL_ATTENTION_MAX_KEYS}
 
 
 def _run_arm(config, overrides, change, dtype, n_batches, threads) -> dict:
