@@ -38,5 +38,8 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as d:
         losses = golden_run(Path(d))
     ASSET.parent.mkdir(exist_ok=True)
-    ASSET.write_text(json.dumps({"steps": STEPS, "seed": 7, "losses": losses}, indent=1) + "\n")
+    import torch
+
+    made = {"steps": STEPS, "seed": 7, "torch": torch.__version__.split("+")[0], "losses": losses}
+    ASSET.write_text(json.dumps(made, indent=1) + "\n")
     print(f"wrote {ASSET}: {losses}")

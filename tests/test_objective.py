@@ -57,6 +57,13 @@ def test_golden_losses_of_the_paper_objective():
     want = json.loads(golden_losses.ASSET.read_text())
     import tempfile
 
+    import torch
+
+    here = torch.__version__.split("+")[0]
+    if here != want["torch"]:  # another torch may change CPU kernels' rounding beyond 1e-5
+        pytest.skip(f"golden losses were made with torch {want['torch']} (the Makefile's pin), this "
+                    f"is {here}: regenerate with tests/golden_losses.py to compare within one torch")
+
     with tempfile.TemporaryDirectory() as d:
         got = golden_losses.golden_run(Path(d))
     assert len(got) == want["steps"]
