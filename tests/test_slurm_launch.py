@@ -132,6 +132,10 @@ def test_preempted_cell_is_resubmitted_and_resumes(fake_slurm, tmp_path, glyph_s
     sacct.write_text("7001|PREEMPTED|node1\n7002|COMPLETED|node2\n")
     assert status() == "finished"
     resumed = final(root, name)
+    # --status shows the wall time of a SLURM run: the run's own clock, kept in the record
+    assert load_state(root)["runs"][name]["wall_s"] == resumed["wall_s"] > 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith(name)][-1]
+    assert f"{resumed['wall_s']}" in row.split()
     assert resumed["resumed_from"][-1].endswith("step0000002.ckpt") and resumed["steps"] == 4
     for key in ("val/loss", "param_checksum", "tokens_seen"):
         assert resumed[key] == whole[key], key

@@ -74,6 +74,8 @@ def record_end(root: Path, name: str, rec: dict, returncode: int | None, echo, e
     summary = read_summary(root / name)
     problem = summary_problem(summary)
     rec["returncode"] = returncode
+    if rec.get("wall_s") is None and summary and summary.get("wall_s") is not None:
+        rec["wall_s"] = summary["wall_s"]  # a SLURM job's: the run's own clock (no launcher timed it)
     if preempted_now(root, name, rec):
         rec.update(status="preempted", error=None)
         echo(f"    {name}: preempted at step {summary.get('steps')}; the next launch resumes it")
@@ -160,7 +162,8 @@ def status_table(grid: Grid, root: Path | None = None, echo=print) -> dict:
         loss = summary.get("val/loss") if status == "finished" else None
         lines = (rec.get("error") or "").splitlines() if status == "failed" else []
         why = [": ".join(dict.fromkeys([lines[0], lines[-1]]))[:120]] if lines else []
-        rows.append([run.name, status, rec.get("job_id") or "", str(rec.get("wall_s", "")),
+        wall = rec.get("wall_s") if rec.get("wall_s") is not None else summary.get("wall_s", "")
+        rows.append([run.name, status, rec.get("job_id") or "", str(wall),
                      f"{loss:.4f}" if isinstance(loss, float) else "", *(why or [""])])
     head = ["run", "status", "job", "wall_s", "val/loss", "note"]
     widths = [max(len(str(r[k])) for r in [head, *rows]) for k in range(len(head) - 1)]
