@@ -17,7 +17,7 @@ def _fit(a) -> int:
 
     cfg = load_config(a.config, a.overrides)
     try:
-        summary = fit(cfg, resume=a.resume, overwrite=a.overwrite)
+        summary = fit(cfg, resume=a.resume, overwrite=a.overwrite, anyway=a.resume_anyway)
     except Preempted as e:
         print(f"pixword fit: {e}; exit code {PREEMPTED_EXIT}; continue with --resume last",
               file=sys.stderr, flush=True)
@@ -216,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--resume", help="'last' (newest complete checkpoint of the run) or a checkpoint path")
     f.add_argument("--overwrite", action="store_true",
                    help="start again in a run folder that has checkpoints")
+    f.add_argument("--resume-anyway", action="store_true",
+                   help="resume even with another data.train, data.val, data.shuffle, run.seed "
+                   "or global batch size (warned, recorded in summary.json)")
     f.set_defaults(fn=_fit)
 
     v = sub.add_parser("validate", help="evaluate a checkpoint (.ckpt file or sharded fsdp folder)")

@@ -42,6 +42,7 @@ from pixword_lit.system.config import ConfigError, flatten, load_config
 from pixword_lit.system.config import validate as check
 from pixword_lit.system.lit_module import PixWordLit
 from pixword_lit.system.parallel import AtomicCheckpointIO
+from pixword_lit.system.resume import check_resume, resolve_global_batch
 
 # each DataLoader worker builds whole, distinct batches (data.py), so __len__ is exact
 warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined")
@@ -122,31 +123,32 @@ def make_trainer(cfg: DictConfig, run_dir: Path, logger=True, control=None) -> L
     return trainer
 
 
-def fit(cfg: DictConfig, resume: str | None = None, overwrite: bool = False) -> dict:
+def fit(cfg: DictConfig, resume: str | None = None, overwrite: bool = False,
+        anyway: bool = False) -> dict:
     """Train; returns the summary (on rank 0; None on the others). Raises control.Preempted
-    (on every rank) when a preemption signal stopped the run, after recording it."""
+    (on every rank) when a preemption signal stopped the run, after recording it. `anyway`
+    (--resume-anyway): resume even with another data order (system/resume.py)."""
     keep_freed_memory()  # glibc: no fresh pages every step (memory.py)
     run_dir = run_dir_of(cfg)
     control = RunControl(run_dir / "checkpoints", list(cfg.run.preempt_signals),
                          cfg.run.ckpt_every_n_steps, None)
     control.install()  # from here a signal stops the run at the next optimizer step
     try:
-        return _fit(cfg, resume, overwrite, run_dir, control)
+        return _fit(cfg, resume, overwrite, run_dir, control, anyway)
     finally:
         control.uninstall()
 
 
-def _fit(cfg, resume, overwrite, run_dir: Path, control: RunControl):
+def _fit(cfg, resume, overwrite, run_dir: Path, control: RunControl, anyway=False):
     prepare_run_dir(run_dir, resume, overwrite)
     ckpt_path = find_resume_checkpoint(run_dir, resume) if resume else None
     control.resumed_from = [ckpt_path] if ckpt_path else []
-    if ckpt_path:  # settings that change shapes or meaning: refused before any weights load
-        meta = checkpoints.read_meta(Path(ckpt_path))
-        saved = checkpoints.saved_hparams(ckpt_path, meta)
-        checkpoints.refuse_mismatch(ckpt_path, checkpoints.config_differences(
-            saved["config"], OmegaConf.to_container(cfg, resolve=True), resume=True), resume=True)
+    resolve_global_batch(cfg)  # data.global_batch_size -> trainer.accumulate_grad_batches
+    if ckpt_path:  # what may not change on resume (system/resume.py): before any weights load
+        resumed = check_resume(ckpt_path, cfg, anyway)
+        saved, control.resume_changes = resumed.saved, resumed.changes
         if is_launcher_rank0():
-            warn_schedule_change(cfg, saved["config"], int(meta.get("global_step", 0)))
+            warn_schedule_change(cfg, saved["config"], resumed.step)
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     parts = build_parts(cfg, run_dir)  # shard, tokenizer and palette errors surface here
     if ckpt_path:
@@ -249,6 +251,7 @@ def make_summary(cfg, module, trainer, control: RunControl, status: str = "finis
         "train_s": round(train_s, 2),
         "pix_tokens_per_s": round(pix_tokens / train_s, 1) if train_s > 0 else None,
         "resumed_from": list(control.resumed_from),  # every checkpoint this run went through
+        "resume_changes": list(control.resume_changes),  # data-order changes (--resume-anyway)
         "machine": machine(),
         # a preempted run has not validated its model: no metrics rather than older ones
         **({k: float(v) for k, v in module.last_val.items()} if status == "finished" else {}),
