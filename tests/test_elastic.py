@@ -185,3 +185,24 @@ def test_a_changed_data_order_is_refused_by_name_and_recorded_when_forced(matrix
         {"key": "run.seed", "checkpoint": 2026, "now": 5, "checkpoint_path": str(source), "step": 7}]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["resume_changes"] == \
         done["resume_changes"]
+
+
+def test_data_global_batch_size_sets_the_accumulation():
+    from pixword_lit.system.config import ConfigError, load_config
+    from pixword_lit.system.resume import global_batch_size, resolve_global_batch
+
+    def resolved(*over):
+        cfg = load_config(None, ["trainer.accelerator=cpu", "data.batch_size=4", *over])
+        resolve_global_batch(cfg)
+        return cfg.trainer.accumulate_grad_batches, global_batch_size(cfg)
+
+    assert resolved("data.global_batch_size=8") == (2, 8)
+    assert resolved("data.global_batch_size=8", "trainer.devices=2") == (1, 8)
+    assert resolved("data.global_batch_size=16", "trainer.devices=2", "trainer.num_nodes=2") == (1, 16)
+    assert resolved("trainer.accumulate_grad_batches=3") == (3, 12)  # unset: W x B x A
+    for over, said in ((["data.global_batch_size=6"], "not a multiple of processes x data.batch_size"),
+                       (["data.global_batch_size=8", "trainer.accumulate_grad_batches=3"],
+                        "needs trainer.accumulate_grad_batches 2")):
+        with pytest.raises(ConfigError, match="^data.global_batch_size: ") as err:
+            resolved(*over)
+        assert said in str(err.value)
