@@ -248,6 +248,9 @@ class PixLoader(DataLoader):
         old_world, old_accum = int(state.get("world_size", s.world_size)), int(state.get("accumulate", 1))
         old_g = int(state.get("global_batch_size", old_world * s.batch_size * old_accum))
         pos = DataPosition(int(state["epoch"]), int(state["batches_done"]))
+        if "global_batch_size" not in state and old_world > 1:
+            _warn("the checkpoint was written before global batches (each rank read a block of "
+                  "the epoch): the rest of this epoch follows the global-batch order")
         if (old_world, old_accum) != (s.world_size, s.accumulate):
             done, within = divmod(pos.batch, old_accum)
             if within:
