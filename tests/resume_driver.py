@@ -4,7 +4,8 @@ fits reuse that world), so the resume tests start processes once per strategy.
 
     python tests/resume_driver.py SPEC.json
 
-SPEC: {"fits": [{"config": YAML, "overrides": [...], "resume": null | "last" | PATH}, ...]}.
+SPEC: {"fits": [{"config": YAML, "overrides": [...], "resume": null | "last" | PATH,
+"anyway": false}, ..., {"copy": [SRC, DST]} (a checkpoint file or folder, by rank 0), ...]}.
 Each run also records, at the start of every training step, one number drawn from each of
 torch's, numpy's and Python's global generators (rng.jsonl): a resumed run must draw the
 numbers the uninterrupted run drew.
@@ -13,8 +14,11 @@ numbers the uninterrupted run drew.
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,7 +51,13 @@ def main(spec_path: str) -> None:
 
     train.make_trainer = with_probe
     for run in spec["fits"]:
-        train.fit(load_config(run["config"], run["overrides"]), resume=run.get("resume"))
+        if "copy" in run:
+            src, dst = map(Path, run["copy"])
+            if os.environ.get("LOCAL_RANK", "0") == "0":  # Lightning's launcher: rank 0 copies
+                (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+            continue
+        train.fit(load_config(run["config"], run["overrides"]), resume=run.get("resume"),
+                  anyway=run.get("anyway", False))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ workers) an uninterrupted reference to step 10; a run stopped at step 7, whose p
 checkpoints are the periodic and epoch-boundary ones and whose last.ckpt is the end-of-fit one
 (mid-epoch in both datasets); runs resumed from those to step 10 (in new folders, with
 --resume PATH); on one process also from best.ckpt (written right after a validation); and
-last the stopped run itself continued with --resume last.
+last the stopped run itself continued with --resume last. (The stopped run's end-of-fit
+checkpoint is also copied aside, as stopped/end.ckpt, for test_elastic.py.)
 """
 
 from __future__ import annotations
@@ -80,17 +81,24 @@ def run_matrix(strategy: str, root: Path, shards: dict) -> Path:
             stopped = root / f"{dataset}-w{workers}" / "stopped" / "checkpoints"
             fit(dataset, workers, "reference", STEPS)
             fit(dataset, workers, "stopped", STOP)
+            if workers == 0:  # its end-of-fit checkpoint, kept for test_elastic.py
+                fits.append({"copy": [str(stopped / "last.ckpt"), str(stopped.parent / "end.ckpt")]})
             for kind in STRATEGIES[strategy][2]:
                 if kind != "end_of_fit" and (kind != "epoch_boundary" or dataset == "small"):
                     fit(dataset, workers, kind, STEPS, str(stopped / source(dataset, kind)))
             fit(dataset, workers, "stopped", STEPS, "last")  # the end-of-fit one, in its folder
-    spec = root / "spec.json"
+    return run_fits(fits, root, strategy)
+
+
+def run_fits(fits: list[dict], root: Path, label: str, name: str = "spec.json") -> Path:
+    """Run resume_driver.py on `fits` (one process, or one world of them), from `root`."""
+    spec = root / name
     spec.write_text(json.dumps({"fits": fits}))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     res = subprocess.run([sys.executable, DRIVER, str(spec)], env=env, capture_output=True,
                          text=True, timeout=1200, cwd=root)
     if res.returncode != 0:
-        raise AssertionError(f"{strategy}: {res.stdout[-3000:]}\n{res.stderr[-6000:]}")
+        raise AssertionError(f"{label}: {res.stdout[-3000:]}\n{res.stderr[-6000:]}")
     return root
 
 

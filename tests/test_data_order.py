@@ -1,7 +1,9 @@
 """The data order README promises, against references written from the documentation, not
-from the code under test: shards permuted then the units inside each shard, contiguous rank
-blocks of ceil(N / W) units, placeholders that score nothing for a rank whose block runs
-short, every unit exactly once per epoch, equal batch counts on every rank.
+from the code under test: shards permuted then the units inside each shard; global batch g
+the next G = W x B x A units, rank r's contiguous share of it cut into A micro-batches of B;
+a micro-batch past the epoch's units one placeholder that scores nothing; every unit exactly
+once per epoch, equal batch counts on every rank; the units of a global batch the same for
+every split of G; the resume position in global batches.
 
 Units are identified by their tar key: the shards here hold only a json per sample and the
 builder turns each unit into a two-target sample whose first target is its key.
@@ -86,13 +88,17 @@ def rows(batch) -> list:
     return out
 
 
-def expected_batches(global_order: list, world: int, rank: int, batch: int) -> list[list]:
-    """README: rank r takes the contiguous block [r * per, (r + 1) * per) of the epoch's order,
-    per = ceil(N / W), padded with placeholders (None) to per, cut into batches in order."""
-    per = math.ceil(len(global_order) / world)
-    block = global_order[rank * per : (rank + 1) * per]
-    block += [None] * (per - len(block))
-    return [block[i : i + batch] for i in range(0, per, batch)]
+def expected_batches(global_order: list, world: int, rank: int, batch: int,
+                     accumulate: int = 1) -> list[list]:
+    """README: global batch g is units [g G, (g + 1) G) of the epoch's order, G = W B A; rank r
+    takes [g G + r A B, g G + (r + 1) A B) of them, A micro-batches of B in order; ceil(N / G)
+    global batches; a micro-batch with no units is one placeholder (None)."""
+    g_size = world * batch * accumulate
+    out = []
+    for g in range(math.ceil(len(global_order) / g_size)):
+        share = global_order[g * g_size + rank * accumulate * batch :][: accumulate * batch]
+        out += [share[a * batch : (a + 1) * batch] or [None] for a in range(accumulate)]
+    return out
 
 
 @pytest.mark.parametrize("world,workers", [(1, 1), (2, 2), (3, 2), (2, 3), (4, 1)])
@@ -136,8 +142,8 @@ def test_97_units_on_2_ranks_placeholders_score_nothing(tmp_path, monkeypatch):
             # every real row scores its 2 targets (key, </s>), a placeholder none
             assert int(t.n) == 2 * (len(r) - r.count(None))
             scored += [k for k in r if k is not None]
-    assert n_batches == [7, 7]  # ceil(ceil(97 / 2) / 8) on both ranks: nobody waits
-    assert placeholders == 1  # rank 1's block: 48 units + 1 placeholder
+    assert n_batches == [7, 7]  # ceil(97 / (2 x 8)) global batches on both ranks: nobody waits
+    assert placeholders == 1  # the last global batch: 1 unit on rank 0, a placeholder on rank 1
     assert sorted(scored) == sorted(k for shard in keys for k in shard)  # each unit once
 
 
@@ -178,12 +184,68 @@ def test_order_is_a_function_of_seed_and_epoch():
     assert plain.tolist() == [[s, u] for s, n in enumerate(units) for u in range(n)]
 
 
-@pytest.mark.parametrize("world", [1, 2, 3, 4])
-def test_rank_blocks_are_contiguous(world):
+def test_one_process_batches_are_the_order_cut_in_batch_size():
+    """The single-process order of before global batches: the epoch's order cut into B, the
+    last batch short (not padded), whatever the accumulation."""
     units = [5, 3, 8, 1, 4, 6]  # 27 units
-    per = math.ceil(27 / world)
     full = ShardStream(fake_shards(units), None, 4, 1, True).order(2).tolist()
-    for rank in range(world):
-        mine = ShardStream(fake_shards(units), None, 4, 1, True, rank, world).rank_units(2).tolist()
-        block = full[rank * per : (rank + 1) * per]
-        assert mine == block + [[-1, -1]] * (per - len(block))
+    cut = [full[i : i + 4] for i in range(0, 27, 4)]
+    one = ShardStream(fake_shards(units), None, 4, 1, True)
+    assert [b.tolist() for b in one.rank_batches(2)] == cut
+    # accumulating 2: the same batches, then one empty micro-batch closes the last window
+    two = ShardStream(fake_shards(units), None, 4, 1, True, accumulate=2)
+    assert [b.tolist() for b in two.rank_batches(2)] == cut + [[]]
+
+
+SPLITS = [(1, 8, 1), (2, 4, 1), (1, 4, 2), (1, 2, 4), (4, 2, 1), (2, 2, 2), (8, 1, 1)]  # G = 8
+
+
+@pytest.mark.parametrize("units", [[5, 3, 8, 1, 4, 6], [16, 16], [7]])
+def test_a_global_batch_holds_the_same_units_for_every_split(units):
+    """W x B x A = 8 however split: global batch g is the same units, each rank's share is
+    (g, rank, world size)'s, and every micro-batch count is equal across ranks."""
+    shards = fake_shards(units)
+    want = [ShardStream(shards, None, 8, 4, True).order(1)[g * 8 : (g + 1) * 8].tolist()
+            for g in range(math.ceil(sum(units) / 8))]
+    for world, batch, accum in SPLITS:
+        streams = [ShardStream(shards, None, batch, 4, True, r, world, accumulate=accum)
+                   for r in range(world)]
+        per_rank = [s.rank_batches(1) for s in streams]
+        assert {len(b) for b in per_rank} == {len(want) * accum}  # nobody waits
+        got = [[row for r in range(world) for b in per_rank[r][g * accum : (g + 1) * accum]
+                for row in b.tolist()] for g in range(len(want))]
+        assert got == want, (world, batch, accum)
+        order = [tuple(x) for x in ShardStream(shards, None, 8, 4, True).order(1).tolist()]
+        for r in range(world):
+            ref = expected_batches(order, world, r, batch, accum)
+            assert [[tuple(x) for x in b.tolist()] or [None] for b in per_rank[r]] == ref
+
+
+@pytest.mark.parametrize("before,after", [((2, 4, 1), (1, 4, 2)), ((2, 4, 1), (1, 8, 1)),
+                                          ((1, 8, 1), (2, 4, 1)), ((1, 4, 2), (4, 1, 2))])
+def test_resume_position_is_in_global_batches(before, after):
+    """A loader state saved after 3 global batches, loaded by a loader of another split of
+    the same G: it reads on from global batch 3 (each rank its share), and Lightning's
+    counters are asked to count in the new micro-batches."""
+    from pixword_lit.data.stream import PixLoader
+
+    shards = fake_shards([16, 16, 9])
+    (w0, b0, a0), (w1, b1, a1) = before, after
+    old = PixLoader(ShardStream(shards, None, b0, 4, True, 0, w0, accumulate=a0), 0,
+                    trained=lambda: DataPosition(0, 3 * a0))
+    state = old.state_dict()
+    assert (state["global_batches_done"], state["global_batch_size"]) == (3, 8)
+    for rank in range(w1):
+        stream = ShardStream(shards, None, b1, 4, True, rank, w1, accumulate=a1)
+        new, asked = PixLoader(stream, 0, trained=lambda: DataPosition(0, 0)), []
+        new.rescale_progress = lambda o, n, asked=asked: asked.append((o, n))
+        new.load_state_dict(state)
+        assert new._resume == DataPosition(0, 3 * a1)
+        assert asked == [(a0, a1)]
+        rest = [rows.tolist() for rows in stream.plan(new._resume).rows.values()]
+        assert rest == [b.tolist() for b in stream.rank_batches(0)[3 * a1 :]]
+    # the end of an epoch, in global batches: the next epoch's start on the new split
+    end = {**state, "epoch": 0, "batches_done": len(old.dataset), "global_batches_done": 6}
+    new = PixLoader(ShardStream(shards, None, b1, 4, True, 0, w1, accumulate=a1), 0)
+    new.load_state_dict(end)
+    assert new._resume == DataPosition(1, 0)

@@ -111,9 +111,10 @@ def _fsdp_checkpoint_in_one_process(shards, part, tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert default.returncode == 0 and (sharded.parent / "last-single.ckpt").exists()
     assert Path(find_resume_checkpoint(part, "last")).name != "last-single.ckpt"
-    # further training on 1 process from the 2-process sharded checkpoint
+    # further training on 1 process from the 2-process sharded checkpoint, at the same global
+    # batch (1 x 8; another one is refused without --resume-anyway: test_elastic.py)
     one = pixword_fit(shards, part, "trainer.strategy=fsdp", "trainer.devices=1",
-                      "trainer.max_steps=14", resume=str(sharded))
+                      "data.batch_size=8", "trainer.max_steps=14", resume=str(sharded))
     assert one.returncode == 0 and summary(part)["steps"] == 14 and summary(part)["world_size"] == 1
 
 

@@ -1,6 +1,6 @@
 """Uneven shards on 2 ddp CPU processes: one epoch of 91 units in shards of 37, 30 and 24.
 
-Each rank takes ceil(91 / 2) = 46 units (rank 1: 45 and one placeholder), 12 batches of 4.
+12 global batches of 2 x 4 units; the last holds 3 (rank 0) and a placeholder (rank 1).
 The run is bounded by one epoch, not by max_steps, so a rank that ran more or fewer batches
 shows in the step count (or hangs at a collective, which the timeout turns into a failure),
 and the tokens trained on, summed over both ranks, are those of the 91 units exactly once.
@@ -74,7 +74,7 @@ def test_uneven_shards_two_ranks_one_epoch(tmp_path):
     assert res.returncode == 0, f"{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
     summary = json.loads((run / "summary.json").read_text())
     log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
-    # ceil(ceil(91 / 2) / 4) = 12 batches on rank 0, one epoch, and 12 optimizer steps in all
+    # ceil(91 / (2 x 4)) = 12 global batches, one epoch, and 12 optimizer steps in all
     assert [(r["epoch"], r["batch"]) for r in log] == [(0, b) for b in range(12)]
     assert summary["steps"] == 12 and summary["world_size"] == 2
     # what both ranks trained on, summed: every unit once, the placeholder nothing

@@ -15,7 +15,7 @@ def cmd_fit(a) -> int:
 
     cfg = load_config(a.config, a.overrides)
     try:
-        summary = fit(cfg, resume=a.resume, overwrite=a.overwrite)
+        summary = fit(cfg, resume=a.resume, overwrite=a.overwrite, anyway=a.resume_anyway)
     except Preempted as e:
         print(f"pixword fit: {e}; exit code {PREEMPTED_EXIT}; continue with --resume last",
               file=sys.stderr, flush=True)

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--resume", help="'last' (newest complete checkpoint of the run) or a checkpoint path")
     f.add_argument("--overwrite", action="store_true",
                    help="start again in a run folder that has checkpoints")
+    f.add_argument("--resume-anyway", action="store_true",
+                   help="resume even with another data.train, data.val, data.shuffle, run.seed "
+                   "or global batch size (warned, recorded in summary.json)")
     f.set_defaults(fn=cmd_fit)
 
     v = sub.add_parser("validate", help="evaluate a checkpoint (.ckpt file, sharded fsdp folder or export)")

@@ -2,21 +2,26 @@
 
 Data order (documented guarantee, tested): for epoch e the unit order is a function of
 (seed, e) alone: shards are permuted, then the units inside each shard (a unit is an image
-in `image_only` mode, a packed document in `mixed` mode). With world size W each rank takes
-a contiguous block of ceil(N/W) units; ranks whose block is short get placeholder samples
-that score nothing, so every rank runs the same number of batches and every unit is scored
-exactly once per epoch. A unit that cannot be used (an image under `small_images: skip`, an
-unreadable one) is dropped from its batch (a batch of only such units becomes one placeholder);
-the loss is one mean over the scored targets of all ranks, so neither changes the gradient.
+in `image_only` mode, a packed document in `mixed` mode). Global batch g is the next G units
+of that order, G = processes x data.batch_size x trainer.accumulate_grad_batches: rank r
+takes its contiguous share [g G + r A B, g G + (r + 1) A B) of it, cut into A micro-batches
+of B, so what a rank reads follows from (g, rank, world size) alone and the units of a global
+batch do not depend on how it is split. Every rank runs ceil(N / G) x A micro-batches an
+epoch; a micro-batch past the end of the epoch's units is one placeholder sample that scores
+nothing, and the epoch's last micro-batch with units is short, not padded (one process: the
+batches are the epoch's order cut into B, as before global batches existed). A unit that
+cannot be used (an image under `small_images: skip`, an unreadable one) is dropped from its
+batch (a batch of only such units becomes one placeholder); the loss is one mean over the
+scored targets of the global batch, so neither changes the gradient.
 Batch b of a rank is built whole by DataLoader worker (b - start) % K, which is the order in
 which the DataLoader collects batches from its workers, so the batches do not depend on the
-number of workers; only W changes them. Resuming at batch b skips the units before it
-without decoding them.
+number of workers. The resume position is the number of global batches done, so a run may
+resume on another number of processes (or another accumulation) with the same G and read
+on from the same unit. Resuming at batch b skips the units before it without decoding them.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -27,62 +32,13 @@ from dataclasses import dataclass
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pixword_lit.data.elements import (
-    SkipImage,
-    build_sample,
-    collate,
-    empty_sample,
-    image_windows,
-    resize_longer_side,
-)
+from pixword_lit.data.builder import SampleBuilder
+from pixword_lit.data.elements import SkipImage, collate, empty_sample
 from pixword_lit.data.shards import DataError, ShardSet, read_shard
 from pixword_lit.data.workers import worker_start
 from pixword_lit.model.batch import StreamBatch
-from pixword_lit.model.tokens import Vocab
-
-
-class SampleBuilder:
-    """Raw shard sample -> model-ready sample arrays (runs in DataLoader workers)."""
-
-    def __init__(self, mcfg, dcfg, vocab: Vocab, folding, tokenizer=None):
-        self.size, self.window = mcfg.image_size, mcfg.window_size
-        self.mode, self.max_seq_len = dcfg.mode, dcfg.max_seq_len
-        self.small_images, self.resample = dcfg.small_images, dcfg.resample
-        self.rounding = dcfg.get("short_side_rounding", "floor")  # configs saved before it existed
-        self.vocab, self.folding, self.tokenizer = vocab, folding, tokenizer
-
-    def rgb(self, data: bytes) -> np.ndarray:
-        img = Image.open(io.BytesIO(data))
-        img = img.convert("RGB")  # shards hold 8-bit RGB already; this only guards the type
-        img = resize_longer_side(img, self.size, self.small_images, self.resample, self.rounding)
-        return np.asarray(img, dtype=np.uint8)
-
-    def windows(self, data: bytes):
-        return image_windows(self.rgb(data), self.size, self.window, self.folding, self.vocab)
-
-    def units(self, raw: dict) -> list[dict]:
-        """Split a raw sample into the units of this mode (images, or the whole document)."""
-        meta = json.loads(raw["json"])
-        if self.mode == "image_only":
-            return [{"image": raw[el["file"]]} for el in meta["elements"] if el["type"] == "image"]
-        return [{"elements": meta["elements"], "raw": raw}]
-
-    def build(self, unit: dict) -> dict:
-        if "image" in unit:
-            return build_sample([self.windows(unit["image"])], self.vocab, self.max_seq_len)
-        elements = []
-        for el in unit["elements"]:
-            if el["type"] == "text":
-                elements.append(np.array(self.tokenizer.encode(el["text"], add_special_tokens=False).ids))
-            else:
-                try:
-                    elements.append(self.windows(unit["raw"][el["file"]]))
-                except SkipImage:
-                    continue
-        return build_sample(elements, self.vocab, self.max_seq_len)
 
 
 @dataclass(frozen=True)
@@ -104,7 +60,7 @@ class ReadPlan:
     they need (each shard is read once, in one pass, and freed after its last batch)."""
 
     batches: list[int]  # batch indices of this worker, in order
-    units: np.ndarray  # (N, 2) the rank's (shard, unit) rows of the epoch; -1 rows: placeholders
+    rows: dict[int, np.ndarray]  # batch -> its (shard, unit) rows (none: one placeholder)
     wanted: dict[int, set]  # shard -> unit indices some batch of this worker needs
     last_use: dict[int, int]  # shard -> the last batch that needs it
 
@@ -116,11 +72,17 @@ class ShardStream(IterableDataset):
     workers, which each receive a copy of the stream)."""
 
     def __init__(self, shards: ShardSet, builder: SampleBuilder, batch_size: int, seed: int,
-                 shuffle: bool, rank: int = 0, world_size: int = 1, limit: int | None = None):
+                 shuffle: bool, rank: int = 0, world_size: int = 1, limit: int | None = None,
+                 accumulate: int = 1):
         self.shards, self.builder, self.batch_size = shards, builder, batch_size
         self.seed, self.shuffle, self.rank, self.world_size = seed, shuffle, rank, world_size
-        self.limit = limit
+        self.limit, self.accumulate = limit, accumulate
         self.position = DataPosition(0)
+
+    @property
+    def global_batch_size(self) -> int:
+        """G: the units of one optimizer step over all ranks."""
+        return self.world_size * self.batch_size * self.accumulate
 
     def order(self, epoch: int) -> np.ndarray:
         """(N, 2) array of (shard, unit-in-shard) in this epoch's global order."""
@@ -135,19 +97,24 @@ class ShardStream(IterableDataset):
         order = np.concatenate(parts)
         return order[: self.limit] if self.limit else order
 
-    def _per_rank(self) -> int:
-        n = min(self.shards.total, self.limit or self.shards.total)
-        return math.ceil(n / self.world_size)
+    def _n_units(self) -> int:
+        return min(self.shards.total, self.limit or self.shards.total)
 
     def __len__(self) -> int:
-        return math.ceil(self._per_rank() / self.batch_size)
+        """Micro-batches of one rank in an epoch: A per global batch."""
+        return math.ceil(self._n_units() / self.global_batch_size) * self.accumulate
 
-    def rank_units(self, epoch: int) -> np.ndarray:
-        """This rank's units; rows of -1 are placeholders that score nothing."""
-        per = self._per_rank()
-        mine = self.order(epoch)[self.rank * per : (self.rank + 1) * per]
-        pad = np.full((per - len(mine), 2), -1)
-        return np.concatenate([mine, pad]) if len(pad) else mine
+    def batch_span(self, i: int) -> tuple[int, int]:
+        """[start, end) in the epoch's order of this rank's micro-batch i (empty past the end)."""
+        g, a = divmod(i, self.accumulate)
+        start = g * self.global_batch_size + (self.rank * self.accumulate + a) * self.batch_size
+        n = self._n_units()
+        return min(start, n), min(start + self.batch_size, n)
+
+    def rank_batches(self, epoch: int) -> list[np.ndarray]:
+        """This rank's micro-batches of the epoch as (shard, unit) rows (empty: a placeholder)."""
+        order = self.order(epoch)
+        return [order[slice(*self.batch_span(i))] for i in range(len(self))]
 
     def __iter__(self) -> Iterator[StreamBatch]:
         info = get_worker_info()
@@ -157,29 +124,24 @@ class ShardStream(IterableDataset):
     def plan(self, position: DataPosition, worker: int = 0, n_workers: int = 1) -> ReadPlan:
         """Batch b (from position.batch on) is built by worker (b - position.batch) % n_workers,
         the order in which the DataLoader collects batches from its workers."""
-        units = self.rank_units(position.epoch)
-        b, start = self.batch_size, position.batch
+        order, start = self.order(position.epoch), position.batch
         batches = [i for i in range(start, len(self)) if (i - start) % n_workers == worker]
+        rows = {i: order[slice(*self.batch_span(i))] for i in batches}
         wanted: dict[int, set] = {}
         last_use: dict[int, int] = {}
         for i in batches:
-            for s, u in units[i * b : (i + 1) * b]:
-                if s >= 0:
-                    wanted.setdefault(int(s), set()).add(int(u))
-                    last_use[int(s)] = i
-        return ReadPlan(batches, units, wanted, last_use)
+            for s, u in rows[i]:
+                wanted.setdefault(int(s), set()).add(int(u))
+                last_use[int(s)] = i
+        return ReadPlan(batches, rows, wanted, last_use)
 
     def read(self, plan: ReadPlan) -> Iterator[StreamBatch]:
         """Build the plan's batches: read shards as first needed, decode only wanted units."""
-        b, units, wanted, last_use = self.batch_size, plan.units, plan.wanted, plan.last_use
+        wanted, last_use = plan.wanted, plan.last_use
         cache: dict[int, dict] = {}
         for i in plan.batches:
-            rows = units[i * b : (i + 1) * b]
             samples, skipped = [], 0
-            for s, u in rows:
-                if s < 0:
-                    samples.append(empty_sample())
-                    continue
+            for s, u in plan.rows[i]:
                 if int(s) not in cache:
                     cache[int(s)] = self._load(int(s), wanted[int(s)])
                 sample = self._build(cache[int(s)].get(int(u)), int(s), int(u))
@@ -188,7 +150,7 @@ class ShardStream(IterableDataset):
                     samples.append(sample)
             for s in [s for s, last in last_use.items() if last == i and s in cache]:
                 del cache[s]  # no later batch of this worker needs this shard
-            if not samples:  # every unit skipped: one placeholder keeps this batch (and the count)
+            if not samples:  # no units, or all skipped: one placeholder keeps the batch count
                 samples.append(empty_sample())
             batch = collate(samples, self.builder.vocab.pix_pad, self.builder.window**2)
             batch["n_skipped"] = torch.tensor(skipped)
@@ -253,6 +215,8 @@ class PixLoader(DataLoader):
                          generator=torch.Generator().manual_seed(seed),
                          **worker_start(num_workers))
         self.trained = trained
+        # (old A, new A) -> None: the trainer's batch counters to this run's micro-batches
+        self.rescale_progress: Callable[[int, int], None] | None = None
         self._resume: DataPosition | None = None  # from a checkpoint, for the next iterator
 
     @property
@@ -272,13 +236,36 @@ class PixLoader(DataLoader):
     def state_dict(self) -> dict:
         done = self.trained().batch if self.trained else 0
         pos = DataPosition(self.position.epoch, done).normalized(len(self.dataset))
-        return {"epoch": pos.epoch, "batches_done": pos.batch, "world_size": self.dataset.world_size}
+        s = self.dataset
+        return {"epoch": pos.epoch, "batches_done": pos.batch, "world_size": s.world_size,
+                "accumulate": s.accumulate, "global_batch_size": s.global_batch_size,
+                "global_batches_done": pos.batch // s.accumulate}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("world_size", self.dataset.world_size) != self.dataset.world_size:
-            _warn("resuming with a different world size: the data order of this epoch changes")
+        """The saved position in global batches, read on with this run's split of them: exact
+        when the global batch size is the same (any world size and accumulation)."""
+        s = self.dataset
+        old_world, old_accum = int(state.get("world_size", s.world_size)), int(state.get("accumulate", 1))
+        old_g = int(state.get("global_batch_size", old_world * s.batch_size * old_accum))
         pos = DataPosition(int(state["epoch"]), int(state["batches_done"]))
-        self._resume = pos.normalized(len(self.dataset))
+        if "global_batch_size" not in state and old_world > 1:
+            _warn("the checkpoint was written before global batches (each rank read a block of "
+                  "the epoch): the rest of this epoch follows the global-batch order")
+        if (old_world, old_accum) != (s.world_size, s.accumulate):
+            done, within = divmod(pos.batch, old_accum)
+            if within:
+                _warn(f"the checkpoint is {within} micro-batches into global batch {done}: "
+                      "that global batch is read again from its start")
+            if old_g != s.global_batch_size:  # only with --resume-anyway (system/resume.py)
+                units = done * old_g
+                done = units // s.global_batch_size
+                _warn(f"the global batch size changes ({old_g} -> {s.global_batch_size}): "
+                      f"resuming epoch {pos.epoch} at unit {done * s.global_batch_size} of its "
+                      f"order, {units - done * s.global_batch_size} units before it read again")
+            pos = DataPosition(pos.epoch, done * s.accumulate)
+            if self.rescale_progress is not None:
+                self.rescale_progress(old_accum, s.accumulate)
+        self._resume = pos.normalized(len(s))
 
 
 def palette_pixels(shards: ShardSet, builder: SampleBuilder, n: int, seed: int) -> np.ndarray:
@@ -319,12 +306,24 @@ class PixDataModule(L.LightningDataModule):
         t = self.trainer
         return DataPosition(t.current_epoch, t.fit_loop.epoch_loop.batch_progress.current.processed)
 
+    def _rescale_progress(self, old_accum: int, new_accum: int) -> None:
+        """Lightning's batch counters (per-rank micro-batches) after a resume with another
+        accumulation: the same global batches done, counted in this run's micro-batches."""
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress
+        for c in (progress.current, progress.total):
+            delta = c.processed // old_accum * new_accum - c.processed
+            c.ready, c.started = c.ready + delta, c.started + delta
+            c.processed, c.completed = c.processed + delta, c.completed + delta
+
     def train_dataloader(self):
         d = self.cfg.data
         rank, world = self._rank()
+        accum = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
         stream = ShardStream(self.train_set, self.builder, d.batch_size, self.cfg.run.seed,
-                             d.shuffle, rank, world)
-        return PixLoader(stream, d.num_workers, self._trained, self.cfg.run.seed)
+                             d.shuffle, rank, world, accumulate=accum)
+        loader = PixLoader(stream, d.num_workers, self._trained, self.cfg.run.seed)
+        loader.rescale_progress = self._rescale_progress
+        return loader
 
     def val_dataloader(self):
         d = self.cfg.data

@@ -30,7 +30,8 @@ from pixword_lit.system.parallel import is_sharded
 
 class TrainLog(Callback):
     """train_log.jsonl: {step, epoch, batch, loss} every `every_n_steps` optimizer steps, the
-    loss being the global mean of the micro-batch (all ranks), for comparing runs."""
+    loss being the mean over the step's global batch (all ranks and micro-batches) and batch
+    the global batch's index in its epoch, for comparing runs (of any world size)."""
 
     def __init__(self, run_dir: Path, every_n_steps: int):
         self.path, self.every_n_steps = Path(run_dir) / "train_log.jsonl", every_n_steps
@@ -42,8 +43,11 @@ class TrainLog(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_rank != 0 or self._step % self.every_n_steps:
             return
+        if trainer.global_step != self._step:  # not the global batch's last micro-batch
+            return
         rec = {"step": self._step, "epoch": int(trainer.current_epoch),
-               "batch": int(batch["batch_index"]), "loss": float(outputs["mean_loss"])}
+               "batch": int(batch["batch_index"]) // trainer.accumulate_grad_batches,
+               "loss": float(outputs["mean_loss"])}
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
 

@@ -71,6 +71,7 @@ class RunControl(Callback):
         self.ckpt_dir, self.every_n_steps = Path(ckpt_dir), every_n_steps
         self.signals = [signal.Signals[s] for s in signals]
         self.resumed_from = [str(resumed_from)] if resumed_from else []
+        self.resume_changes: list[dict] = []  # --resume-anyway's changes (system/resume.py)
         self.wall_before = 0.0  # wall seconds of earlier invocations, up to their checkpoint
         self.start = time.perf_counter()
         self.received: str | None = None
@@ -128,11 +129,13 @@ class RunControl(Callback):
         return self.wall_before + time.perf_counter() - self.start
 
     def state_dict(self) -> dict:
-        return {"wall_s": self.wall_s(), "resumed_from": list(self.resumed_from)}
+        return {"wall_s": self.wall_s(), "resumed_from": list(self.resumed_from),
+                "resume_changes": list(self.resume_changes)}
 
     def load_state_dict(self, state: dict) -> None:
         self.wall_before = float(state.get("wall_s", 0.0))
         self.resumed_from = [*state.get("resumed_from", []), *self.resumed_from[-1:]]
+        self.resume_changes = [*state.get("resume_changes", []), *self.resume_changes]
 
 
 def requeue_slurm_job() -> str | None:

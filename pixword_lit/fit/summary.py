@@ -85,6 +85,7 @@ def make_summary(cfg, module, trainer, control: RunControl, status: str = "finis
         "train_s": round(train_s, 2),
         "pix_tokens_per_s": round(pix_tokens / train_s, 1) if train_s > 0 else None,
         "resumed_from": list(control.resumed_from),  # every checkpoint this run went through
+        "resume_changes": list(control.resume_changes),  # data-order changes (--resume-anyway)
         "machine": machine(),
         # a preempted run has not validated its model: no metrics rather than older ones
         **({k: float(v) for k, v in module.last_val.items()} if status == "finished" else {}),

@@ -29,27 +29,32 @@ from pixword_lit.system.config import validate as check
 warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined")
 
 
-def fit(cfg: DictConfig, resume: str | None = None, overwrite: bool = False) -> dict | None:
+def fit(cfg: DictConfig, resume: str | None = None, overwrite: bool = False,
+        anyway: bool = False) -> dict | None:
     """Train; returns the summary (on rank 0; None on the others). Raises Preempted (on every
-    rank) when a preemption signal stopped the run, after recording it."""
+    rank) when a preemption signal stopped the run, after recording it. `anyway`
+    (--resume-anyway): resume even with another data order (system/resume.py)."""
     keep_freed_memory()  # glibc: no fresh pages every step (fit/memory.py)
     run_dir = run_dir_of(cfg)
     control = RunControl(run_dir / "checkpoints", list(cfg.run.preempt_signals),
                          cfg.run.ckpt_every_n_steps, None)
     control.install()  # from here a signal stops the run at the next optimizer step
     try:
-        return _fit(cfg, resume, overwrite, run_dir, control)
+        return _fit(cfg, resume, overwrite, run_dir, control, anyway)
     finally:
         control.uninstall()
 
 
-def _fit(cfg: DictConfig, resume: str | None, overwrite: bool, run_dir, control: RunControl):
+def _fit(cfg: DictConfig, resume: str | None, overwrite: bool, run_dir, control: RunControl,
+         anyway: bool = False):
     # 1. the run folder and the checkpoint to resume from, refused before anything loads
     prepare_run_dir(run_dir, resume, overwrite)
     ckpt_path = checkpoints.find_resume_checkpoint(run_dir, resume) if resume else None
     control.resumed_from = [ckpt_path] if ckpt_path else []
+    resume_rules.resolve_global_batch(cfg)  # data.global_batch_size -> accumulate_grad_batches
     if ckpt_path:
-        saved = resume_rules.check_resume(ckpt_path, cfg, announce=is_launcher_rank0())
+        resumed = resume_rules.check_resume(ckpt_path, cfg, anyway, announce=is_launcher_rank0())
+        saved, control.resume_changes = resumed.saved, resumed.changes
     # 2. build: shards, tokenizer, folding, module, data (their errors surface here)
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     parts = build_parts(cfg, run_dir)

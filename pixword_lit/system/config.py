@@ -73,6 +73,9 @@ class DataConfig:
     tokenizer: Optional[str] = None  # tokenizer.json; default: the one index.json points to
     max_seq_len: int = 1024  # decoder inputs per sample; an image counts as its windows
     batch_size: int = 2  # per process
+    # units per optimizer step over all processes; null = processes x batch_size x
+    # trainer.accumulate_grad_batches, else it sets accumulate_grad_batches (system/resume.py)
+    global_batch_size: Optional[int] = None
     num_workers: int = 2
     small_images: str = "upscale"  # upscale | skip: images whose both sides are below S
     resample: str = "bicubic"  # nearest | bilinear | bilinear_antialias | bicubic | lanczos | box

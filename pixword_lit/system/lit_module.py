@@ -52,6 +52,7 @@ class PixWordLit(L.LightningModule):
         # provisional loss denominator (None: no window open) and its scored targets so far
         self._window_denominator: float | None = None
         self._window_scored = 0.0
+        self._window_sum = 0.0  # its summed loss so far (for the logged mean)
         self.last_val: dict = {}  # the latest validation's results (val/*, baseline/*)
         self._last_val_step: int | None = None  # optimizer step of the latest validation
 
@@ -74,8 +75,9 @@ class PixWordLit(L.LightningModule):
         all micro-batches of a gradient-accumulation window (as the authors' single-process
         DataParallel takes it), so a sample weighs by its targets wherever it lands and
         placeholders (no targets) change nothing. See `on_before_optimizer_step`.
-        -> the loss to differentiate, and `mean_loss` (the global micro-batch's mean, for the
-        logs; callbacks.TrainLog writes it)."""
+        -> the loss to differentiate, and `mean_loss` (the mean over the global batch's
+        micro-batches so far, so at its last one the step's global mean, whatever the split of
+        the global batch into ranks and micro-batches; callbacks.TrainLog writes it)."""
         t = loss_terms(self.model(batch), batch["targets"], self.vocab.n_words, self.model.dense)
         pix_t = batch["targets"][batch["targets"] >= self.vocab.n_words] - self.vocab.n_words
         colors = torch.bincount(pix_t, minlength=self.vocab.n_pix)
@@ -95,10 +97,15 @@ class PixWordLit(L.LightningModule):
             # (Lightning zeroes grads) provisional denominator: this micro-batch's count times
             # the window length; on_before_optimizer_step rescales to the window's true count
             self._window_denominator, self._window_scored = max(n_global, 1.0) * accum, 0.0
+            self._window_sum = 0.0
         self._window_scored += n_global
+        if accum > 1:  # (one process, one micro-batch: no host sync for the logged mean)
+            self._window_sum += float(g.sum)
         # Lightning divides by accum and DDP/FSDP average over ranks: both are undone here
         loss = t.sum * (world * accum) / self._window_denominator
         mean = g.sum / g.n.clamp(min=1)  # the global micro-batch's mean, for the logs
+        window_mean = mean if accum == 1 else torch.tensor(  # the global batch's, so far
+            self._window_sum / max(self._window_scored, 1.0), dtype=torch.float64)
         log = dict(on_step=True, on_epoch=False, batch_size=batch["targets"].shape[0])
         self.log("train/loss", mean, prog_bar=True, **log)
         self.log("train/pix_loss", g.pix_sum / g.pix_n.clamp(min=1), **log)
@@ -107,7 +114,7 @@ class PixWordLit(L.LightningModule):
         self.log("train/pix_acc", g.pix_correct / g.pix_n.clamp(min=1), **log)
         if int(batch["n_skipped"]):
             self.log("data/skipped", batch["n_skipped"].float(), reduce_fx="sum", **log)
-        return {"loss": loss, "mean_loss": mean.detach()}
+        return {"loss": loss, "mean_loss": window_mean.detach()}
 
     def on_before_optimizer_step(self, optimizer):
         # the gradients (unscaled under fp16) hold sum(d ce) / provisional denominator;
