@@ -18,6 +18,16 @@ def glyph_shards(tmp_path_factory):
     return out
 
 
+# a grid's fixed keys for a run of seconds (tests that launch grids add their step counts)
+TINY_GRID = {
+    "data.batch_size": 4, "data.num_workers": 0, "data.max_seq_len": 64,
+    "model.dim": 32, "model.n_heads": 4, "model.n_kv_heads": 2, "model.image_layers": 1,
+    "model.decoder_layers": 1, "model.image_size": 16, "model.window_size": 4,
+    "trainer.accelerator": "cpu", "trainer.enable_progress_bar": False,
+    "run.ckpt_every_n_steps": None, "run.pictures": 0,
+}
+
+
 def tiny_config(shards, tmp_path, *extra, mode="mixed"):
     return load_config(None, [
         *DEBUG_MODEL, f"data.train={shards}/train", f"data.val={shards}/val", f"data.mode={mode}",

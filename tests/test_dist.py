@@ -139,28 +139,3 @@ def test_sigkill_between_checkpoints_resumes(glyph_shards, tmp_path):
     assert f"resuming from {newest} (step {k})" in done.stdout
     assert summary(run)["steps"] == k + 15 and summary(run)["resumed_from"] == [str(newest)]
     assert not list(ckpts.glob("*.tmp"))  # a partial write of the killed run is cleared
-
-
-def _reshard(folder: Path, per_shard: int) -> None:
-    import tarfile
-
-    index = json.loads((folder / "index.json").read_text())
-    members = []
-    for s in index["shards"]:
-        with tarfile.open(folder / s["name"]) as tar:
-            members += [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-        (folder / s["name"]).unlink()
-    keys = sorted({m.name.split(".")[0] for m, _ in members})
-    import io
-
-    shards = []
-    for i in range(0, len(keys), per_shard):
-        chunk = set(keys[i : i + per_shard])
-        name = f"shard-{len(shards):06d}.tar"
-        with tarfile.open(folder / name, "w") as tar:
-            for m, data in members:
-                if m.name.split(".")[0] in chunk:
-                    tar.addfile(m, io.BytesIO(data))
-        shards.append({"name": name, "samples": len(chunk), "images": len(chunk)})
-    index["shards"] = shards
-    (folder / "index.json").write_text(json.dumps(index))

@@ -6,19 +6,15 @@ from __future__ import annotations
 
 import json
 
+from conftest import TINY_GRID
+
 from pixword_lit.fit.hparams_view import GRID_FILE
 from pixword_lit.grid.launch import run_grid
 from pixword_lit.grid.spec import load_grid
 from pixword_lit.system.config import REPO_ROOT
 
-TINY = {
-    "data.batch_size": 4, "data.num_workers": 0, "data.max_seq_len": 64,
-    "model.dim": 32, "model.n_heads": 4, "model.n_kv_heads": 2, "model.image_layers": 1,
-    "model.decoder_layers": 1, "model.image_size": 16, "model.window_size": 4,
-    "trainer.max_steps": 2, "trainer.val_check_interval": 2, "trainer.accelerator": "cpu",
-    "trainer.enable_progress_bar": False, "run.ckpt_every_n_steps": None, "run.pictures": 0,
-    "data.val_limit": 4,
-}
+TINY = {**TINY_GRID, "trainer.max_steps": 2, "trainer.val_check_interval": 2,
+        "data.val_limit": 4}
 
 
 def hparams_records(tb) -> dict:

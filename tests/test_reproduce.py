@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import TINY_GRID
 
 from pixword_lit.cli import main
 from pixword_lit.grid.compare import collect, write_results
@@ -16,14 +17,8 @@ from pixword_lit.grid.reproduce import pick_run, reproduce, verdict
 from pixword_lit.grid.spec import load_grid
 from pixword_lit.system.config import REPO_ROOT, ConfigError
 
-TINY = {
-    "data.batch_size": 4, "data.num_workers": 0, "data.max_seq_len": 64,
-    "model.dim": 32, "model.n_heads": 4, "model.n_kv_heads": 2, "model.image_layers": 1,
-    "model.decoder_layers": 1, "model.image_size": 16, "model.window_size": 4,
-    "trainer.max_steps": 3, "trainer.val_check_interval": 3, "trainer.accelerator": "cpu",
-    "trainer.enable_progress_bar": False, "run.ckpt_every_n_steps": None, "run.pictures": 0,
-    "data.val_limit": 8,
-}
+TINY = {**TINY_GRID, "trainer.max_steps": 3, "trainer.val_check_interval": 3,
+        "data.val_limit": 8}
 
 
 def tiny_grid(tmp_path, shards):
