@@ -31,6 +31,14 @@ def _colors(cells: list[str]) -> dict:
     return {c: cmap(i % cmap.N) for i, c in enumerate(cells)}
 
 
+def _save(plt, fig, path: Path) -> Path:
+    """Lay out, write and close a figure: -> its path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def varies(rows: list[dict], metric: str) -> bool:
     """The metric has a value in some cell and differs between cells (a metric every cell
     shares, like val/fold_psnr under one folding, says nothing about the grid's axes)."""
@@ -60,10 +68,7 @@ def plot_curves(name: str, runs, path: Path) -> Path | None:
     ax.set(xlabel="step", ylabel="val/pix_loss", title=f"{name}: validation pix loss (solid: seed 0)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def bar_metrics(rows: list[dict]) -> list[str]:
@@ -90,10 +95,7 @@ def plot_finals(name: str, runs, rows: list[dict], path: Path) -> Path:
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"{name}: final metrics (bar: mean, error bar: 95% Student-t interval over "
                  "seeds, dots: seeds)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_power_law(name: str, runs, fit: dict, path: Path) -> Path:
@@ -115,10 +117,7 @@ def plot_power_law(name: str, runs, fit: dict, path: Path) -> Path:
         axis(FormatStrFormatter("%.2f"))  # plain numbers: the loss spans less than a decade
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_paired(name: str, pairs: list[dict], ref: str, metrics: list[str], path: Path) -> Path | None:
@@ -146,7 +145,4 @@ def plot_paired(name: str, pairs: list[dict], ref: str, metrics: list[str], path
     axes[0][0].set_ylim(len(cells) - 0.5, -0.5)  # the first cell on top
     fig.suptitle(f"{name}: paired differences to {ref} (95% Student-t interval over seeds; "
                  "grey: covers 0)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
