@@ -102,3 +102,22 @@ def test_color_frequency_baseline_from_the_batches_trained_on(image_only_run):
     p = (counts + 1) / (counts.sum() + n_pix)
     assert counts.sum() > 0 and len(val_pix) > 0
     assert summary["baseline/pix_loss"] == pytest.approx(float(-np.log(p[val_pix]).mean()), rel=1e-6)
+
+
+def test_the_run_counts_its_flops_as_pixword_bench_does(image_only_run, tmp_path):
+    """summary.json's flops_per_batch is what `pixword bench` counts for one training step of
+    the same config on the same first batch; train_flops is that times the batches trained."""
+    from pixword_lit.bench.step import loss_of, make_model, setup
+    from pixword_lit.fit.flops import train_step_flops
+
+    cfg, _, summary, _ = image_only_run
+    yaml = tmp_path / "same.yaml"
+    OmegaConf.save(cfg, yaml)
+    s = setup(str(yaml), [], 1)
+    model = make_model(s, torch.device("cpu"))
+    bench = train_step_flops(model, lambda: loss_of(model, s.batches[0]))
+    assert bench > 0 and summary["flops_per_batch"] == bench
+    assert summary["train_flops"] == bench * STEPS
+    other = setup(str(yaml), ["model.dim=64"], 1)  # and the count is not a constant
+    wider = make_model(other, torch.device("cpu"))
+    assert train_step_flops(wider, lambda: loss_of(wider, other.batches[0])) > 1.5 * bench

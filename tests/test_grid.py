@@ -27,7 +27,8 @@ from pixword_lit.grid.spec import (
 )
 from pixword_lit.system.config import REPO_ROOT, ConfigError, load_config
 
-PREDEFINED = ["attention", "embedding", "fold", "objective", "reading", "scale", "window"]
+PREDEFINED = ["attention", "embedding", "fold", "objective", "reading", "scale", "scaling", "scaling_lr",
+              "window"]
 QUICKSTART = REPO_ROOT / "experiments" / "quickstart.yaml"
 
 
@@ -83,7 +84,7 @@ def test_list_shows_the_predefined_grids(capsys):
 @pytest.mark.parametrize("name", PREDEFINED)
 def test_dry_run_prints_every_command(name, capsys, tmp_path):
     g = load_grid(name)
-    assert len(g.seeds) >= 2
+    assert len(g.seeds) >= 2 or len(g.repeat.get("seeds", [])) >= 1  # some cells seeded twice
     assert main(["grid", name, "--dry-run", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert out.count(" -m pixword_lit.cli fit ") == len(g.runs())
@@ -218,3 +219,22 @@ def test_compare_run_dirs_with_a_power_law(tmp_path, capsys):
     assert float(rows[0]["power_law_alpha"]) == pytest.approx(0.25, abs=1e-3)
     assert "alpha = 0.25" in (out / "summary.md").read_text()
     assert (out / "power_law.png").stat().st_size > 0
+
+
+def test_named_axes_and_repeated_cells(tmp_path):
+    """A `@name` axis sets dotted keys from the config's root; `repeat` adds seeds to the
+    named cells only, after the others; a repeat naming no cell is an error."""
+    text = (f"base: {QUICKSTART}\naxes:\n  '@size':\n"
+            "    - {label: a, model.dim: 32, optim.lr: 0.004}\n"
+            "    - {label: b, model.dim: 64, optim.lr: 0.002}\n"
+            "  trainer.max_steps: [10, 20]\nseeds: [0]\n"
+            "repeat: {seeds: [0, 1, 2], cells: [size-b_max_steps-20]}\n")
+    runs = load_grid(write_grid(tmp_path, text)).runs()
+    assert [r.name for r in runs][-2:] == ["size-b_max_steps-20_s1", "size-b_max_steps-20_s2"]
+    assert len(runs) == 6
+    assert runs[1].overrides == ["model.dim=32", "optim.lr=0.004", "trainer.max_steps=20"]
+    bad = text.replace("cells: [size-b_max_steps-20]", "cells: [size-c]")
+    with pytest.raises(ConfigError, match="repeat: no cell named 'size-c'"):
+        load_grid(write_grid(tmp_path, bad)).runs()
+    with pytest.raises(ConfigError, match="must be a mapping of dotted keys"):
+        load_grid(write_grid(tmp_path, f"base: {QUICKSTART}\naxes: {{'@x': [1]}}\n")).runs()

@@ -73,10 +73,9 @@ def make_model(s: Setup, device: torch.device):
 
 
 def loss_of(model, batch: dict) -> torch.Tensor:
-    from pixword_lit.model.pixword import loss_terms
+    from pixword_lit.model.pixword import mean_loss
 
-    t = loss_terms(model(batch), batch["targets"], model.vocab.n_words, model.dense)
-    return t.sum / t.n.clamp(min=1)
+    return mean_loss(model, batch)
 
 
 def bare_step(model, cfg, dtype: str):

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.callbacks import Callback, ThroughputMonitor
 from PIL import Image
 
-from pixword_lit.fit.flops import count_flops
+from pixword_lit.fit.flops import batch_step_flops
 from pixword_lit.fit.pictures import completion_picture, prediction_picture
 from pixword_lit.system.parallel import is_sharded
 
@@ -146,9 +145,11 @@ class PixFlopsMonitor(ThroughputMonitor):
     """Lightning's ThroughputMonitor (`train/batches_per_sec`, `samples_per_sec`,
     `flops_per_sec`, `mfu` where Lightning knows the device's peak, i.e. GPUs; rolling over a
     window of `trainer.log_every_n_steps` batches, at least 2; rank 0) with the FLOPs of a
-    batch: the forward FLOPs of the first training batch (flops.count_flops, no gradients)
-    times 3 for forward + backward. A batch's FLOPs vary with its length; this counts the
-    first one's. Not measured for a sharded (fsdp) model, whose forward needs every rank.
+    batch: those of one training step (forward, loss, backward) on the first training batch,
+    counted on a copy of the model (flops.batch_step_flops, the count `pixword bench` makes).
+    A batch's FLOPs vary with its length; this counts the first one's (image-only batches all
+    have the same shape). Not measured for a sharded (fsdp) model, whose forward needs every
+    rank.
 
     Pix tokens are not its items (`length_fn`): Lightning requires the item count to grow
     with every batch, and a batch may hold no pixel (text-only documents, placeholders);
@@ -161,9 +162,8 @@ class PixFlopsMonitor(ThroughputMonitor):
         if trainer.global_rank != 0 or hasattr(pl_module, "flops_per_batch"):
             return
         flops = None
-        if not is_sharded(pl_module.model):
-            with torch.no_grad():  # flops.py: CPU attention counted like the CUDA kernels
-                flops = 3.0 * count_flops(lambda: pl_module.model(batch))
+        if not is_sharded(pl_module.model):  # flops.py: CPU attention counted like CUDA's
+            flops = float(batch_step_flops(pl_module.model, batch))
         pl_module.flops_per_batch = flops  # where ThroughputMonitor reads it (None: not counted)
 
 

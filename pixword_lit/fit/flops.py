@@ -69,3 +69,14 @@ def train_step_flops(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]
     flops = count_flops(step)
     model.zero_grad(set_to_none=True)
     return flops
+
+
+def batch_step_flops(model: torch.nn.Module, batch: dict) -> int:
+    """FLOPs of one training step of `model` on `batch`, counted on a copy (the model's own
+    gradients, hooks and wrappers untouched): what `pixword bench` counts for the same batch."""
+    import copy
+
+    from pixword_lit.model.pixword import mean_loss
+
+    twin = copy.deepcopy(model).train()
+    return train_step_flops(twin, lambda: mean_loss(twin, batch))

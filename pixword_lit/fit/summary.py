@@ -84,12 +84,24 @@ def make_summary(cfg, module, trainer, control: RunControl, status: str = "finis
         "wall_s": round(wall_s, 2),
         "train_s": round(train_s, 2),
         "pix_tokens_per_s": round(pix_tokens / train_s, 1) if train_s > 0 else None,
+        **train_flops(module, trainer),
         "resumed_from": list(control.resumed_from),  # every checkpoint this run went through
         "resume_changes": list(control.resume_changes),  # data-order changes (--resume-anyway)
         "machine": machine(),
         # a preempted run has not validated its model: no metrics rather than older ones
         **({k: float(v) for k, v in module.last_val.items()} if status == "finished" else {}),
     }
+
+
+def train_flops(module, trainer) -> dict:
+    """`flops_per_batch` (one training step on one process's first batch, as `pixword bench`
+    counts it) and `train_flops` = that x batches trained on all processes; {} where not
+    counted (fsdp). Exact when every batch has the first one's shape (image-only data)."""
+    per = getattr(module, "flops_per_batch", None)
+    if per is None:
+        return {}
+    batches = int(trainer.global_step) * int(trainer.accumulate_grad_batches) * int(trainer.world_size)
+    return {"flops_per_batch": int(per), "train_flops": float(per) * batches}
 
 
 def epochs_begun(trainer) -> int:

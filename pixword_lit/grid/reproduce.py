@@ -80,7 +80,7 @@ def same_printed(a: float, b: float) -> bool:
 
 def single_run_grid(grid: Grid, run) -> Grid:
     """The grid cut down to one run: each axis at this run's value, one seed (same run name)."""
-    return replace(grid, axes={k: [v] for k, v in run.axes.items()}, seeds=[run.seed])
+    return replace(grid, axes={k: [v] for k, v in run.axes.items()}, seeds=[run.seed], repeat={})
 
 
 def reproduce(grid: Grid, cell: str | None = None, root: Path | None = None,

@@ -11,13 +11,18 @@ A grid file (experiments/grids/*.yaml):
       model.folding:              # a mapping value sets several keys under the axis key;
         - {name: uniform, factor: 32}
         - {name: palette, colors: 512, label: palette512}   # `label` only names the cell
+      "@size":                    # a named axis (key starts with @): its mapping values are
+        - {label: s1, model.dim: 32, optim.lr: 4.0e-3}   # dotted keys from the config's root
     seeds: [0, 1]                 # run.seed values (default [0])
+    repeat: {seeds: [1, 2], cells: [CELL, ...]}   # optional: more seeds at a few cells only
     threads: 1                    # intra-op threads per run (default: see below)
     power_law: val/loss           # optional: `pixword compare` fits metric = a * params^-alpha
+    scaling: val/pix_loss         # optional: `pixword compare` fits E + A/N^alpha + B/D^beta (scaling.py)
     launcher: {name: local, parallel: 2}   # optional: how cells run (launch.py; README)
 
 Order: seeds outermost, then the cartesian product of the axes with the last axis fastest,
-so a grid cut short has every cell at the first seed before any at the second.
+so a grid cut short has every cell at the first seed before any at the second; `repeat`'s
+runs come last.
 Names: per axis `<last part of the key>-<value>`, joined by `_`, then `_s<seed>`.
 State: `<root>/grid_state.json` records each run's `fit` arguments, status and error tail
 (launch.py runs the cells and keeps it); a run is finished iff `<root>/<run>/summary.json`
@@ -47,7 +52,8 @@ from pixword_lit.files import write_json
 from pixword_lit.system.config import REPO_ROOT, ConfigError, load_config
 
 GRID_DIR = REPO_ROOT / "experiments" / "grids"
-GRID_KEYS = {"name", "base", "fixed", "axes", "seeds", "threads", "power_law", "launcher"}
+GRID_KEYS = {"name", "base", "fixed", "axes", "seeds", "threads", "power_law", "scaling", "launcher",
+             "repeat"}
 
 
 @dataclass
@@ -69,18 +75,29 @@ class Grid:
     seeds: list = field(default_factory=lambda: [0])
     threads: int | None = None  # None: the launcher's share of the cores
     power_law: str | None = None
+    scaling: str | None = None
     launcher: dict = field(default_factory=dict)
+    repeat: dict = field(default_factory=dict)  # {"seeds": [...], "cells": [...]}
 
     def runs(self) -> list[GridRun]:
         keys = list(self.axes)
         fixed = [override(k, v) for k, v in self.fixed.items()]
-        out = []
-        for seed in self.seeds:
-            for values in itertools.product(*(self.axes[k] for k in keys)):
-                cell = "_".join(_name_part(k, v) for k, v in zip(keys, values)) or "base"
-                axis_overrides = [o for k, v in zip(keys, values) for o in axis_override(k, v)]
-                out.append(GridRun(f"{cell}_s{seed}", cell, seed, dict(zip(keys, values)),
-                               fixed + axis_overrides))
+        cells = []
+        for values in itertools.product(*(self.axes[k] for k in keys)):
+            cell = "_".join(_name_part(k, v) for k, v in zip(keys, values)) or "base"
+            axis_overrides = [o for k, v in zip(keys, values) for o in axis_override(k, v)]
+            cells.append((cell, dict(zip(keys, values)), fixed + axis_overrides))
+        out = [GridRun(f"{c}_s{seed}", c, seed, axes, ovr)
+               for seed in self.seeds for c, axes, ovr in cells]
+        if self.repeat:
+            names = [c for c, _, _ in cells]
+            unknown = sorted(set(self.repeat.get("cells", [])) - set(names))
+            if unknown:
+                raise ConfigError(f"{self.path}: repeat: no cell named {unknown[0]!r} "
+                                  f"(cells: {', '.join(names)})")
+            out += [GridRun(f"{c}_s{seed}", c, seed, axes, ovr)
+                    for seed in self.repeat.get("seeds", []) if seed not in self.seeds
+                    for c, axes, ovr in cells if c in self.repeat["cells"]]
         names = [r.name for r in out]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -108,6 +125,9 @@ def load_grid(path: str | Path) -> Grid:
     for k, v in axes.items():
         if not isinstance(v, list) or not v:
             raise ConfigError(f"{p}: axis {k!r} must be a non-empty list of values")
+    repeat = raw.get("repeat") or {}
+    if not isinstance(repeat, dict) or set(repeat) - {"seeds", "cells"}:
+        raise ConfigError(f"{p}: `repeat:` must be a mapping {{seeds: [...], cells: [...]}}")
     launcher = raw.get("launcher") or {}
     if not isinstance(launcher, dict):
         raise ConfigError(f"{p}: `launcher:` must be a mapping (see README, Grids)")
@@ -116,7 +136,8 @@ def load_grid(path: str | Path) -> Grid:
     return Grid(name=raw.get("name", p.stem), path=p, base=base, fixed=raw.get("fixed") or {},
                 axes=axes, seeds=list(raw.get("seeds", [0])),
                 threads=None if threads is None else int(threads),
-                power_law=raw.get("power_law"), launcher=launcher)
+                power_law=raw.get("power_law"), scaling=raw.get("scaling"), launcher=launcher,
+                repeat=repeat)
 
 
 def predefined() -> list[str]:
@@ -142,14 +163,18 @@ def override(key: str, value) -> str:
 
 def axis_override(key: str, value) -> list[str]:
     """Dotted overrides of one axis value; a mapping sets the keys under the axis key (nested
-    mappings too), and its `label` only names the cell."""
+    mappings too), those of a named axis (`@name`) from the config's root, and its `label`
+    only names the cell."""
     if isinstance(value, dict):
-        return [o for k, v in value.items() if k != "label" for o in axis_override(f"{key}.{k}", v)]
+        under = "" if key.startswith("@") else f"{key}."
+        return [o for k, v in value.items() if k != "label" for o in axis_override(f"{under}{k}", v)]
+    if key.startswith("@"):
+        raise ConfigError(f"named axis {key!r}: each value must be a mapping of dotted keys")
     return [override(key, value)]
 
 
 def _name_part(key: str, value) -> str:
-    short = key.split(".")[-1]
+    short = key.lstrip("@").split(".")[-1]
     if isinstance(value, dict):
         if "label" in value:
             text = str(value["label"])
@@ -245,8 +270,7 @@ def dry_run(grid: Grid, root: Path, threads: int | None, echo=print, extra: list
     root = Path(root)
     runs, state = grid.runs(), load_state(root)
     invalid = check_configs(grid, root)
-    echo(f"grid {grid.name}: {len(runs)} runs ({len(runs) // len(grid.seeds)} cells x "
-         f"{len(grid.seeds)} seeds) in {root}")
+    echo(f"grid {grid.name}: {len(runs)} runs ({shape(grid)}) in {root}")
     counts: dict[str, int] = {}
     for i, run in enumerate(runs, 1):
         args = [*cell_args(grid, run), *extra]
@@ -260,10 +284,20 @@ def dry_run(grid: Grid, root: Path, threads: int | None, echo=print, extra: list
     return counts
 
 
+def shape(grid: Grid) -> str:
+    """"6 cells x 2 seeds" (+ ", 2 cells x 1 more seeds" with `repeat`)."""
+    n = math.prod(len(v) for v in grid.axes.values())
+    text = f"{n} cells x {len(grid.seeds)} seeds"
+    extra = [s for s in grid.repeat.get("seeds", []) if s not in grid.seeds]
+    if grid.repeat and extra:
+        text += f", {len(grid.repeat.get('cells', []))} cells x {len(extra)} more seeds"
+    return text
+
+
 def spec_of(grid: Grid) -> dict:
     return {"base": os.path.relpath(grid.base), "fixed": grid.fixed, "axes": grid.axes,
             "seeds": grid.seeds, "threads": grid.threads, "power_law": grid.power_law,
-            "launcher": grid.launcher}
+            "scaling": grid.scaling, "repeat": grid.repeat, "launcher": grid.launcher}
 
 
 def list_grids(echo=print) -> None:
@@ -278,5 +312,5 @@ def list_grids(echo=print) -> None:
                 about.append(text)
         n = len(g.runs())
         where = os.path.relpath(g.path)
-        echo(f"{name}: {n} runs ({n // len(g.seeds)} cells x {len(g.seeds)} seeds), {where}")
+        echo(f"{name}: {n} runs ({shape(g)}), {where}")
         echo(textwrap.fill(" ".join(about), 92, initial_indent="    ", subsequent_indent="    "))

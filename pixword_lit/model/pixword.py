@@ -243,3 +243,10 @@ def loss_terms(out: ModelOutput, targets: torch.Tensor, n_words: int, dense: boo
     else:
         total, n = ce.sum(), scored.sum()
     return LossTerms(total, n, pix_sum, pix_n, word_sum, word_n, pix_correct, all_sum, all_n)
+
+
+def mean_loss(model: PixWordModel, batch: dict) -> torch.Tensor:
+    """One batch's loss as a bare training step takes it: the mean over its scored targets
+    (what `pixword bench` times and what a run's FLOP count runs)."""
+    t = loss_terms(model(batch), batch["targets"], model.vocab.n_words, model.dense)
+    return t.sum / t.n.clamp(min=1)
