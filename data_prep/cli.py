@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from .documents import TEXT_MODES
 from .errors import UsageError
 from .glyphs import build_glyphs
 from .imageio import IMAGE_EXTS, STORE_MODES
@@ -100,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--store", choices=STORE_MODES, default="original",
                        help="original: keep an 8-bit RGB JPEG's own bytes when it needs no "
                        "resize or rotation; png: re-encode every image as PNG")  # fmt: skip
+        p.add_argument("--limit", type=_at_least(1), default=None,
+                       help="keep only the first N inputs in the authors' order (file names "
+                       "sorted lower-cased, as their loader lists a folder; llava: the entries' "
+                       "image names), as their train_model.py -l N; the split is made within "
+                       "them")  # fmt: skip
 
     def add_packing_args(p):
         p.add_argument("--image-size", type=_at_least(1), default=224, help="S of method.md §3")
@@ -109,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tokenizer", type=Path, default=None,
                        help="reuse this tokenizer.json (special tokens at ids 0-5) instead "
                        "of training one")  # fmt: skip
+        p.add_argument("--text", choices=TEXT_MODES, default="strip",
+                       help="strip: text around images stripped, strict tags; authors: the "
+                       "authors' parser (whitespace kept, their trimming, an unreadable image's "
+                       "tags kept as text); needs --tokenizer (theirs)")  # fmt: skip
 
     p = add("images", IMAGES_HELP)
     p.add_argument("dir", type=Path, help="folder of images")
@@ -146,13 +156,13 @@ def _run(a: argparse.Namespace) -> tuple[dict, object]:
         return report, "the glyph generator"
     common = {
         "val_fraction": a.val_fraction, "shard_size": a.shard_size, "max_side": a.max_side,
-        "store": a.store, "seed": a.seed, **run,
+        "store": a.store, "seed": a.seed, "limit": a.limit, **run,
     }  # fmt: skip
     if a.command == "images":
         return build_images(a.dir, a.out, **common), a.dir
     packing = {
         "image_size": a.image_size, "window_size": a.window_size, "max_seq_len": a.max_seq_len,
-        "vocab_size": a.vocab_size, "tokenizer": a.tokenizer,
+        "vocab_size": a.vocab_size, "tokenizer": a.tokenizer, "text": a.text,
     }  # fmt: skip
     if a.command == "llava":
         report = build_llava(a.json, a.images, a.out, mode=a.mode, prompt=a.prompt,

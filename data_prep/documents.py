@@ -67,3 +67,58 @@ def resolve_image(name: str, images_dir: str | Path) -> Path:
     """An image reference is an absolute path or a path relative to `images_dir`."""
     p = Path(name)
     return p if p.is_absolute() else Path(images_dir) / p
+
+
+# ---- the authors' text handling (`--text authors`) ----------------------------------------
+# HaunLeung/upw src/model/dataset.py, `UPWDataset.read_text_data`: `parse_start_end` trims a
+# document, `parse_chunk` splits it at the tags. Their text pieces keep every character,
+# the tags included, and are tokenized whole; here a tag next to an image becomes the image
+# element's own <|image|> / <|/image|>, which tokenizes to the same ids.
+TEXT_MODES = ("strip", "authors")
+_STARTS = ".?!, "  # besides upper-case letters, where the authors' document starts and ends
+
+
+def authors_trim(text: str) -> str | None:
+    """`parse_start_end`: from the first upper-case letter or one of `.?!, ` to the last of
+    `.?!, ` (inclusive); None when either is missing. A document that starts with its image
+    tag loses the tag (and the name up to such a character): it is then text."""
+    start = next((i for i, ch in enumerate(text) if ch.isupper() or ch in _STARTS), None)
+    if start is None:
+        return None
+    text = text[start:]
+    end = next((i for i in range(len(text) - 1, -1, -1) if text[i] in _STARTS), None)
+    return None if end is None else text[: end + 1]
+
+
+def parse_document_authors(text: str, source: str) -> list[dict]:
+    """`text` as the authors' parser reads it (see above): nothing stripped, whitespace-only
+    pieces kept, a closing tag before the first image (and the text before it) handled as
+    they do, an unclosed `<|image|>` kept as text with the rest of the document dropped.
+    Empty pieces are left out (they tokenize to nothing). BadInput when trimming leaves nothing."""
+    trimmed = authors_trim(text)
+    if trimmed is None:
+        raise BadInput(f"{source}: no upper-case letter or '.?!, ' to start and end at "
+                       "(the authors' parser skips it)", "no_content")  # fmt: skip
+    text, pos, first, elements = trimmed, 0, True, []
+
+    def add_text(piece: str) -> None:
+        if piece:
+            elements.append({"type": "text", "text": piece})
+
+    while True:
+        at = text.find(OPEN, pos)
+        if at == -1:
+            add_text(text[pos:])
+            break
+        if first:  # a closing tag before the first image: the text starts at it
+            first, close = False, text.find(CLOSE, pos, at)
+            pos = close if close != -1 else pos
+        start = at + len(OPEN)
+        end = text.find(CLOSE, start)
+        if end == -1:  # unclosed: the tag stays text, the rest is dropped
+            add_text(text[pos:start])
+            break
+        add_text(text[pos:at])
+        elements.append({"type": "image", "name": text[start:end].strip()})
+        pos = end + len(CLOSE)
+    return elements

@@ -36,6 +36,7 @@ class StoredImage:
     width: int
     height: int
     ext: str  # "png" (re-encoded pixels) or "jpg" (the input's own bytes)
+    resized: bool = False  # downscaled here (--max-side, Lanczos): the loader's resize is not the only one
 
 
 def load_rgb(src: str | Path | bytes, max_side: int = 0) -> Image.Image:
@@ -60,14 +61,15 @@ def shard_image(src: str | Path | bytes, max_side: int = 0, store: str = "origin
     """
     if store not in STORE_MODES:
         raise ValueError(f"store must be one of {STORE_MODES}, not {store!r}")
-    rgb, data, as_is = _load(src, max_side)
+    rgb, data, as_is, resized = _load(src, max_side)
     if store == "original" and as_is:
         return StoredImage(data, rgb.width, rgb.height, "jpg")
-    return StoredImage(png_bytes(rgb), rgb.width, rgb.height, "png")
+    return StoredImage(png_bytes(rgb), rgb.width, rgb.height, "png", resized)
 
 
-def _load(src: str | Path | bytes, max_side: int) -> tuple[Image.Image, bytes, bool]:
-    """(8-bit RGB image, the input bytes, whether those bytes decode to exactly it)."""
+def _load(src: str | Path | bytes, max_side: int) -> tuple[Image.Image, bytes, bool, bool]:
+    """(8-bit RGB image, the input bytes, whether those bytes decode to exactly it, whether
+    it was downscaled here)."""
     name = "<bytes>" if isinstance(src, bytes) else str(src)
     try:
         data = src if isinstance(src, bytes) else Path(src).read_bytes()
@@ -104,9 +106,11 @@ def _load(src: str | Path | bytes, max_side: int) -> tuple[Image.Image, bytes, b
         size = (max_side, max(1, int(max_side * h / w))) if w >= h else (
             max(1, int(max_side * w / h)), max_side)  # fmt: skip
         rgb = rgb.resize(size, Image.Resampling.LANCZOS)
-        as_is = False
+        as_is, resized = False, True
+    else:
+        resized = False
     rgb.info = {}  # no ICC/EXIF/transparency keys leak into the written PNG
-    return rgb, data, as_is
+    return rgb, data, as_is, resized
 
 
 def _decode_error(name: str, e: Exception) -> BadInput:

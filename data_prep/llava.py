@@ -20,10 +20,11 @@ Malformed entries and missing or unreadable images are skipped and reported.
 import json
 from pathlib import Path
 
-from .documents import CLOSE, OPEN
+from .documents import CLOSE, OPEN, parse_document_authors
 from .errors import BadInput, UsageError
 from .imageio import shard_image
-from .mixed import _check_geometry, build_documents
+from .images import first_in_authors_order
+from .mixed import _check_geometry, build_documents, check_text_mode
 from .pipeline import WORKER, run_items
 from .shards import DatasetWriter, assign_splits
 from .sources import MissingImage, image_spec, open_images
@@ -57,8 +58,12 @@ def entry_image(entry, where: str) -> str:
     return name.strip()
 
 
-def entry_elements(entry, where: str, prompt: str) -> list[dict]:
-    """The entry as a document in the paper's format (see the module docstring)."""
+def entry_elements(entry, where: str, prompt: str, text: str = "strip") -> list[dict]:
+    """The entry as a document in the paper's format (see the module docstring). Under
+    `text` "authors", the document's text: the prompt's text before `<image>`, the tagged
+    image, the text after it and the caption, each stripped, joined by one space (which
+    gives the authors' example sample_1.txt from its LLaVA entry), read by their parser
+    (documents.parse_document_authors): a prompt that starts with the image loses it."""
     name = entry_image(entry, where)
     turns = entry.get("conversations")
     if not isinstance(turns, list):
@@ -77,6 +82,9 @@ def entry_elements(entry, where: str, prompt: str) -> list[dict]:
         raise BadInput(f"{where}: the human turn must hold {IMAGE_TOKEN} exactly once",
                        "malformed_entry")  # fmt: skip
     before, after = (t.strip() for t in human.split(IMAGE_TOKEN))
+    if text == "authors":
+        doc = " ".join(t for t in (before, f"{OPEN}{name}{CLOSE}", after, caption) if t)
+        return parse_document_authors(doc, where)
     image = {"type": "image", "name": name}
     parts = [before, image, after] if prompt == "keep" else [image]
     parts.append(caption)
@@ -100,25 +108,39 @@ def build_llava(
     store: str = "original",
     seed: int = 0,
     tokenizer: Path | None = None,
+    text: str = "strip",
+    limit: int | None = None,
     workers: int = 1,
     progress: bool | None = None,
     overwrite: bool = False,
 ) -> dict:
-    """Write the LLaVA entries as image-only or mixed samples; return the report."""
+    """Write the LLaVA entries as image-only or mixed samples; return the report. `limit`
+    keeps the first N entries in the authors' order of their image files
+    (images.first_in_authors_order: by file name, as the authors list the unpacked images)."""
     json_path, out = Path(json_path), Path(out)
     if mode not in MODES or prompt not in PROMPTS:
         raise ValueError(f"mode must be one of {MODES} and prompt one of {PROMPTS}")
+    if mode == "mixed":
+        check_text_mode(text, tokenizer)
+        if text == "authors" and prompt == "drop":
+            raise UsageError("--text authors with --prompt drop starts every document with its "
+                             "image, which the authors' parser cuts off: use --prompt keep")  # fmt: skip
     spec = image_spec(images)
     entries = read_entries(json_path)
+    chosen = range(len(entries))
+    if limit is not None:
+        named = [i for i, e in enumerate(entries) if _name_or_none(e) is not None]
+        keep = first_in_authors_order([_name_or_none(entries[i]) for i in named], limit)
+        chosen = [named[k] for k in sorted(keep)]
     args = {
         "command": "llava", "json": str(json_path), "images": str(images), "out": str(out),
         "mode": mode, "val_fraction": val_fraction, "shard_size": shard_size,
-        "max_side": max_side, "store": store, "seed": seed,
+        "max_side": max_side, "store": store, "seed": seed, "limit": limit,
     }  # fmt: skip
     if mode == "image_only":
         named = []
-        for i, entry in enumerate(entries):
-            where = f"{json_path.name}#{i}"
+        for i in chosen:
+            entry, where = entries[i], f"{json_path.name}#{i}"
             try:
                 named.append((where, entry_image(entry, where), None))
             except BadInput as e:
@@ -133,22 +155,30 @@ def build_llava(
                          progress=progress, label="prep llava")  # fmt: skip
     _check_geometry(image_size, window_size)
     parsed = []  # (where, image name, elements or None, BadInput or None)
-    for i, entry in enumerate(entries):
-        where = f"{json_path.name}#{i}"
+    for i in chosen:
+        entry, where = entries[i], f"{json_path.name}#{i}"
         try:
-            parsed.append((where, entry_image(entry, where), entry_elements(entry, where, prompt), None))
+            parsed.append((where, entry_image(entry, where),
+                           entry_elements(entry, where, prompt, text), None))  # fmt: skip
         except BadInput as e:
             parsed.append((where, None, None, e))
     split = assign_splits([n for _, n, els, _ in parsed if els is not None], seed, val_fraction)
     documents = [(where, split.get(n, "train"), els, e) for where, n, els, e in parsed]
     args.update(prompt=prompt, image_size=image_size, window_size=window_size,
-                max_seq_len=max_seq_len, vocab_size=vocab_size)  # fmt: skip
+                max_seq_len=max_seq_len, vocab_size=vocab_size, text=text)  # fmt: skip
     return build_documents(
         documents, spec, out, args, image_size=image_size, window_size=window_size,
         max_seq_len=max_seq_len, vocab_size=vocab_size, shard_size=shard_size,
         max_side=max_side, store=store, tokenizer=tokenizer, require_images=True,
-        workers=workers, progress=progress, overwrite=overwrite, label="prep llava",
+        workers=workers, progress=progress, overwrite=overwrite, label="prep llava", text=text,
     )  # fmt: skip
+
+
+def _name_or_none(entry) -> str | None:
+    try:
+        return entry_image(entry, "")
+    except BadInput:
+        return None
 
 
 def llava_image_work(payload):

@@ -11,10 +11,10 @@ same second pass (`build_documents`).
 import os
 from pathlib import Path
 
-from .documents import parse_document, read_document
+from .documents import CLOSE, OPEN, TEXT_MODES, parse_document, parse_document_authors, read_document
 from .errors import BadInput, UsageError
 from .imageio import shard_image
-from .images import list_files
+from .images import first_in_authors_order, list_files
 from .pack import pack_document
 from .pipeline import WORKER, run_items
 from .shards import DatasetWriter, assign_splits
@@ -46,24 +46,32 @@ def build_mixed(
     store: str = "original",
     seed: int = 0,
     tokenizer: Path | None = None,
+    text: str = "strip",
+    limit: int | None = None,
     workers: int = 1,
     progress: bool | None = None,
     overwrite: bool = False,
 ) -> dict:
     """Write packed samples of every usable document; return the report.
-    `max_side` None means `image_size`; `tokenizer` reuses that tokenizer.json."""
+    `max_side` None means `image_size`; `tokenizer` reuses that tokenizer.json; `text`
+    "authors" parses as the authors' code (documents.parse_document_authors); `limit` keeps
+    the first N documents in the authors' order (images.first_in_authors_order)."""
     docs, out = Path(docs), Path(out)
     _check_geometry(image_size, window_size)
+    check_text_mode(text, tokenizer)
     spec = image_spec(images)
     found = find_documents(docs)
     if not found:
         raise UsageError(f"no *.txt documents found under {docs}")
+    if limit is not None:
+        keep = first_in_authors_order([source for _, source in found], limit)
+        found = [f for i, f in enumerate(found) if i in keep]
     max_side = image_size if max_side is None else max_side
-    documents = []  # (source, split, elements or None, BadInput or None)
-    parsed = []
+    parse = parse_document_authors if text == "authors" else parse_document
+    parsed = []  # (source, elements or None, BadInput or None)
     for path, source in found:
         try:
-            parsed.append((source, parse_document(read_document(path), source), None))
+            parsed.append((source, parse(read_document(path), source), None))
         except BadInput as e:
             parsed.append((source, None, e))
     split = assign_splits([s for s, els, _ in parsed if els is not None], seed, val_fraction)
@@ -72,14 +80,24 @@ def build_mixed(
         "command": "mixed", "docs": str(docs), "images": str(images), "out": str(out),
         "image_size": image_size, "window_size": window_size, "max_seq_len": max_seq_len,
         "vocab_size": vocab_size, "val_fraction": val_fraction, "shard_size": shard_size,
-        "max_side": max_side, "store": store, "seed": seed,
+        "max_side": max_side, "store": store, "seed": seed, "text": text, "limit": limit,
     }  # fmt: skip
     return build_documents(
         documents, spec, out, args, image_size=image_size, window_size=window_size,
         max_seq_len=max_seq_len, vocab_size=vocab_size, shard_size=shard_size,
-        max_side=max_side, store=store, tokenizer=tokenizer, require_images=False,
+        max_side=max_side, store=store, tokenizer=tokenizer, require_images=False, text=text,
         workers=workers, progress=progress, overwrite=overwrite, label="prep mixed",
     )  # fmt: skip
+
+
+def check_text_mode(text: str, tokenizer: Path | None) -> None:
+    """`--text authors` is the authors' text handling with the authors' tokenizer: their
+    src/model/tokenizer.json (a trained one would split the same text differently)."""
+    if text not in TEXT_MODES:
+        raise ValueError(f"text must be one of {TEXT_MODES}, not {text!r}")
+    if text == "authors" and tokenizer is None:
+        raise UsageError("--text authors needs --tokenizer PATH: the authors' tokenizer.json "
+                         "(HaunLeung/upw src/model/tokenizer.json)")  # fmt: skip
 
 
 def _check_geometry(image_size: int, window_size: int) -> None:
@@ -107,6 +125,7 @@ def build_documents(
     overwrite: bool,
     label: str,
     kind: str = "mixed",
+    text: str = "strip",
 ) -> dict:
     """Pass 2 for parsed documents `(source, split, elements, error)`: tokenizer, then
     images, packing and shards. `require_images`: a document that loses an image is
@@ -141,7 +160,7 @@ def build_documents(
     config = {
         "tokenizer_json": tok.to_str(), "images": spec, "max_side": max_side, "store": store,
         "image_size": image_size, "window_size": window_size, "max_seq_len": max_seq_len,
-        "require_images": require_images,
+        "require_images": require_images, "text": text,
     }  # fmt: skip
     return run_items(writer, items, document_work, config, workers=workers,
                      progress=progress, label=label)  # fmt: skip
@@ -153,8 +172,8 @@ def document_work(payload):
     if err is not None:
         return [], [(source, err)]
     skips = []
-    kept, pixels = _load_images(elements, source, skips)
-    if WORKER["require_images"] and len(kept) < len(elements):
+    kept, pixels, lost = _load_images(elements, source, skips)
+    if WORKER["require_images"] and lost:
         return [], skips
     if not kept:
         skips.append((source, BadInput(f"{source}: no text or usable image", "no_content")))
@@ -175,31 +194,42 @@ def document_work(payload):
 
 def _load_images(elements, source, skips):
     """Drop image elements whose file is missing or unreadable (adding a skip for each);
-    return the kept elements and their stored images keyed by id() of the element dict,
-    which pack_document passes through unchanged."""
+    return the kept elements, their stored images keyed by id() of the element dict (which
+    pack_document passes through unchanged) and how many were lost. Under `--text authors`
+    a lost image leaves its two tags as text, scored, as the authors' parser leaves them
+    when it cannot read an image."""
     if "image_source" not in WORKER:
         WORKER["image_source"] = open_images(WORKER["images"])
     images = WORKER["image_source"]
-    kept, pixels = [], {}
+    kept, pixels, lost = [], {}, 0
     for el in elements:
-        if el["type"] == "image":
-            try:
-                where, data = images.read(el["name"])
-            except MissingImage as e:
-                msg = f"image '{el['name']}' referenced in {source} not found at {e.where}"
-                skips.append((e.where, BadInput(msg, "missing_image")))
-                continue
-            except BadInput as e:
-                skips.append((el["name"], BadInput(f"{e.reason} (referenced in {source})", e.kind)))
-                continue
-            try:
-                pixels[id(el)] = shard_image(data, WORKER["max_side"], WORKER["store"])
-            except BadInput as e:
-                reason = f"{e.reason} (referenced in {source})".replace("<bytes>", where)
-                skips.append((where, BadInput(reason, e.kind)))
-                continue
+        if el["type"] == "image" and not _load_image(el, images, source, skips, pixels):
+            lost += 1
+            if WORKER.get("text") == "authors":
+                kept.append({"type": "text", "text": OPEN + CLOSE})
+            continue
         kept.append(el)
-    return kept, pixels
+    return kept, pixels, lost
+
+
+def _load_image(el, images, source, skips, pixels) -> bool:
+    """Store el's image in pixels[id(el)]; False (and a skip) when it cannot be used."""
+    try:
+        where, data = images.read(el["name"])
+    except MissingImage as e:
+        msg = f"image '{el['name']}' referenced in {source} not found at {e.where}"
+        skips.append((e.where, BadInput(msg, "missing_image")))
+        return False
+    except BadInput as e:
+        skips.append((el["name"], BadInput(f"{e.reason} (referenced in {source})", e.kind)))
+        return False
+    try:
+        pixels[id(el)] = shard_image(data, WORKER["max_side"], WORKER["store"])
+    except BadInput as e:
+        reason = f"{e.reason} (referenced in {source})".replace("<bytes>", where)
+        skips.append((where, BadInput(reason, e.kind)))
+        return False
+    return True
 
 
 def _sha256(data: bytes) -> str:

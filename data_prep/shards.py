@@ -84,7 +84,7 @@ def _make_dirs(out: Path) -> None:
 
 def empty_stats() -> dict:
     return {
-        "num_images": 0, "image_bytes": 0, "stored_original": 0,
+        "num_images": 0, "image_bytes": 0, "stored_original": 0, "images_resized": 0,
         "min_width": None, "max_width": None, "min_height": None, "max_height": None,
         "count_landscape": 0, "count_portrait": 0, "count_square": 0,
     }  # fmt: skip
@@ -95,6 +95,7 @@ def _add_image(stats: dict, img: StoredImage) -> None:
     stats["num_images"] += 1
     stats["image_bytes"] += len(img.data)
     stats["stored_original"] += img.ext != "png"
+    stats["images_resized"] += img.resized
     for key, v, pick in (("min_width", w, min), ("max_width", w, max),
                          ("min_height", h, min), ("max_height", h, max)):  # fmt: skip
         stats[key] = v if stats[key] is None else pick(stats[key], v)
@@ -105,12 +106,12 @@ def _add_image(stats: dict, img: StoredImage) -> None:
 
 def _merge(a: dict, b: dict) -> dict:
     out = {}
-    for key in a:
-        values = [v for v in (a[key], b[key]) if v is not None]
+    for key in {**a, **b}:  # (a state saved before a key existed lacks it)
+        values = [v for v in (a.get(key), b.get(key)) if v is not None]
         if key.startswith("min_") or key.startswith("max_"):
             out[key] = (min if key.startswith("min_") else max)(values) if values else None
         else:
-            out[key] = a[key] + b[key]
+            out[key] = sum(values)
     return out
 
 
@@ -230,8 +231,17 @@ class SplitWriter:
             "image_sizes": {k: self.stats[k] for k in sizes},
             "tokenizer": tokenizer,
             "packing": packing,
+            "resize": resize_record(args, self.stats.get("images_resized", 0)),
             "args": args,
         }
+
+
+def resize_record(args: dict, resized: int) -> dict:
+    """How prep resized this split's images (index.json `resize`): the loader's resize is the
+    only one exactly when `images_resized` is 0 (`pixword fit` with data.single_resize checks)."""
+    max_side = int(args.get("max_side") or 0)
+    return {"max_side": max_side, "filter": "lanczos" if max_side else None,
+            "images_resized": int(resized)}  # fmt: skip
 
 
 def fingerprint(args: dict) -> dict:

@@ -14,7 +14,7 @@ from pixword_lit.data.elements import (
     image_windows,
     resize_longer_side,
 )
-from pixword_lit.model.tokens import Vocab
+from pixword_lit.model.tokens import IMG_END, IMG_START, Vocab
 
 
 class SampleBuilder:
@@ -25,6 +25,7 @@ class SampleBuilder:
         self.mode, self.max_seq_len = dcfg.mode, dcfg.max_seq_len
         self.small_images, self.resample = dcfg.small_images, dcfg.resample
         self.rounding = dcfg.get("short_side_rounding", "floor")  # configs saved before it existed
+        self.keep_skipped_tags = dcfg.get("skipped_image_tags", "drop") == "keep"
         self.vocab, self.folding, self.tokenizer = vocab, folding, tokenizer
 
     def rgb(self, data: bytes) -> np.ndarray:
@@ -53,6 +54,7 @@ class SampleBuilder:
             else:
                 try:
                     elements.append(self.windows(unit["raw"][el["file"]]))
-                except SkipImage:
-                    continue
+                except SkipImage:  # keep: the authors' text keeps the tags, scored as words
+                    if self.keep_skipped_tags:
+                        elements.append(np.array([IMG_START, IMG_END]))
         return build_sample(elements, self.vocab, self.max_seq_len)

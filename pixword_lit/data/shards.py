@@ -67,6 +67,30 @@ def resolve_shards(spec: str, index_path: str | None, mode: str, key: str) -> Sh
     return ShardSet(urls, units, index_path, index)
 
 
+def prep_resize_problem(shards: ShardSet, key: str) -> str | None:
+    """Why these shards do not hold the images as they were (None: they do), from index.json:
+    its `resize` record (images prep downscaled), or for an older index its `--max-side`
+    and image sizes. For data.single_resize, which wants the loader's resize alone."""
+    index = shards.index
+    folder = Path(shards.index_path).parent
+    fix = ("prepare it again with `pixword prep ... --max-side 0` (the images as they are), "
+           "or set data.single_resize=false")
+    rec = index.get("resize")
+    if rec is not None:
+        if not rec.get("images_resized"):
+            return None
+        return (f"{key}: {folder} holds {rec['images_resized']} images that prep downscaled "
+                f"(--max-side {rec.get('max_side')}, {rec.get('filter')}), so the loader's resize "
+                f"would not be the only one (data.single_resize: true); {fix}")
+    max_side = int((index.get("args") or {}).get("max_side") or 0)
+    sizes = index.get("image_sizes") or {}
+    largest = max(sizes.get("max_width") or 0, sizes.get("max_height") or 0)
+    if max_side and largest >= max_side:
+        return (f"{key}: {folder} was prepared with --max-side {max_side} by a pixword that did "
+                f"not record which images it downscaled (data.single_resize: true); {fix}")
+    return None
+
+
 def _is_url(spec: str) -> bool:
     return spec.startswith("pipe:") or "://" in spec
 

@@ -154,6 +154,7 @@ class ShardStream(IterableDataset):
                 samples.append(empty_sample())
             batch = collate(samples, self.builder.vocab.pix_pad, self.builder.window**2)
             batch["n_skipped"] = torch.tensor(skipped)
+            batch["n_units"] = torch.tensor(len(plan.rows[i]))  # used or skipped
             batch["batch_index"] = torch.tensor(i)
             yield batch
 

@@ -4,6 +4,8 @@
 - `ValidationLog`: RUN/metrics.jsonl, one record per validation (rank 0);
 - `Pictures`: RUN/pictures/, the validation prediction (and, dense, completion) pictures;
 - `PixThroughput`: `train/pix_tokens_per_s` and the run's training seconds (checkpointed);
+- `LossPerImages`: `train/loss_per_1000_images`, the mean training loss over each block of
+  1,000 training units, the curve the authors log (checkpointed);
 - `PixFlopsMonitor`: Lightning's ThroughputMonitor, with the FLOPs of a training batch
   counted once (torch's FlopCounterMode), so it logs MFU where the device's peak is known.
 
@@ -49,6 +51,62 @@ class TrainLog(Callback):
                "loss": float(outputs["mean_loss"])}
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
+
+
+class LossPerImages(Callback):
+    """`train/loss_per_{N}_images` (N = run.loss_block_images, 1000: the authors' split of
+    1,000 files) and RUN/loss_per_{N}_images.jsonl: the mean training loss over each
+    consecutive block of N units of the data order (images in image_only mode, packed samples
+    in mixed), counted over the global batch (all ranks and micro-batches; a skipped unit
+    counts, a placeholder does not). Each unit carries its optimizer step's global mean loss,
+    so with N a multiple of the global batch a block's value is the mean of its steps' losses,
+    as the authors' `train_epoch` averages `loss.item()` over a split; a step across a block's
+    end shares its units between the two. Logged to every logger with the block's index
+    (0, 1, ...) as its step, the authors' x-axis (`writer.add_scalar("loss", loss, split)`);
+    a last block of fewer than N units is not logged. The counters travel in checkpoints, so
+    a resumed run continues its block."""
+
+    def __init__(self, run_dir: Path, block: int = 1000):
+        self.block, self.tag = int(block), f"train/loss_per_{int(block)}_images"
+        self.path = Path(run_dir) / f"loss_per_{int(block)}_images.jsonl"
+        self.units = 0.0  # units of the open block so far
+        self.loss_sum = 0.0  # their summed step losses
+        self.blocks = 0  # blocks logged
+        self._step = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._step = trainer.global_step + 1  # the optimizer step this batch completes
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step != self._step or "units" not in outputs:
+            return  # not the global batch's last micro-batch
+        units, loss = float(outputs["units"]), float(outputs["mean_loss"])
+        while units > 0:
+            take = min(units, self.block - self.units)
+            self.units, self.loss_sum, units = self.units + take, self.loss_sum + take * loss, units - take
+            if self.units >= self.block:
+                self._emit(trainer, self.loss_sum / self.units)
+                self.units = self.loss_sum = 0.0
+
+    def _emit(self, trainer, mean: float) -> None:
+        block, self.blocks = self.blocks, self.blocks + 1
+        if trainer.global_rank != 0:
+            return
+        for logger in trainer.loggers:
+            logger.log_metrics({self.tag: mean}, step=block)
+        rec = {"block": block, "images": (block + 1) * self.block, "step": int(trainer.global_step),
+               "loss": mean}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def state_dict(self) -> dict:
+        return {"block": self.block, "units": self.units, "loss_sum": self.loss_sum, "blocks": self.blocks}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if int(state_dict.get("block", -1)) != self.block:  # another block size: start afresh
+            return
+        self.units, self.loss_sum = float(state_dict["units"]), float(state_dict["loss_sum"])
+        self.blocks = int(state_dict["blocks"])
 
 
 class ValidationLog(Callback):
@@ -170,6 +228,7 @@ class PixFlopsMonitor(ThroughputMonitor):
 def run_callbacks(cfg, run_dir: Path) -> list[L.Callback]:
     """The callbacks of a fit that writes its run folder."""
     every = cfg.trainer.log_every_n_steps
-    return [TrainLog(run_dir, every), ValidationLog(run_dir),
+    block = cfg.run.get("loss_block_images", 1000)  # configs saved before it existed
+    return [TrainLog(run_dir, every), LossPerImages(run_dir, block), ValidationLog(run_dir),
             Pictures(run_dir, cfg.run.pictures, cfg.run.seed), PixThroughput(every),
             PixFlopsMonitor(window_size=max(2, every))]  # rates over the logging interval

@@ -39,4 +39,5 @@ class StreamBatch(Batch):
     """A batch as the training/validation stream (`stream.ShardStream`) yields it."""
 
     n_skipped: torch.Tensor  # () int64 units of this batch dropped (unreadable, small_images: skip)
+    n_units: torch.Tensor  # () int64 units of the data order this batch read (0 for a placeholder)
     batch_index: torch.Tensor  # () int64 index of this batch in its rank's epoch

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pixword_lit.data.shards import ShardSet, resolve_shards
+from pixword_lit.data.shards import ShardSet, prep_resize_problem, resolve_shards
 from pixword_lit.data.stream import PixDataModule, SampleBuilder, palette_pixels
 from pixword_lit.files import atomic_write
 from pixword_lit.model.components import component_params
@@ -92,6 +92,11 @@ def build_parts(cfg: DictConfig, run_dir: Path | None, folding_state: dict | Non
     d = cfg.data
     train = resolve_shards(d.train, d.train_index, d.mode, "data.train")
     val = resolve_shards(d.val, d.val_index, d.mode, "data.val")
+    if d.get("single_resize"):  # the authors resize once, at load: refuse pre-resized shards
+        for shards, key in ((train, "data.train"), (val, "data.val")):
+            problem = prep_resize_problem(shards, key)
+            if problem:
+                raise ConfigError(problem)
     tokenizer = load_tokenizer(cfg, train)
     n_words = word_vocab_size(cfg, tokenizer)
     if folding_state is not None:

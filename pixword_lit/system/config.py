@@ -80,6 +80,12 @@ class DataConfig:
     small_images: str = "upscale"  # upscale | skip: images whose both sides are below S
     resample: str = "bicubic"  # nearest | bilinear | bilinear_antialias | bicubic | lanczos | box
     short_side_rounding: str = "floor"  # floor: int(S * short / long) | authors: int(short / long * S)
+    # true: the loader's resize must be the only one; shards whose index.json says prep
+    # resized images (--max-side) are refused before training (the authors resize once)
+    single_resize: bool = False
+    # mixed: what an image the loader skips (small_images: skip) leaves: drop (nothing) |
+    # keep (its <|image|> <|/image|> as two scored word tokens, as the authors' parser)
+    skipped_image_tags: str = "drop"
     shuffle: bool = True
     val_limit: Optional[int] = None  # use only the first N validation units
 
@@ -126,6 +132,8 @@ class RunConfig:
     seed: int = 2026
     ckpt_every_n_steps: Optional[int] = None  # periodic checkpoints besides last and best
     pictures: int = 4  # validation images drawn in the prediction picture
+    # units per point of train/loss_per_{N}_images (the authors log the mean loss per 1,000 files)
+    loss_block_images: int = 1000
     # signals that make a run stop at the next optimizer step with a checkpoint (preemption)
     preempt_signals: list = field(default_factory=lambda: ["SIGUSR1", "SIGTERM"])
 
@@ -253,6 +261,8 @@ def validate(cfg: DictConfig) -> None:
         "data.short_side_rounding",
         f"must be floor or authors, got {d.short_side_rounding!r}",
     )
+    _check(d.skipped_image_tags in ("drop", "keep"), "data.skipped_image_tags",
+           f"must be drop or keep, got {d.skipped_image_tags!r}")
     _check(m.init in ("normal", "paper"), "model.init", f"must be normal or paper, got {m.init!r}")
     _check(d.batch_size >= 1, "data.batch_size", "must be >= 1")
     n_windows = (m.image_size // m.window_size) ** 2
@@ -276,6 +286,7 @@ def validate(cfg: DictConfig) -> None:
         "(max_steps -1: the epochs decide the length)",
     )
     _check(cfg.optim.lr > 0, "optim.lr", "must be positive")
+    _check(cfg.run.loss_block_images >= 1, "run.loss_block_images", "must be >= 1")
     for name in cfg.run.preempt_signals:
         _check(
             str(name) in signal.Signals.__members__ and name not in ("SIGKILL", "SIGSTOP"),

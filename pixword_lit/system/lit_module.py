@@ -53,6 +53,7 @@ class PixWordLit(L.LightningModule):
         self._window_denominator: float | None = None
         self._window_scored = 0.0
         self._window_sum = 0.0  # its summed loss so far (for the logged mean)
+        self._window_units = torch.zeros((), dtype=torch.float64)  # its units of data so far
         self.last_val: dict = {}  # the latest validation's results (val/*, baseline/*)
         self._last_val_step: int | None = None  # optimizer step of the latest validation
 
@@ -81,12 +82,14 @@ class PixWordLit(L.LightningModule):
         t = loss_terms(self.model(batch), batch["targets"], self.vocab.n_words, self.model.dense)
         pix_t = batch["targets"][batch["targets"] >= self.vocab.n_words] - self.vocab.n_words
         colors = torch.bincount(pix_t, minlength=self.vocab.n_pix)
-        seen = torch.stack([batch["elem_valid"].sum(), batch["n_pixels"].sum()])
+        # units of the data order this micro-batch read (used or skipped; none for a placeholder)
+        units = batch.get("n_units", torch.tensor(batch["targets"].shape[0]))
+        seen = torch.stack([batch["elem_valid"].sum(), batch["n_pixels"].sum(), units.to(batch["n_pixels"])])
         inc = torch.cat([colors, seen, t.stack()]).double()
         world, accum = self.trainer.world_size, self.trainer.accumulate_grad_batches
         if world > 1:  # one all-reduce for the counters and the global loss terms
             inc = self.trainer.strategy.reduce(inc, reduce_op="sum")
-        colors, seen, g = inc.split([self.vocab.n_pix, 2, len(LossTerms._fields)])
+        colors, seen, g = inc.split([self.vocab.n_pix, 3, len(LossTerms._fields)])
         self.color_counts += colors
         self.tokens_seen += seen[0]
         self.pix_tokens_seen += seen[1]
@@ -97,8 +100,9 @@ class PixWordLit(L.LightningModule):
             # (Lightning zeroes grads) provisional denominator: this micro-batch's count times
             # the window length; on_before_optimizer_step rescales to the window's true count
             self._window_denominator, self._window_scored = max(n_global, 1.0) * accum, 0.0
-            self._window_sum = 0.0
+            self._window_sum, self._window_units = 0.0, seen[2] * 0
         self._window_scored += n_global
+        self._window_units = self._window_units + seen[2]
         if accum > 1:  # (one process, one micro-batch: no host sync for the logged mean)
             self._window_sum += float(g.sum)
         # Lightning divides by accum and DDP/FSDP average over ranks: both are undone here
@@ -114,7 +118,8 @@ class PixWordLit(L.LightningModule):
         self.log("train/pix_acc", g.pix_correct / g.pix_n.clamp(min=1), **log)
         if int(batch["n_skipped"]):
             self.log("data/skipped", batch["n_skipped"].float(), reduce_fx="sum", **log)
-        return {"loss": loss, "mean_loss": window_mean.detach()}
+        # units: the global batch's units so far (callbacks.LossPerImages counts images by it)
+        return {"loss": loss, "mean_loss": window_mean.detach(), "units": self._window_units}
 
     def on_before_optimizer_step(self, optimizer):
         # the gradients (unscaled under fp16) hold sum(d ce) / provisional denominator;
