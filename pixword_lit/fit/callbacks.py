@@ -221,7 +221,8 @@ class PixFlopsMonitor(ThroughputMonitor):
             return
         flops = None
         if not is_sharded(pl_module.model):  # flops.py: CPU attention counted like CUDA's
-            flops = float(batch_step_flops(pl_module.model, batch))
+            with trainer.precision_plugin.forward_context():  # as trained (autocast)
+                flops = float(batch_step_flops(pl_module.model, batch))
         pl_module.flops_per_batch = flops  # where ThroughputMonitor reads it (None: not counted)
 
 
