@@ -210,6 +210,7 @@ def cmd_compare(a) -> int:
     from pixword_lit.grid.compare import collect, default_out, write_results
 
     col = collect(a.targets)
-    for f in write_results(col, Path(a.out) if a.out else default_out(col), a.power_law, a.ref)["files"]:
+    for f in write_results(col, Path(a.out) if a.out else default_out(col), a.power_law, a.ref,
+                           a.scaling)["files"]:
         print(f"wrote {f}")
     return 0

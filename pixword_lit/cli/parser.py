@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--ref", metavar="CELL", help="reference cell of the paired differences "
                    "(default: the grid's first cell)")
     m.add_argument("--power-law", help="fit METRIC = a * params^-alpha (default: the grid's power_law)")
+    m.add_argument("--scaling", help="fit METRIC = E + A/N^alpha + B/D^beta over the runs' sizes and "
+                   "budgets, with intervals, a held-out check and the IsoFLOP view (default: the "
+                   "grid's scaling)")
     m.set_defaults(fn=cmd_compare)
 
     gen = sub.add_parser(

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pixword_lit.grid.plots import bar_metrics, plot_curves, plot_finals, plot_paired, plot_power_law, varies
+from pixword_lit.grid.scaling_report import write_scaling
 from pixword_lit.grid.spec import load_grid, load_state, read_summary, summary_problem
 from pixword_lit.grid.stats import interval, paired
 from pixword_lit.grid.tables import (
@@ -223,7 +224,7 @@ def default_out(col: Collection) -> Path:
 
 
 def write_results(col: Collection, out: Path, power_law: str | None = None,
-                  ref: str | None = None) -> dict:
+                  ref: str | None = None, scaling: str | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     rows = cell_rows(col)
     ref = reference_cell(col, ref)
@@ -252,9 +253,11 @@ def write_results(col: Collection, out: Path, power_law: str | None = None,
         plots.append(plot_paired(col.name, pairs, ref, bar_metrics(rows), out / "paired_differences.png"))
     if fit:
         plots.append(plot_power_law(col.name, col.runs, fit, out / "power_law.png"))
+    scaling = scaling or (col.spec or {}).get("scaling")
+    extra = write_scaling(col, scaling, out) if scaling else []
     reading = plot_by_height(col.runs, out)  # runs evaluated with eval.captions
     if reading:
         plots.append(reading)
     (out / "summary.md").write_text(markdown(col, rows, pairs, ref, fit, [p.name for p in plots], varying))
     return {"rows": rows, "pairs": pairs, "ref": ref, "fit": fit,
-            "files": [*files, out / "summary.md", *plots]}
+            "files": [*files, out / "summary.md", *plots, *extra]}
