@@ -27,7 +27,8 @@ from pixword_lit.grid.spec import (
 )
 from pixword_lit.system.config import REPO_ROOT, ConfigError, load_config
 
-PREDEFINED = ["attention", "embedding", "fold", "objective", "reading", "scale", "window"]
+PREDEFINED = ["attention", "embedding", "fold", "objective", "reading", "reading_small", "scale",
+              "window"]
 QUICKSTART = REPO_ROOT / "experiments" / "quickstart.yaml"
 
 
