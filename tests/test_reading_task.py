@@ -133,9 +133,10 @@ def test_prior_by_hand_on_three_answers():
     q0_7, q0_9, q1_8 = (2 + 1) / (3 + k + 1), (1 + 1) / (3 + k + 1), (2 + 1) / (2 + k + 1)
     q1_9 = (0 + 1) / (2 + k + 1)
     q1_other = 1 / ((2 + k + 1) * (20 - k))
-    assert prior.log_prob([7, 8]) == pytest.approx(math.log(0.5 * 2 / 3 + 0.5 * q0_7 * q1_8))
-    assert prior.log_prob([9, 9]) == pytest.approx(math.log(0.5 * q0_9 * q1_9))  # never in train
-    assert prior.log_prob([7, 15]) == pytest.approx(math.log(0.5 * q0_7 * q1_other))
+    assert prior.log_prob([7, 8]) == pytest.approx(math.log(max(2 / 3, q0_7 * q1_8)))
+    assert prior.log_prob([9]) == pytest.approx(math.log(max(1 / 3, q0_9)))
+    assert prior.log_prob([9, 9]) == pytest.approx(math.log(q0_9 * q1_9))  # never in train
+    assert prior.log_prob([7, 15]) == pytest.approx(math.log(q0_7 * q1_other))
     assert prior.most_frequent() == "ab" and prior.chance("c") == pytest.approx(1 / 3)
 
 
@@ -206,7 +207,7 @@ def test_eval_captions_on_mixed_documents_reports_the_blind_floor(mixed_run, tmp
 
     def p(rest):
         s = ids(rest)
-        return 0.5 * sum(x == s for x in seqs) / n + 0.5 * math.prod(q(j, t) for j, t in enumerate(s))
+        return max(sum(x == s for x in seqs) / n, math.prod(q(j, t) for j, t in enumerate(s)))
 
     answer = lambda rest: rest.split('"', 1)[0].strip()  # noqa: E731
     blind = -sum(math.log(p(x)) for x in val) / sum(len(ids(x)) for x in val)

@@ -6,15 +6,16 @@ the last image with the prefix; any mixed shards, not only glyphs). Of each: the
 excluded) and the answer `a` (r cut at the end marker). N train continuations; V the size of
 the run's word tokenizer; K the number of distinct tokens in all train continuations.
 
-- **blind floor**, `eval/blind_nll`: nats per token of the val continuations under an
-  image-blind prior fitted on train, summed over documents / tokens like answer NLL:
-  p(r) = 1/2 p_emp(r) + 1/2 p_pos(r), where p_emp(r) = (train continuations equal to r) / N
-  (the empirical distribution of the whole continuation) and p_pos(r) = prod_j q_j(r_j), a
-  model of the token at each position j: q_j(t) = (c_j(t) + 1) / (N_j + K + 1) for a token t
-  seen in a train continuation (c_j(t): train continuations whose token j is t; N_j: those
-  longer than j tokens), and 1 / ((N_j + K + 1) (V - K)) for any other token. The even mixture
-  is within ln 2 nats per document of the better of the two (a seen answer of a closed set:
-  p_emp; an unseen one: p_pos).
+- **blind floor**, `eval/blind_nll`: nats per token of the val continuations under the
+  better of two image-blind priors fitted on train, for each document, summed over documents /
+  tokens like answer NLL: min(-ln p_emp(r), -ln p_pos(r)), where p_emp(r) = (train
+  continuations equal to r) / N (the empirical distribution of whole continuations) and
+  p_pos(r) = prod_j q_j(r_j), a model of the token at each position j:
+  q_j(t) = (c_j(t) + 1) / (N_j + K + 1) for a token t seen in a train continuation (c_j(t):
+  train continuations whose token j is t; N_j: those longer than j tokens), and
+  1 / ((N_j + K + 1) (V - K)) for any other token. p_emp suits a closed set of answers, p_pos
+  answers never seen in train; the better of the two per document is lower than either alone
+  (not itself a distribution).
 - **blind exact match**, `eval/blind_exact_match`: the exact match of always answering the
   most frequent train answer (ties: the first in sorted order).
 - **chance**, `eval/chance_exact_match`: the expected exact match of answering with a draw from
@@ -80,13 +81,11 @@ class Prior:
         return -math.log(denom * max(self.vocab_size - k, 1))
 
     def log_prob(self, ids) -> float:
-        """ln p(r) of a continuation's token ids under the even mixture."""
+        """max(ln p_emp(r), ln p_pos(r)) of a continuation's token ids (the module docstring)."""
         ids = tuple(int(t) for t in ids)
         pos = sum(self.log_q(j, t) for j, t in enumerate(ids))
         emp = self.sequences[ids] / self.n if self.n else 0.0
-        if emp == 0.0:
-            return math.log(0.5) + pos
-        return math.log(0.5) + max(math.log(emp), pos) + math.log1p(math.exp(-abs(math.log(emp) - pos)))
+        return max(math.log(emp), pos) if emp > 0 else pos
 
     def most_frequent(self) -> str | None:
         if not self.answers:
