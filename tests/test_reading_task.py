@@ -253,3 +253,10 @@ def test_eval_captions_missing_train_split_is_one_line(mixed_run, tmp_path, caps
                  str(tmp_path / "e")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--train" in err[0]
+
+
+def test_reading_shards_do_not_depend_on_workers(tmp_path):
+    for w in (1, 2):
+        build_glyphs(tmp_path / f"w{w}", task="reading", num_train=24, num_val=8, workers=w)
+    for f in ("train/shard-000000.tar", "val/shard-000000.tar", "tokenizer.json"):
+        assert (tmp_path / "w1" / f).read_bytes() == (tmp_path / "w2" / f).read_bytes(), f
