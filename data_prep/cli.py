@@ -11,9 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+from . import reading
 from .documents import TEXT_MODES
 from .errors import UsageError
-from .glyphs import build_glyphs
+from .glyphs import TASKS, build_glyphs
 from .imageio import IMAGE_EXTS, STORE_MODES
 from .images import DEFAULT_MAX_SIDE, build_images
 from .llava import MODES, PROMPTS, build_llava
@@ -44,7 +45,8 @@ entries and missing or unreadable images are skipped and listed in OUT/report.js
 GLYPHS_HELP = """Generate the built-in offline dataset of small rendered strings (licence
 plates, numbers, short words) with captions that state the text exactly: the paper's
 motivating case for pixel tokens. Deterministic for a given --seed; sample i does not
-depend on the counts. Also trains OUT/tokenizer.json on the train captions."""
+depend on the counts. Also trains OUT/tokenizer.json on the train captions. --task reading
+draws digit strings at exact ink heights for the reading study (every digit its own token)."""
 
 
 def _fraction(s: str) -> float:
@@ -62,6 +64,26 @@ def _at_least(lo: int):
         return v
 
     return parse
+
+
+def _heights(s: str) -> tuple[int, ...]:
+    try:
+        v = tuple(int(x) for x in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of pixels") from None
+    if not v or min(v) < 2:
+        raise argparse.ArgumentTypeError(f"{s}: every height must be at least 2 px")
+    return v
+
+
+def _canvas(s: str) -> tuple[int, int]:
+    try:
+        w, h = (int(x) for x in s.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not WIDTHxHEIGHT, e.g. 48x24") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"{s}: width and height must be positive")
+    return w, h
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,9 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_split_args(p)
 
     p = add("glyphs", GLYPHS_HELP)
-    p.add_argument("--num-train", type=_at_least(1), default=4000, help="train samples")
-    p.add_argument("--num-val", type=_at_least(0), default=256, help="val samples")
+    p.add_argument("--task", choices=TASKS, default="assorted",
+                   help="assorted: plates, numbers and words at varied sizes; reading: digit "
+                   "strings at exact ink heights on a fixed canvas, some val strings never in "
+                   "train (data_prep/README.md)")  # fmt: skip
+    p.add_argument("--num-train", type=_at_least(1), default=None,
+                   help="train samples (None: 4000; --task reading: 20000)")  # fmt: skip
+    p.add_argument("--num-val", type=_at_least(0), default=None,
+                   help="val samples (None: 256; --task reading: 1024)")  # fmt: skip
     p.add_argument("--vocab-size", type=_at_least(6), default=1000, help="BPE vocabulary")
+    p.add_argument("--length", type=_at_least(1), default=None,
+                   help=f"--task reading: digits per string (None: {reading.LENGTH})")  # fmt: skip
+    p.add_argument("--heights", type=_heights, default=None,
+                   help="--task reading: ink heights in pixels, comma-separated, one drawn "
+                   f"uniformly per image (None: {','.join(map(str, reading.HEIGHTS))})")  # fmt: skip
+    p.add_argument("--canvas", type=_canvas, default=None,
+                   help="--task reading: WIDTHxHEIGHT of every image in pixels (None: "
+                   f"{reading.CANVAS[0]}x{reading.CANVAS[1]})")  # fmt: skip
     return parser
 
 
@@ -152,7 +188,8 @@ def _run(a: argparse.Namespace) -> tuple[dict, object]:
     run = {"workers": a.workers, "overwrite": a.overwrite}
     if a.command == "glyphs":
         report = build_glyphs(a.out, num_train=a.num_train, num_val=a.num_val, seed=a.seed,
-                              vocab_size=a.vocab_size, **run)  # fmt: skip
+                              vocab_size=a.vocab_size, task=a.task, length=a.length,
+                              heights=a.heights, canvas=a.canvas, **run)  # fmt: skip
         return report, "the glyph generator"
     common = {
         "val_fraction": a.val_fraction, "shard_size": a.shard_size, "max_side": a.max_side,

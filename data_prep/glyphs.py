@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .errors import UsageError
 from .imageio import StoredImage, png_bytes
 from .pipeline import run_items
 from .shards import DatasetWriter
@@ -32,6 +33,8 @@ WORDS = (
 # fmt: on
 LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ"  # no I/O/Q: they read like digits on real plates
 _SPLIT_IDS = {"train": 0, "val": 1}
+TASKS = ("assorted", "reading")
+NUM_DEFAULTS = {"assorted": (4000, 256), "reading": (20000, 1024)}  # --num-train, --num-val
 
 
 @cache
@@ -77,6 +80,16 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return rgb @ np.array([0.299, 0.587, 0.114])
 
 
+def contrasting_colour(rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
+    """A random colour whose luma is MIN_CONTRAST below `lo` or above `hi` (the background's
+    luma range); after 20 tries black or white, whichever contrasts more."""
+    for _ in range(20):
+        fg = rng.integers(0, 256, 3)
+        if _luma(fg) <= lo - MIN_CONTRAST or _luma(fg) >= hi + MIN_CONTRAST:
+            return fg
+    return np.zeros(3, int) if 255 - hi < lo else np.full(3, 255)
+
+
 def render(rng: np.random.Generator, drawn: str) -> tuple[Image.Image, dict]:
     """Draw `drawn` on a small background with a contrasting colour and a small offset
     -> the image and what was drawn (string, font size, text box in pixels)."""
@@ -106,13 +119,7 @@ def render(rng: np.random.Generator, drawn: str) -> tuple[Image.Image, dict]:
         bg = np.broadcast_to(bg, (h, w, 3))
     else:  # light noise
         bg = np.clip(base + rng.normal(0, 6, (h, w, 3)), 0, 255)
-    lo, hi = _luma(bg).min(), _luma(bg).max()
-    for _ in range(20):
-        fg = rng.integers(0, 256, 3)
-        if _luma(fg) <= lo - MIN_CONTRAST or _luma(fg) >= hi + MIN_CONTRAST:
-            break
-    else:  # no random colour was far enough: black or white, whichever contrasts more
-        fg = np.zeros(3, int) if 255 - hi < lo else np.full(3, 255)
+    fg = contrasting_colour(rng, _luma(bg).min(), _luma(bg).max())
 
     img = Image.fromarray(np.ascontiguousarray(bg).round().astype(np.uint8))
     x = int(rng.integers(1, max(2, w - tw)))
@@ -156,29 +163,54 @@ def _train_texts(seed: int, num_train: int):
 def build_glyphs(
     out: Path,
     *,
-    num_train: int = 4000,
-    num_val: int = 256,
+    num_train: int | None = None,
+    num_val: int | None = None,
     seed: int = 0,
     vocab_size: int = 1000,
+    task: str = "assorted",
+    length: int | None = None,
+    heights: tuple[int, ...] | None = None,
+    canvas: tuple[int, int] | None = None,
     workers: int = 1,
     progress: bool | None = None,
     overwrite: bool = False,
 ) -> dict:
-    """Generate, tokenize and write the glyph dataset; return the report."""
+    """Generate, tokenize and write the glyph dataset; return the report. `task`: "assorted"
+    (plates, numbers, words) or "reading" (digit strings at exact ink heights, reading.py;
+    `length`, `heights` and `canvas` apply to it alone; None: its defaults)."""
+    from . import reading
+
     out = Path(out)
+    if task not in TASKS:
+        raise UsageError(f"--task {task}: choose one of {', '.join(TASKS)}")
+    task_args = (length, heights, canvas)
+    if task != "reading" and any(a is not None for a in task_args):
+        raise UsageError("--length, --heights and --canvas apply to --task reading only")
+    num_train = num_train if num_train is not None else NUM_DEFAULTS[task][0]
+    num_val = num_val if num_val is not None else NUM_DEFAULTS[task][1]
     args = {
         "command": "glyphs", "out": str(out), "num_train": num_train, "num_val": num_val,
         "seed": seed, "vocab_size": vocab_size,
     }  # fmt: skip
-    items = [(split, (seed, split, i)) for split, n in (("train", num_train), ("val", num_val))
+    if task == "reading":  # the assorted task keeps its old arguments (older builds resume)
+        length = reading.LENGTH if length is None else length
+        heights = tuple(reading.HEIGHTS if heights is None else heights)
+        canvas = tuple(reading.CANVAS if canvas is None else canvas)
+        reading.check_args(length, heights, canvas)
+        args.update(task=task, length=length, heights=list(heights), canvas=list(canvas))
+        work, extra = reading.reading_work, (length, heights, canvas)
+        texts = reading.train_texts(seed, num_train, length)
+    else:
+        work, extra, texts = glyph_work, (), _train_texts(seed, num_train)
+    items = [(split, (seed, split, i, *extra)) for split, n in (("train", num_train), ("val", num_val))
              for i in range(n)]  # fmt: skip
     writer = DatasetWriter(out, "glyphs", 1000, args, len(items), overwrite)
     if writer.complete:
         return writer.saved_report()
     if not (writer.resumed and (out / "tokenizer.json").is_file()):
-        save_tokenizer(train_tokenizer(_train_texts(seed, num_train), vocab_size), out)
+        save_tokenizer(train_tokenizer(texts, vocab_size, split_digits=task == "reading"), out)
     writer.tokenizer = "../tokenizer.json"
-    return run_items(writer, items, glyph_work, {}, workers=workers, progress=progress,
+    return run_items(writer, items, work, {}, workers=workers, progress=progress,
                      label="prep glyphs")  # fmt: skip
 
 

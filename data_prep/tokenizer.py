@@ -16,11 +16,15 @@ __all__ = ["SPECIAL_TOKENS", "train_tokenizer", "save_tokenizer", "load_tokenize
            "load_checked_tokenizer"]
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    """Train a byte-level BPE on `texts`; the result may be smaller than `vocab_size`."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int, split_digits: bool = False) -> Tokenizer:
+    """Train a byte-level BPE on `texts`; the result may be smaller than `vocab_size`.
+    `split_digits`: every digit is its own pre-token, so no merge holds a digit with anything
+    else (`prep glyphs --task reading`: one token per character of a digit answer)."""
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                  byte_level]) if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -120,9 +120,16 @@ def cmd_eval(a) -> int:
     from pixword_lit.infer.captions import eval_captions
 
     r = eval_captions(a.checkpoint, a.data, a.prefix, a.end, a.out, a.batch_size, a.limit,
-                      a.max_new_tokens)
+                      a.max_new_tokens, a.train)
     print(f"exact match {r['eval/exact_match']:.4f}  CER {r['eval/cer']:.4f}  "
           f"answer NLL {r['eval/answer_nll']:.4f} nats/token  ({r['documents']} documents)")
+    print(f"image-blind controls (train: {r['train']}): answer NLL {r['eval/blind_nll']:.4f} "
+          f"nats/token, exact match {r['eval/blind_exact_match']:.4f} (most frequent answer), "
+          f"chance {r['eval/chance_exact_match']:.4f}")
+    for k in ("seen", "unseen"):
+        g = r["by_seen"][k]
+        print(f"  {k:>6} answers: n={g['n']:4d}  exact {g['exact_match']:.3f}  CER {g['cer']:.3f}  "
+              f"answer NLL {g['answer_nll']:.3f}  blind NLL {g['blind_nll']:.3f}")
     for b, s in r["by_glyph_height_windows"].items():
         print(f"  glyph height {b:>9} windows: n={s['n']:4d}  "
               f"exact {s['exact_match']:.3f}  CER {s['cer']:.3f}")

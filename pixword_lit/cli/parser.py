@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a checkpoint by generation (captions)")
     evs = ev.add_subparsers(dest="what", required=True)
     cap = evs.add_parser(
-        "captions", help="greedy captions vs the truth: exact match, CER, answer NLL",
+        "captions", help="greedy captions vs the truth: exact match, CER, answer NLL, image-blind controls",
         description="For every document whose text continues after its last image: prompt = the "
         "document up to that image + --prefix; answer = the true text after the prefix, cut at "
         "--end. Writes RUN/eval/captions.json, .md, .png and adds eval/* to RUN/summary.json.")
@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--prefix", help="text shared by all answers (default: the run's eval.prefix)")
     cap.add_argument("--end", help="answers are cut at this marker ('' = whole text; default: "
                      "the run's eval.end)")
+    cap.add_argument("--train", help="mixed shards the image-blind controls and seen/unseen come "
+                     "from (default: the run's data.train)")
     cap.add_argument("--out", help="output folder (default RUN/eval)")
     cap.add_argument("--batch-size", type=at_least(1), default=16)
     cap.add_argument("--limit", type=at_least(1), help="only the first N documents")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 ROWS = ["val/loss", "val/pix_loss", "baseline/pix_loss", "val/word_loss", "val/pix_acc",
         "val/fold_psnr", "val/pix_nll_all", "val/bpd_folded", "val/bpd_8bit", "val/bpd_palette",
-        "eval/exact_match", "eval/cer", "eval/answer_nll"]
+        "eval/exact_match", "eval/cer", "eval/answer_nll", "eval/blind_nll", "eval/blind_exact_match",
+        "eval/chance_exact_match", "eval/exact_match_seen", "eval/exact_match_unseen"]
 
 
 def print_table(summary: dict) -> None:

@@ -14,7 +14,7 @@ from pixword_lit.files import write_json
 from pixword_lit.fit.callbacks import PixThroughput
 from pixword_lit.fit.hparams_view import log_hparams_view
 from pixword_lit.fit.preempt import RunControl, requeue_slurm_job
-from pixword_lit.infer.captions import evaluate_run
+from pixword_lit.infer.captions import SUMMARY_KEYS, evaluate_run
 from pixword_lit.infer.load import TrainedModel
 from pixword_lit.provenance import git_commit, machine
 from pixword_lit.system import parallel
@@ -60,7 +60,7 @@ def eval_captions_after_fit(cfg, module, parts, run_dir: Path) -> dict:
     e = cfg.eval
     run = TrainedModel(module.model, cfg, parts.vocab, parts.tokenizer, parts.builder)
     r = evaluate_run(run, cfg.data.val, e.prefix, e.end, run_dir / "eval", limit=e.limit)
-    return {k: r[k] for k in ("eval/exact_match", "eval/cer", "eval/answer_nll")}
+    return {k: r[k] for k in SUMMARY_KEYS}
 
 
 def make_summary(cfg, module, trainer, control: RunControl, status: str = "finished") -> dict:

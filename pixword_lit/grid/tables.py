@@ -15,7 +15,9 @@ from pixword_lit.grid.stats import LEVEL
 
 METRICS = ["val/loss", "val/pix_loss", "val/word_loss", "val/pix_acc", "val/fold_psnr",
            "val/pix_loss_all", "val/pix_nll_all", "val/bpd_folded", "val/bpd_8bit", "val/bpd_palette",
-           "baseline/pix_loss", "eval/exact_match", "eval/cer", "eval/answer_nll"]
+           "baseline/pix_loss", "eval/exact_match", "eval/cer", "eval/answer_nll", "eval/blind_nll",
+           "eval/blind_exact_match", "eval/chance_exact_match", "eval/exact_match_seen",
+           "eval/exact_match_unseen"]
 COUNTS = ["params", "steps", "tokens_seen", "pix_tokens_seen", "wall_s", "pix_tokens_per_s",
           "train_flops"]
 RUN_TEXT = ["git_commit", "machine"]  # runs.csv: text columns after the numbers

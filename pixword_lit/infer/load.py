@@ -76,10 +76,11 @@ def load_run(ckpt: str, tokenizer: str | None = None, words: bool = True) -> Tra
     return TrainedModel(module.model.eval(), cfg, module.vocab, tok, builder)
 
 
-def documents(spec: str):
+def documents(spec: str, key: str = "--data"):
     """(key, raw shard sample, element dicts, index of the last image or None) of every
-    document in the mixed shards `spec` (a folder, brace pattern or pipe: URL)."""
-    shards = resolve_shards(spec, None, "mixed", "--data")
+    document in the mixed shards `spec` (a folder, brace pattern or pipe: URL); errors name
+    the argument `key`."""
+    shards = resolve_shards(spec, None, "mixed", key)
     for url in shards.urls:
         for raw in read_shard(url):
             els = json.loads(raw["json"])["elements"]
