@@ -41,10 +41,10 @@ def test_the_fit_recovers_a_known_surface_within_its_intervals():
     _, n, d, loss = draws()
     fit = scaling.fit_scaling(n, d, loss, STARTS)
     assert fit.converged and fit.starts_at_best >= 2  # more than one start agrees
-    ci = scaling.bootstrap(n, d, loss, fit, samples=200, starts=1)
+    ci = scaling.bootstrap(n, d, loss, fit, samples=120, starts=1)
     for k in ("E", "alpha", "beta"):
         low, high, refits = ci[k]
-        assert refits >= 190
+        assert refits >= 110
         assert low <= TRUE[k] <= high, (k, ci[k], getattr(fit, k))
         assert low < getattr(fit, k) < high
     # the intervals are informative, not everything: alpha's excludes 0 and 1
@@ -109,9 +109,9 @@ def test_held_out_and_isoflop_views():
 def test_compare_writes_the_scaling_report(tmp_path, monkeypatch):
     from pixword_lit.grid import scaling_report
 
-    monkeypatch.setattr(scaling, "START_GRID", {"e": (0.0, 1.5), "a": (2.0, 10.0), "b": (2.0, 10.0),
+    monkeypatch.setattr(scaling, "START_GRID", {"e": (0.0, 1.5), "a": (5.0,), "b": (5.0,),
                                                 "alpha": (0.2, 0.8), "beta": (0.2, 0.8)})
-    monkeypatch.setattr(scaling_report, "SAMPLES", 150)  # the test's time
+    monkeypatch.setattr(scaling_report, "SAMPLES", 60)  # the test's time
     monkeypatch.setattr(scaling_report, "BOOT_STARTS", 1)
     rows, n, d, loss = draws()
     head = ["cell", "@size", "@data", "seed", "run", "val/pix_loss", "params", "steps",
