@@ -177,3 +177,46 @@ def test_dense_fit_on_test_images_beats_eight_bits(glyph_shards, tmp_path):
     assert math.isfinite(s["val/pix_loss"])  # the common first-pixel metric, for comparisons
     pictures = tmp_path / "run" / "pictures"
     assert (pictures / "completion_latest.png").exists()  # truth | completion of the bottom half
+
+
+@pytest.mark.parametrize("objective", ["first_pixel", "dense"])
+def test_pix_weight_weighs_pixel_targets_in_the_training_loss(objective):
+    """model.pix_weight: the training loss is the weighted mean, word targets weighing 1;
+    0 trains the word targets alone, 1 is the plain mean to the bit."""
+    model, vocab, folding = make("global_conditional", "pix_table", objective)
+    batch = batch_of(folding, vocab)
+    out = model(batch)
+    dense = objective == "dense"
+    plain = loss_terms(out, batch["targets"], N_WORDS, dense)
+    assert torch.equal(loss_terms(out, batch["targets"], N_WORDS, dense, 1.0).sum, plain.sum)
+    pix_sum, pix_n = (plain.pixel_all_sum, plain.pixel_all_n) if dense else (plain.pix_sum, plain.pix_n)
+    assert int(plain.word_n) > 0 and int(pix_n) > 0
+    for w in (0.0, 0.25, 3.0):
+        t = loss_terms(out, batch["targets"], N_WORDS, dense, w)
+        want = (plain.word_sum + w * pix_sum) / (plain.word_n + w * pix_n)
+        assert float((t.sum / t.n).detach()) == pytest.approx(float(want.detach()), rel=1e-6)
+        assert torch.equal(t.word_sum, plain.word_sum) and torch.equal(t.pix_sum, plain.pix_sum)
+    # at 0 the gradient is the word targets' mean loss's alone (mean_loss: what training takes)
+    from pixword_lit.model.pixword import mean_loss
+
+    model.zero_grad()
+    t = loss_terms(model(batch), batch["targets"], N_WORDS, dense)
+    (t.word_sum / t.word_n).backward()
+    want = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.pix_weight = 0.0
+    mean_loss(model, batch).backward()
+    got = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
+    assert want.keys() <= got.keys()
+    for k in got.keys() - want.keys():  # reached only through 0 x the pixel terms (dense's local decoder)
+        assert float(got[k].abs().max()) == 0.0, k
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-7)
+
+
+def test_pix_weight_is_checked_before_training():
+    with pytest.raises(ConfigError, match="model.pix_weight: must be >= 0"):
+        load_config(None, TINY + ["model.pix_weight=-1", "data.mode=mixed"])
+    with pytest.raises(ConfigError, match="model.pix_weight: 0 leaves an image_only run"):
+        load_config(None, TINY + ["model.pix_weight=0", "data.mode=image_only"])
+    assert load_config(None, TINY + ["model.pix_weight=0", "data.mode=mixed"]).model.pix_weight == 0

@@ -63,6 +63,7 @@ class PixWordModel(nn.Module):
         self.apply(init)
         obj_name, obj_params = component_params("objective", mcfg.objective)
         self.dense = obj_name == "dense"
+        self.pix_weight = float(mcfg.get("pix_weight", 1.0))  # configs saved before it: 1
         self.local = None
         if self.dense and not isinstance(self.pixels, FullCausal):
             # built and initialized last: the shared weights are drawn exactly as for the
@@ -215,8 +216,11 @@ class LossTerms(NamedTuple):
         return cls(*v.unbind())
 
 
-def loss_terms(out: ModelOutput, targets: torch.Tensor, n_words: int, dense: bool = False) -> LossTerms:
-    """The batch's `LossTerms` from the model's output and the batch's targets."""
+def loss_terms(out: ModelOutput, targets: torch.Tensor, n_words: int, dense: bool = False,
+               pix_weight: float = 1.0) -> LossTerms:
+    """The batch's `LossTerms` from the model's output and the batch's targets; `sum` / `n`
+    weigh the pixel targets by pix_weight (`model.pix_weight`), so `sum / n` is the weighted
+    mean (at 1 the plain mean over every scored target, summed as before)."""
     logits = out.logits
     flat_t = targets.reshape(-1)
     flat_l = logits.reshape(-1, logits.shape[-1])
@@ -242,11 +246,14 @@ def loss_terms(out: ModelOutput, targets: torch.Tensor, n_words: int, dense: boo
         total, n = word_sum + all_sum, word_n + all_n
     else:
         total, n = ce.sum(), scored.sum()
+    if pix_weight != 1.0:
+        pix_part, pix_part_n = (all_sum, all_n) if dense else ((ce * is_pix).sum(), is_pix.sum())
+        total, n = word_sum + pix_weight * pix_part, word_n + pix_weight * pix_part_n
     return LossTerms(total, n, pix_sum, pix_n, word_sum, word_n, pix_correct, all_sum, all_n)
 
 
 def mean_loss(model: PixWordModel, batch: dict) -> torch.Tensor:
     """One batch's loss as a bare training step takes it: the mean over its scored targets
     (what `pixword bench` times and what a run's FLOP count runs)."""
-    t = loss_terms(model(batch), batch["targets"], model.vocab.n_words, model.dense)
+    t = loss_terms(model(batch), batch["targets"], model.vocab.n_words, model.dense, model.pix_weight)
     return t.sum / t.n.clamp(min=1)

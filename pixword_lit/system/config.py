@@ -59,6 +59,10 @@ class ModelConfig:
     attention: dict = field(default_factory=lambda: {"name": "global_conditional"})
     embedding: dict = field(default_factory=lambda: {"name": "pix_table"})
     objective: dict = field(default_factory=lambda: {"name": "first_pixel"})
+    # weight of pixel targets in the training loss (word targets weigh 1): the loss is the
+    # weighted mean; 1 = the paper's plain mean, 0 = word targets only (the image as context).
+    # Validation's val/loss stays the plain mean, comparable across weights.
+    pix_weight: float = 1.0
     init: str = "normal"  # normal: N(0, 0.02) everywhere | paper: the authors' (see model/pixword.py)
     compile: bool = False  # torch.compile each transformer block (model/pixword.py); same weights and keys
 
@@ -263,6 +267,9 @@ def validate(cfg: DictConfig) -> None:
     )
     _check(d.skipped_image_tags in ("drop", "keep"), "data.skipped_image_tags",
            f"must be drop or keep, got {d.skipped_image_tags!r}")
+    _check(m.pix_weight >= 0, "model.pix_weight", f"must be >= 0, got {m.pix_weight}")
+    _check(m.pix_weight > 0 or d.mode == "mixed", "model.pix_weight",
+           "0 leaves an image_only run nothing to train (it has no word targets)")
     _check(m.init in ("normal", "paper"), "model.init", f"must be normal or paper, got {m.init!r}")
     _check(d.batch_size >= 1, "data.batch_size", "must be >= 1")
     n_windows = (m.image_size // m.window_size) ** 2

@@ -79,7 +79,8 @@ class PixWordLit(L.LightningModule):
         -> the loss to differentiate, and `mean_loss` (the mean over the global batch's
         micro-batches so far, so at its last one the step's global mean, whatever the split of
         the global batch into ranks and micro-batches; callbacks.TrainLog writes it)."""
-        t = loss_terms(self.model(batch), batch["targets"], self.vocab.n_words, self.model.dense)
+        t = loss_terms(self.model(batch), batch["targets"], self.vocab.n_words, self.model.dense,
+                       self.model.pix_weight)
         pix_t = batch["targets"][batch["targets"] >= self.vocab.n_words] - self.vocab.n_words
         colors = torch.bincount(pix_t, minlength=self.vocab.n_pix)
         # units of the data order this micro-batch read (used or skipped; none for a placeholder)
