@@ -182,10 +182,9 @@ def fit_processes(marker: str) -> list[int]:
 @pytest.mark.skipif(not Path("/proc").exists(), reason="reads live processes from /proc")
 def test_ctrl_c_leaves_cells_interrupted_and_the_next_launch_resumes_them(glyph_shards, tmp_path):
     axes = "  optim:\n    - {lr: 0.003, label: a}\n    - {lr: 0.002, label: b}\n"
-    # long enough that the cells are still training when the signal arrives, even on an idle
-    # machine (at 60 steps they could finish within the polling interval)
-    path = write_grid(tmp_path / "g.yaml", glyph_shards, axes, **{"trainer.max_steps": 400,
-                                                                  "trainer.val_check_interval": 200,
+    steps = 40
+    path = write_grid(tmp_path / "g.yaml", glyph_shards, axes, **{"trainer.max_steps": steps,
+                                                                  "trainer.val_check_interval": 20,
                                                                   "run.ckpt_every_n_steps": 5})
     root = tmp_path / "root"
     cmd = [sys.executable, "-m", "pixword_lit.cli", "grid", str(path), "--root", str(root),
@@ -200,12 +199,30 @@ def test_ctrl_c_leaves_cells_interrupted_and_the_next_launch_resumes_them(glyph_
                             start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     names = [r.name for r in load_grid(path).runs()]
+    # each fit is paused (SIGSTOP) as soon as it has a checkpoint, so both are mid-training when
+    # Ctrl-C comes, however fast or loaded the machine; they go on (SIGCONT) once it is sent
+    paused: dict[str, list[int]] = {}
     deadline = time.time() + 240
-    while not all((root / n / "checkpoints" / "step0000005.ckpt").exists() for n in names):
+    while len(paused) < len(names):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
-        time.sleep(0.2)
+        for n in names:
+            if n not in paused and (root / n / "checkpoints" / "step0000005.ckpt").exists():
+                paused[n] = fit_processes(str(root / n) + " ")
+                for pid in paused[n]:
+                    os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)  # the launcher, submitit's controllers, cells, fits
-    out = proc.communicate(timeout=120)[0]
+    for pid in sum(paused.values(), []):
+        os.kill(pid, signal.SIGCONT)
+    try:
+        out = proc.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired:  # say what hung, then clean up
+        tree = subprocess.run(["ps", "-o", "pid,ppid,stat,etime,args", "-g", str(proc.pid)],
+                              capture_output=True, text=True).stdout
+        os.killpg(proc.pid, signal.SIGKILL)
+        logs = "".join(f"\n== {f}\n{f.read_text()[-2000:]}" for f in sorted(root.rglob("*.log")))
+        pytest.fail(f"the launch did not end within 120 s of Ctrl-C\n{proc.communicate()[0]}"
+                    f"\nprocesses:\n{tree}{logs}")
     assert proc.returncode == 130, out
     # what was interrupted and how to go on, and nothing else: no traceback of any process
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
@@ -228,7 +245,7 @@ def test_ctrl_c_leaves_cells_interrupted_and_the_next_launch_resumes_them(glyph_
     assert counts == {"finished": len(stopped), **({"skipped": 1} if len(stopped) == 1 else {})}
     for n in stopped:
         assert load_state(root)["runs"][n]["resume"] is True
-        assert final(root, n)["resumed_from"] and final(root, n)["steps"] == 400
+        assert final(root, n)["resumed_from"] and final(root, n)["steps"] == steps
 
 
 def test_a_preempted_summary_counts_only_for_the_attempt_that_wrote_it(tmp_path):

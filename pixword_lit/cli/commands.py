@@ -201,7 +201,8 @@ def cmd_grid(a) -> int:
                          extra=launcher_args(spec))
     else:
         try:
-            counts = run_grid(grid, root, spec, allow_dirty=a.allow_dirty)
+            counts = run_grid(grid, root, spec, allow_dirty=a.allow_dirty,  # lines as they happen
+                             echo=lambda *m: print(*m, flush=True))
         except KeyboardInterrupt:
             where = root or grid.default_root()
             print(f"pixword grid: interrupted: the cells that were running are marked above "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from collections import deque
@@ -37,6 +38,7 @@ from pixword_lit.provenance import require_clean
 from pixword_lit.system.config import ConfigError
 
 LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # submitit's local jobs time out; cells should not
+STOP_GRACE_S = 60  # after Ctrl-C, how long the cells get to stop (a cell gives fit 20 s)
 
 
 # ---- the launcher section -------------------------------------------------------------------
@@ -202,15 +204,49 @@ def _run_local(root, state, todo, n, spec, threads, commit, counts, echo) -> Non
     except KeyboardInterrupt:
         for job, _, _ in live.values():
             job.cancel()  # SIGINT to submitit's controller: it stops the cell, fit dies with it
+        deadline = time.monotonic() + STOP_GRACE_S
         for name, (job, rec, t0) in live.items():
             if job._process is not None:
-                job._process.wait()
+                _wait_or_kill(job._process, deadline)
             rec["wall_s"] = round(time.perf_counter() - t0, 1)
             done = summary_problem(read_summary(root / name)) is None
             rec.update(status="finished" if done else "interrupted")
             echo(f"    {name}: {rec['status']}")
         save_state(root, state)
         raise
+
+
+def _wait_or_kill(proc, deadline: float) -> None:
+    """Wait for a cell's controller until `deadline`; past it, kill the controller and every
+    process under it (a stuck controller must not hang the launcher: fit, which saves its
+    checkpoint on the way out, has had STOP_GRACE_S seconds)."""
+    try:
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    for pid in [*_descendants(proc.pid), proc.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass  # gone meanwhile
+    proc.wait()
+
+
+def _descendants(pid: int) -> list[int]:
+    """pids of every live process below `pid` (Linux /proc; elsewhere none are found)."""
+    parent = {}
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        kids = [p for p, pp in parent.items() if pp == todo.pop()]
+        found += kids
+        todo += kids
+    return found
 
 
 @contextmanager
