@@ -2,7 +2,7 @@
 conftest.py): {1 process, ddp 2 processes, fsdp 2 processes} x {end-of-fit last.ckpt,
 periodic, epoch boundary} x data.num_workers {0, 2}, on a dataset the runs stay inside one
 epoch of ("large": 96 units, 12 batches an epoch) and one whose epochs they cross ("small": 24
-units, 3 batches an epoch).
+units, 3 batches an epoch); under ddp and fsdp, data workers on "small" only (combos()).
 
 One process per strategy runs every fit in turn (resume_driver.py): for each (dataset,
 workers) an uninterrupted reference to step 10; a run stopped at step 7, whose periodic
@@ -10,7 +10,9 @@ checkpoints are the periodic and epoch-boundary ones and whose last.ckpt is the 
 (mid-epoch in both datasets); runs resumed from those to step 10 (in new folders, with
 --resume PATH); on one process also from best.ckpt (written right after a validation); and
 last the stopped run itself continued with --resume last. (The stopped run's end-of-fit
-checkpoint is also copied aside, as stopped/end.ckpt, for test_elastic.py.)
+checkpoint is also copied aside, as stopped/end.ckpt, for test_elastic.py.) On one process the
+same runs (end-of-fit and periodic) also for the VARIANTS: the dense objective, full_causal
+attention and a fitted palette, on the dataset whose epochs they cross.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ DATASETS = {  # name: (periodic every, validation every, the periodic checkpoint
     "small": (2, 3, "step0000004.ckpt"),  # 2, 4 mid-epoch, 6 at an epoch end; validations at ends
 }
 KINDS = ["end_of_fit", "periodic", "epoch_boundary", "best"]
+VARIANTS = {  # the components whose state or loss path a resume could miss, on 1 process ("small")
+    "dense": ["model.objective.name=dense"],  # the local decoder's parameters and pixel targets
+    "full_causal": ["model.attention.name=full_causal"],
+    "palette": ["model.folding.name=palette", "model.folding.colors=16",  # fitted at the start:
+                "model.folding.sample_pixels=4000"],  # resumed from the checkpoint, not refitted
+}
+VARIANT_KINDS = ["end_of_fit", "periodic"]
 STRATEGIES = {  # name: (overrides, batch size per process, kinds)
     "single": ([], 8, KINDS),
     "ddp": (["trainer.strategy=ddp", "trainer.devices=2"], 4, KINDS[:3]),
@@ -46,19 +55,29 @@ def source(dataset: str, kind: str) -> str:
             "epoch_boundary": "step0000006.ckpt", "best": "best.ckpt"}[kind]
 
 
-def cases(strategy: str):
+def combos(strategy: str):
+    """(dataset, data workers) of a strategy's runs. Under ddp and fsdp the workers' resume is
+    tested on the dataset whose epochs the runs cross (its checkpoints cover every kind)."""
     for dataset in DATASETS:
         for workers in (0, 2):
-            for kind in STRATEGIES[strategy][2]:
-                if kind != "epoch_boundary" or dataset == "small":
-                    yield dataset, workers, kind
+            if strategy == "single" or workers == 0 or dataset == "small":
+                yield dataset, workers
 
 
-def overrides(strategy, shards, dataset, workers, run_dir, steps) -> list[str]:
+def cases(strategy: str):
+    for dataset, workers in combos(strategy):
+        for kind in STRATEGIES[strategy][2]:
+            if kind != "epoch_boundary" or dataset == "small":
+                yield dataset, workers, kind
+
+
+def overrides(strategy, shards, dataset, workers, run_dir, steps, variant=None) -> list[str]:
     dist, batch, _ = STRATEGIES[strategy]
     every, val_every, _ = DATASETS[dataset]
+    extra = VARIANTS[variant] if variant else []
+    model = [o for o in DEBUG_MODEL if variant != "palette" or not o.startswith("model.folding.")]
     return [
-        *DEBUG_MODEL, *dist, f"data.train={shards}/train", f"data.val={shards}/val",
+        *model, *extra, *dist, f"data.train={shards}/train", f"data.val={shards}/val",
         f"data.batch_size={batch}", f"data.num_workers={workers}", "data.max_seq_len=64",
         "data.val_limit=4", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
         f"trainer.val_check_interval={val_every}", "trainer.check_val_every_n_epoch=null",
@@ -71,23 +90,32 @@ def overrides(strategy, shards, dataset, workers, run_dir, steps) -> list[str]:
 def run_matrix(strategy: str, root: Path, shards: dict) -> Path:
     fits = []
 
-    def fit(dataset, workers, name, steps, resume=None):
-        run_dir = root / f"{dataset}-w{workers}" / name
-        over = overrides(strategy, shards[dataset], dataset, workers, run_dir, steps)
+    def fit(dataset, workers, name, steps, resume=None, variant=None):
+        run_dir = root / folder(dataset, workers, variant) / name
+        over = overrides(strategy, shards[dataset], dataset, workers, run_dir, steps, variant)
         fits.append({"config": QUICKSTART, "overrides": over, "resume": resume})
 
-    for dataset in DATASETS:
-        for workers in (0, 2):
-            stopped = root / f"{dataset}-w{workers}" / "stopped" / "checkpoints"
-            fit(dataset, workers, "reference", STEPS)
-            fit(dataset, workers, "stopped", STOP)
-            if workers == 0:  # its end-of-fit checkpoint, kept for test_elastic.py
-                fits.append({"copy": [str(stopped / "last.ckpt"), str(stopped.parent / "end.ckpt")]})
-            for kind in STRATEGIES[strategy][2]:
-                if kind != "end_of_fit" and (kind != "epoch_boundary" or dataset == "small"):
-                    fit(dataset, workers, kind, STEPS, str(stopped / source(dataset, kind)))
-            fit(dataset, workers, "stopped", STEPS, "last")  # the end-of-fit one, in its folder
+    for dataset, workers in combos(strategy):
+        stopped = root / f"{dataset}-w{workers}" / "stopped" / "checkpoints"
+        fit(dataset, workers, "reference", STEPS)
+        fit(dataset, workers, "stopped", STOP)
+        if workers == 0:  # its end-of-fit checkpoint, kept for test_elastic.py
+            fits.append({"copy": [str(stopped / "last.ckpt"), str(stopped.parent / "end.ckpt")]})
+        for kind in STRATEGIES[strategy][2]:
+            if kind != "end_of_fit" and (kind != "epoch_boundary" or dataset == "small"):
+                fit(dataset, workers, kind, STEPS, str(stopped / source(dataset, kind)))
+        fit(dataset, workers, "stopped", STEPS, "last")  # the end-of-fit one, in its folder
+    for variant in VARIANTS if strategy == "single" else []:
+        stopped = root / folder("small", 0, variant) / "stopped" / "checkpoints"
+        fit("small", 0, "reference", STEPS, variant=variant)
+        fit("small", 0, "stopped", STOP, variant=variant)
+        fit("small", 0, "periodic", STEPS, str(stopped / source("small", "periodic")), variant)
+        fit("small", 0, "stopped", STEPS, "last", variant)
     return run_fits(fits, root, strategy)
+
+
+def folder(dataset: str, workers: int, variant: str | None = None) -> str:
+    return f"{dataset}-w{workers}" + (f"-{variant}" if variant else "")
 
 
 def run_fits(fits: list[dict], root: Path, label: str, name: str = "spec.json") -> Path:
@@ -132,8 +160,8 @@ def assert_same_run(ref: Path, run: Path, steps: list[int], rng: bool = True) ->
         assert [rb[s] for s in steps] == [ra[s] for s in steps]
 
 
-def check_case(root: Path, dataset: str, workers: int, kind: str) -> None:
-    base = root / f"{dataset}-w{workers}"
+def check_case(root: Path, dataset: str, workers: int, kind: str, variant: str | None = None) -> None:
+    base = root / folder(dataset, workers, variant)
     run = base / ("stopped" if kind == "end_of_fit" else kind)
     log = jsonl(run / "train_log.jsonl", "batch")
     first = min(log)  # the end-of-fit run logged steps 1..10 in its one folder

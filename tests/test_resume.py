@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from resume_matrix import cases, check_case
+from resume_matrix import VARIANT_KINDS, VARIANTS, cases, check_case, folder
 
 
 def _params(strategy, *marks):
@@ -24,6 +24,17 @@ def _params(strategy, *marks):
 ])
 def test_resume_is_exact(matrix_runs, strategy, dataset, workers, kind):
     check_case(matrix_runs(strategy), dataset, workers, kind)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("kind", VARIANT_KINDS)
+def test_resume_is_exact_for_the_dense_objective_full_causal_and_a_palette(matrix_runs, variant, kind):
+    root = matrix_runs("single")
+    check_case(root, "small", 0, kind, variant)
+    # the variant really ran: its component is in the run's config
+    config = (root / folder("small", 0, variant) / "reference" / "config.yaml").read_text()
+    name = VARIANTS[variant][0].split("=")[1]
+    assert f"name: {name}" in config
 
 
 def test_partial_checkpoint_writes_are_ignored_and_cleared(glyph_shards, tmp_path, capsys):
@@ -44,9 +55,9 @@ def test_partial_checkpoint_writes_are_ignored_and_cleared(glyph_shards, tmp_pat
     ckpts = tmp_path / "cut" / "run" / "checkpoints"
     (ckpts / "step0000006.ckpt.tmp").write_bytes(b"PK\x03\x04 half a zip")
     half = ckpts / "step0000006.ckpt.tmp.d"
-    for folder in (ckpts / "last.ckpt.tmp", half):
-        folder.mkdir()
-        (folder / "__0_0.distcp").write_bytes(b"\x00" * 100)  # no .metadata, no meta.pt
+    for tmp in (ckpts / "last.ckpt.tmp", half):
+        tmp.mkdir()
+        (tmp / "__0_0.distcp").write_bytes(b"\x00" * 100)  # no .metadata, no meta.pt
     half.rename(ckpts / "step0000008.ckpt.tmp")
     (ckpts / "last.ckpt").rename(ckpts / "last.ckpt.old")
     summary = fit(tiny_config(glyph_shards, tmp_path / "cut", *common, "trainer.max_steps=6"),
