@@ -24,11 +24,16 @@ $(GLYPHS)/train/index.json: $(STAMP)
 quickstart: $(STAMP) $(GLYPHS)/train/index.json
 	$(BIN)/pixword fit experiments/quickstart.yaml --overwrite
 
+# The suite runs on WORKERS pytest-xdist processes; the tests that share the resume matrix's runs
+# keep to one of them (tests/conftest.py). WORKERS=0 runs it in this process, in file order.
+WORKERS ?= 2
+XDIST := $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadgroup)
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not multiproc and not slow"
+	$(BIN)/python -m pytest -q $(XDIST) -m "not multiproc and not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check pixword_lit data_prep tests

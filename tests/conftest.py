@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
-import numpy as np
+import os
+
+# numpy's OpenBLAS threads spin while they wait: on 2 shared cores (2 pytest-xdist workers, the
+# tests' own subprocesses) they made the scaling fits' small BLAS calls up to 4x slower (measured:
+# test_scaling's known-surface test 44 s with them, 12 s without). Set before numpy loads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 import pytest
 from PIL import Image
 
 from data_prep.glyphs import build_glyphs
 from data_prep.images import build_images
 from pixword_lit.system.config import DEBUG_MODEL, load_config
+
+
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs the suite on 2 pytest-xdist workers (--dist loadgroup): the tests that
+    read the resume matrix's runs (made once per session, minutes) share one worker, so the
+    matrix is made once; the rest spread over both."""
+    for item in items:
+        if "matrix_runs" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("matrix"))
 
 
 @pytest.fixture(scope="session")
