@@ -4,6 +4,11 @@
 The run is bounded by one epoch, not by max_steps, so a rank that ran more or fewer batches
 shows in the step count (or hangs at a collective, which the timeout turns into a failure),
 and the tokens trained on, summed over both ranks, are those of the 91 units exactly once.
+
+Validation is uneven too: 11 units, 2 global batches; in the second rank 0 validates 3 units
+and rank 1 a placeholder. The validation metrics of the run (reduced over both ranks) are
+those of its final checkpoint validated on one process: every unit scored once, the
+placeholder nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pixword_lit.system.config import DEBUG_MODEL, REPO_ROOT
 pytestmark = pytest.mark.multiproc
 
 SIZES = (37, 30, 24)
+VAL = 11  # validation units: odd, and not a multiple of the global batch (8)
 
 
 def reshard(folder: Path, sizes) -> None:
@@ -52,16 +58,17 @@ def reshard(folder: Path, sizes) -> None:
 def test_uneven_shards_two_ranks_one_epoch(tmp_path):
     from data_prep.glyphs import build_glyphs
     from pixword_lit.data.shards import read_shard
+    from pixword_lit.fit.train import validate
     from pixword_lit.system.build import build_parts
     from pixword_lit.system.config import load_config
 
     shards = tmp_path / "g"
-    build_glyphs(shards, num_train=sum(SIZES), num_val=8, seed=1)
+    build_glyphs(shards, num_train=sum(SIZES), num_val=VAL, seed=1)
     reshard(shards / "train", SIZES)
     run = tmp_path / "run"
     overrides = [
         *DEBUG_MODEL, f"data.train={shards}/train", f"data.val={shards}/val", "data.batch_size=4",
-        "data.num_workers=2", "data.max_seq_len=64", "data.shuffle=true", "data.val_limit=8",
+        "data.num_workers=2", "data.max_seq_len=64", "data.shuffle=true", "data.val_limit=null",
         "trainer.accelerator=cpu", "trainer.strategy=ddp", "trainer.devices=2",
         "trainer.max_steps=1000", "trainer.max_epochs=1", "trainer.val_check_interval=null",
         "trainer.check_val_every_n_epoch=1", "trainer.log_every_n_steps=1",
@@ -90,3 +97,9 @@ def test_uneven_shards_two_ranks_one_epoch(tmp_path):
                 units += 1
     assert units == sum(SIZES)
     assert (summary["tokens_seen"], summary["pix_tokens_seen"]) == (elements, pixels)
+    # validation on 2 ranks (the final one, of the final weights) = on 1 process
+    assert sum(s["samples"] for s in json.loads((shards / "val" / "index.json").read_text())["shards"]) == VAL
+    one = validate(str(run / "checkpoints" / "last.ckpt"), ["data.num_workers=0"])
+    for key in ("val/loss", "val/pix_loss", "val/word_loss", "val/pix_acc", "val/fold_psnr",
+                "baseline/pix_loss"):
+        assert summary[key] == pytest.approx(one[key], rel=1e-6), key

@@ -217,3 +217,68 @@ def test_sample_and_complete_from_a_dense_checkpoint(glyph_shards, plate, mixed_
     assert main(["generate", str(mixed_ckpt), "--sample", "1", "--out", str(tmp_path / "no")]) == 2
     assert "first_pixel" in _error_line(capsys)
     assert not (tmp_path / "no" / "samples.json").exists()
+
+
+# ---- a checkpoint that holds no word tokenizer (written before tokenizers were stored) ----
+@pytest.fixture(scope="module")
+def no_tokenizer_ckpt(mixed_ckpt, tmp_path_factory):
+    import torch
+
+    ckpt = torch.load(mixed_ckpt, map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["tokenizer"]  # the run's own, stored by fit
+    ckpt["hyper_parameters"]["tokenizer"] = None
+    path = tmp_path_factory.mktemp("no_tok") / "old.ckpt"
+    torch.save(ckpt, path)
+    return path
+
+
+def test_a_checkpoint_without_a_tokenizer_names_the_option(no_tokenizer_ckpt, plate, tmp_path, capsys):
+    out = tmp_path / "never.jsonl"
+    for argv in (["--image", str(plate)], ["--images", str(plate.parent), "--out", str(out)]):
+        assert main(["generate", str(no_tokenizer_ckpt), *argv, "--max-new-tokens", "2"]) == 2
+        line = _error_line(capsys)
+        assert line.startswith("pixword generate: error: ") and "old.ckpt" in line
+        assert "holds no word tokenizer" in line and "--tokenizer PATH" in line
+    assert not out.exists()
+
+
+def test_generate_tokenizer_option_supplies_the_runs_tokenizer(no_tokenizer_ckpt, mixed_ckpt, plate,
+                                                               glyph_shards, tmp_path, capsys):
+    argv = ["--image", str(plate), "--before", PROMPT, "--prompt", AFTER, "--max-new-tokens", "5"]
+    assert main(["generate", str(mixed_ckpt), *argv]) == 0
+    stored = capsys.readouterr().out
+    # the run's tokenizer.json (where prep wrote it) gives what the stored copy gave
+    assert main(["generate", str(no_tokenizer_ckpt), *argv, "--tokenizer",
+                 str(glyph_shards / "tokenizer.json")]) == 0
+    assert capsys.readouterr().out == stored
+    # a missing file, a file that is no tokenizer, one without the special tokens at ids 0-5
+    # and one with more words than the model: each one line naming --tokenizer and the file
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"not": "a tokenizer"}')
+    big = tmp_path / "big.json"
+    from data_prep.tokenizer import save_tokenizer, train_tokenizer
+
+    texts = [f"word{i} other{i * 7} thing{i * 13}" for i in range(400)]
+    save_tokenizer(train_tokenizer(texts, 2000), tmp_path)
+    (tmp_path / "tokenizer.json").rename(big)
+    from tokenizers import Tokenizer, models
+
+    plain = tmp_path / "plain.json"  # a word tokenizer without pixword's special tokens
+    Tokenizer(models.WordLevel({"<unk>": 0, "the": 1}, unk_token="<unk>")).save(str(plain))
+    for path, says in ((tmp_path / "missing.json", "no such file"), (bad, "cannot be loaded"),
+                       (plain, "special tokens"), (big, "words, the model")):
+        assert main(["generate", str(no_tokenizer_ckpt), *argv, "--tokenizer", str(path)]) == 2
+        line = _error_line(capsys)
+        assert "--tokenizer" in line and says in line and str(path) in line, line
+
+
+def test_eval_captions_takes_tokenizer_for_a_checkpoint_without_one(no_tokenizer_ckpt, glyph_shards,
+                                                                    tmp_path, capsys):
+    """The no-tokenizer error tells the user to pass --tokenizer: `eval captions` takes it too."""
+    argv = ["eval", "captions", str(no_tokenizer_ckpt), "--data", f"{glyph_shards}/val", "--limit", "1",
+            "--max-new-tokens", "2", "--out", str(tmp_path / "eval")]
+    assert main(argv) == 2
+    line = _error_line(capsys)
+    assert line.startswith("pixword eval captions: error: ") and "--tokenizer PATH" in line
+    assert main([*argv, "--tokenizer", str(glyph_shards / "tokenizer.json")]) == 0
+    assert json.loads((tmp_path / "eval" / "captions.json").read_text())["documents"] == 1

@@ -10,7 +10,11 @@ resumed once more it ends at step 10 exactly as the uninterrupted run of the res
 (same per-step losses, parameters, counters, final val/loss: the in-memory model).
 Without SLURM variables SIGTERM checkpoints and stops too, and nothing is requeued.
 
-Timing: the test pauses the ranks (SIGSTOP) once a step has been logged, sends the signal and
+In-process, with 2 DataLoader workers: a signal in the middle of a validation (sent to the
+workers and multiprocessing's helpers too) stops the run after the next step, and the run
+resumes exactly.
+
+Timing: the subprocess tests pause the ranks (SIGSTOP) once a step has been logged, sends the signal and
 resumes them (SIGCONT), so the signal always lands before the run could finish.
 """
 
@@ -158,3 +162,84 @@ def test_sigterm_without_slurm_checkpoints_and_stops(glyph_shards, tmp_path):
     assert_preempted(run, seen, "SIGTERM")
     assert not requeues.exists()  # not under SLURM: nothing to requeue
     assert json.loads((run / "summary.json").read_text())["steps"] < STEPS
+
+
+def _helpers() -> list[int]:
+    """The fork server, every process it forked (the DataLoader workers) and multiprocessing's
+    resource tracker: the other processes of a job step that SLURM's signal reaches."""
+    from multiprocessing import forkserver, resource_tracker
+
+    server = forkserver._forkserver._forkserver_pid
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == server and fields[0] != "Z":
+            children.append(int(stat.parent.name))
+    return [server, resource_tracker._resource_tracker._pid, *children]
+
+
+@pytest.mark.slow  # three short real fits
+@pytest.mark.usefixtures("one_thread")
+def test_preemption_during_validation_with_workers_resumes_exactly(glyph_shards, tmp_path, monkeypatch,
+                                                                   capfd):
+    """In-process, with 2 DataLoader workers: SIGUSR1 arrives in the middle of the validation
+    at step 5 (mid-epoch), sent as SLURM sends it: to the training process, its loader
+    workers, the fork server and the resource tracker. The validation finishes, the run
+    stops after the next optimizer step (6) with a checkpoint, no helper dies or prints a
+    traceback, and the run resumed from it ends as the uninterrupted run does."""
+    from resume_matrix import QUICKSTART
+
+    from pixword_lit.fit.preempt import Preempted
+    from pixword_lit.fit.train import fit
+    from pixword_lit.system.config import load_config
+    from pixword_lit.system.lit_module import PixWordLit
+
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)  # not a SLURM job here: nothing to requeue
+    config = {name: load_config(QUICKSTART, [*overrides("single", glyph_shards, "large", workers,
+                                                        tmp_path / name, STEPS), "data.val_limit=16"])
+              for name, workers in (("reference", 0), ("run", 2))}  # validations of 2 batches
+    fit(config["reference"])  # in-process loading: the batches do not depend on the workers
+
+    validation_step, sent = PixWordLit.validation_step, {"batches": []}
+
+    def signal_mid_validation(self, batch, batch_idx):
+        if self.global_step == 5:
+            sent["batches"].append(batch_idx)
+        if self.global_step == 5 and batch_idx == 0:
+            helpers = _helpers()
+            sent["alive_before"] = [p for p in helpers if _alive(p)]
+            for pid in [os.getpid(), *helpers]:
+                os.kill(pid, signal.SIGUSR1)
+            time.sleep(0.2)  # the helpers have had it
+            sent["alive_after"] = [p for p in helpers if _alive(p)]
+            sent["step"] = self.global_step
+        return validation_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(PixWordLit, "validation_step", signal_mid_validation)
+    run = tmp_path / "run"
+    with pytest.raises(Preempted) as stop:
+        fit(config["run"])
+    monkeypatch.setattr(PixWordLit, "validation_step", validation_step)
+    assert sent["step"] == 5 and len(sent["alive_before"]) >= 4  # server, tracker, >= 2 workers
+    assert sent["batches"] == [0, 1]  # the validation went on to its end
+    assert sent["alive_after"] == sent["alive_before"]
+    assert stop.value.step == 6 and stop.value.signame == "SIGUSR1"
+    assert assert_preempted(run, 5, "SIGUSR1") == 6
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [5]  # and was recorded
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "resource_tracker" not in err, err[-3000:]
+
+    fit(config["run"], resume="last")
+    assert_same_run(tmp_path / "reference", run, list(range(1, STEPS + 1)), rng=False)
+    assert [Path(p).name for p in summary(run)["resumed_from"]] == ["last.ckpt"]
+
+
+def _alive(pid: int) -> bool:
+    from pixword_lit.data.workers import alive
+
+    return alive(pid)

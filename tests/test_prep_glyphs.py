@@ -94,3 +94,34 @@ def test_default_glyph_build(tmp_path, capsys):
     assert [s["samples"] for s in index["shards"]] == [1000] * 4
     sizes = index["image_sizes"]
     assert sizes["count_landscape"] > 3000 and sizes["count_portrait"] > 0
+
+
+def test_interrupted_glyphs_leave_no_partial_file_and_a_rerun_matches(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the (one) train shard is open, then while the indexes are written, then a
+    rerun: a shard has its final name only when finished, an index.json only for a split whose
+    shards are all finished, report.json only for a finished build; the tokenizer trained
+    before the interruption is kept, and the output is byte-identical to an uninterrupted
+    build's."""
+    from test_prep_llava import files, interrupt
+    from test_prep_run import tree
+
+    args = ["glyphs", "--num-train", "20", "--num-val", "6", "--seed", "2", "--vocab-size", "300",
+            "--workers", "1"]
+    fresh, out = tmp_path / "fresh", tmp_path / "out"
+    assert main([*args, "--out", str(fresh)]) == 0
+    interrupt(monkeypatch, at_sample=12)
+    assert main([*args, "--out", str(out)]) == 130
+    assert "interrupted; rerun the same command" in capsys.readouterr().err
+    assert files(out) == {"progress.json", "tokenizer.json", "train/shard-000000.tar.tmp"}
+    assert (out / "tokenizer.json").read_bytes() == (fresh / "tokenizer.json").read_bytes()
+    monkeypatch.undo()
+    interrupt(monkeypatch, at_index="val")
+    assert main([*args, "--out", str(out)]) == 130
+    assert files(out) == {"progress.json", "tokenizer.json", "train/shard-000000.tar",
+                          "train/index.json", "val/shard-000000.tar"}
+    assert not json.loads((out / "progress.json").read_text())["complete"]
+    monkeypatch.undo()
+    assert main([*args, "--out", str(out)]) == 0
+    resumed, uninterrupted = tree(out), tree(fresh)
+    assert resumed.pop("progress.json") and uninterrupted.pop("progress.json")
+    assert resumed == uninterrupted

@@ -184,3 +184,76 @@ def test_a_small_llava_set_keeps_validation_data(llava, tmp_path, mode):
     build_llava(chat, imgs, out, mode=mode, image_size=32, window_size=8, max_seq_len=64,
                 vocab_size=500, seed=seed)  # fmt: skip
     assert samples(out / "val")[0]["num_samples"] >= 1
+
+
+# ---- an interrupted build (Ctrl-C) ----------------------------------------------------------
+def interrupt(monkeypatch, *, at_sample: int | None = None, at_index: str | None = None) -> None:
+    """Make the next build raise KeyboardInterrupt (as Ctrl-C does) in the writing process:
+    before its `at_sample`-th sample is added, or while the `at_index` split's index.json is
+    written (the other split's may be written already)."""
+    from data_prep import shards
+
+    add, write, seen = shards.SplitWriter.add, shards.write_json_atomic, [0]
+
+    def adding(self, *a, **k):
+        seen[0] += 1
+        if seen[0] == at_sample:
+            raise KeyboardInterrupt
+        return add(self, *a, **k)
+
+    def writing(path, obj):
+        if path.name == "index.json" and path.parent.name == at_index:
+            raise KeyboardInterrupt
+        write(path, obj)
+
+    monkeypatch.setattr(shards.SplitWriter, "add", adding)
+    monkeypatch.setattr(shards, "write_json_atomic", writing)
+
+
+def files(folder) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("mode", ["image_only", "mixed"])
+def test_interrupted_llava_leaves_no_partial_file_and_a_rerun_matches(llava, tmp_path, monkeypatch,
+                                                                       capsys, mode):
+    """Ctrl-C mid-shard, then Ctrl-C while the indexes are written, then a rerun: only
+    finished shards ever carry a final name, an index.json only a split whose shards are all
+    finished, report.json only a finished build; the rerun's output is byte-identical to an
+    uninterrupted build's. Last, an --overwrite rebuild interrupted mid-way leaves no index or
+    shard of the old build beside its own partial output."""
+    from test_prep_run import tree
+
+    chat, imgs, _ = llava
+    args = ["llava", "--json", str(chat), "--images", str(imgs), "--mode", mode, "--shard-size", "2",
+            "--val-fraction", "0.25", "--workers", "1", "--image-size", "32", "--window-size", "8",
+            "--max-seq-len", "256", "--vocab-size", "300"]
+    fresh, out = tmp_path / "fresh", tmp_path / "out"
+    assert main([*args, "--out", str(fresh)]) == 0
+    interrupt(monkeypatch, at_sample=6)  # 5 samples written: 2 shards finished, 1 open
+    assert main([*args, "--out", str(out)]) == 130
+    assert "interrupted; rerun the same command" in capsys.readouterr().err
+    left = files(out)
+    assert not {f for f in left if f.endswith(("index.json", "report.json"))}
+    partial = {f for f in left if f.endswith(".tmp")}
+    assert len(partial) == 1 and partial.pop().endswith(".tar.tmp")  # the open shard, aside
+    finished = {f for f in left if f.endswith(".tar")}
+    assert len(finished) == 2
+    for f in finished:  # the finished shards are complete: those of the uninterrupted build
+        assert (out / f).read_bytes() == (fresh / f).read_bytes()
+    monkeypatch.undo()
+    interrupt(monkeypatch, at_index="val")  # every shard done, train/index.json written
+    assert main([*args, "--out", str(out)]) == 130
+    state = json.loads((out / "progress.json").read_text())
+    assert not state["complete"] and not (out / "report.json").exists()
+    assert not (out / "val" / "index.json").exists() and not list(out.rglob("*.tmp"))
+    monkeypatch.undo()
+    assert main([*args, "--out", str(out)]) == 0
+    resumed, uninterrupted = tree(out), tree(fresh)
+    assert resumed.pop("progress.json") and uninterrupted.pop("progress.json")
+    assert resumed == uninterrupted
+    interrupt(monkeypatch, at_sample=4)  # the first shard of the rebuild finished, 1 open
+    assert main([*args, "--out", str(out), "--overwrite"]) == 130
+    left = files(out)
+    assert not {f for f in left if f.endswith(("index.json", "report.json"))}
+    assert sorted(f.rsplit(".", 1)[-1] for f in left if "shard-" in f) == ["tar", "tmp"]

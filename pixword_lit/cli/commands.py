@@ -120,7 +120,7 @@ def cmd_eval(a) -> int:
     from pixword_lit.infer.captions import eval_captions
 
     r = eval_captions(a.checkpoint, a.data, a.prefix, a.end, a.out, a.batch_size, a.limit,
-                      a.max_new_tokens, a.train)
+                      a.max_new_tokens, a.train, a.tokenizer)
     print(f"exact match {r['eval/exact_match']:.4f}  CER {r['eval/cer']:.4f}  "
           f"answer NLL {r['eval/answer_nll']:.4f} nats/token  ({r['documents']} documents)")
     print(f"image-blind controls (train: {r['train']}): answer NLL {r['eval/blind_nll']:.4f} "

@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--batch-size", type=at_least(1), default=16)
     cap.add_argument("--limit", type=at_least(1), help="only the first N documents")
     cap.add_argument("--max-new-tokens", type=at_least(1), help="default: longest true answer + 4")
+    cap.add_argument("--tokenizer", help="tokenizer.json, for checkpoints that do not hold one")
     cap.set_defaults(fn=cmd_eval)
 
     bn = sub.add_parser("bench", help="measure speed; writes CSV + Markdown (default results/bench)")

@@ -138,11 +138,13 @@ def _scores(pairs: list[tuple[str, str]]) -> dict:
 
 def eval_captions(ckpt: str, data: str | None = None, prefix: str | None = None, end: str | None = None,
                   out_dir: str | None = None, batch_size: int = 16, limit: int | None = None,
-                  max_new_tokens: int | None = None, train: str | None = None) -> dict:
+                  max_new_tokens: int | None = None, train: str | None = None,
+                  tokenizer: str | None = None) -> dict:
     """Evaluate a checkpoint; outputs go to RUN/eval (or out_dir), numbers into RUN/summary.json.
     data, prefix, end and train default to the run's own config (data.val, eval.prefix,
-    eval.end, data.train: the split the controls are fitted on)."""
-    run = load_run(ckpt)
+    eval.end, data.train: the split the controls are fitted on); `tokenizer` (--tokenizer) for
+    a checkpoint that holds none."""
+    run = load_run(ckpt, tokenizer)
     out = Path(out_dir) if out_dir else _run_dir(ckpt) / "eval"
     e = run.cfg.eval
     result = evaluate_run(run, data or run.cfg.data.val, e.prefix if prefix is None else prefix,

@@ -24,7 +24,7 @@ from pixword_lit.files import atomic_save, atomic_write
 from pixword_lit.infer.export import load_module
 from pixword_lit.infer.generate import GenerateError, Generation, Sampling, generate
 from pixword_lit.infer.images import blank, generate_images, kept_windows, to_rgb
-from pixword_lit.model.tokens import N_SPECIAL
+from pixword_lit.model.tokens import N_SPECIAL, special_tokens_problem
 
 
 @dataclass
@@ -94,14 +94,23 @@ def _tokenizer(module, override: str | None, ckpt: str):
     if override:
         if not Path(override).is_file():
             raise GenerateError(f"--tokenizer: {override}: no such file")
-        tok = Tokenizer.from_file(override)
+        try:
+            tok = Tokenizer.from_file(override)
+        except Exception as e:  # not JSON, not a tokenizer: the library's message, one line
+            raise GenerateError(f"--tokenizer: {override} cannot be loaded: {e}") from None
+        where = f"--tokenizer: {override}"
     elif module.hparams.get("tokenizer"):
         tok = Tokenizer.from_str(module.hparams["tokenizer"])
+        where = f"{ckpt}: its stored tokenizer"
     else:
         raise GenerateError(f"{ckpt}: the checkpoint holds no word tokenizer (written before "
                             "tokenizers were stored); pass --tokenizer PATH to the run's tokenizer.json")
+    problem = special_tokens_problem(tok)  # ids 0-5: the layout every word id relies on
+    if problem:
+        raise GenerateError(f"{where} {problem}: not the tokenizer of this run")
     if tok.get_vocab_size() > module.vocab.n_words:
-        raise GenerateError(f"tokenizer has {tok.get_vocab_size()} words, the model {module.vocab.n_words}")
+        raise GenerateError(f"{where} has {tok.get_vocab_size()} words, the model "
+                            f"{module.vocab.n_words}: not the tokenizer of this run")
     return tok
 
 
