@@ -25,6 +25,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "matrix_runs" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("matrix"))
+            item.add_marker(pytest.mark.slow)  # real fits (make test-fast leaves them out)
 
 
 @pytest.fixture(scope="session")

@@ -84,6 +84,7 @@ def _tiny(shards):
             "data.batch_size=2", "data.num_workers=0"]
 
 
+@pytest.mark.slow
 def test_bench_functions_on_a_tiny_model(glyph_shards):
     from pixword_lit.bench import training as bt
 
@@ -154,6 +155,7 @@ def test_compiled_model_loss_and_gradients_equal_eager():
         torch.testing.assert_close(g1[k], g0[k], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bench_gpu_script_parses_and_its_bench_runs_on_cpu(glyph_shards, tmp_path):
     """experiments/bench_gpu.sh: bash syntax, and `bench paper` (what it runs) on a tiny
     override of the paper config, on CPU: both window kernels train to the same loss (to
@@ -174,6 +176,7 @@ def test_bench_gpu_script_parses_and_its_bench_runs_on_cpu(glyph_shards, tmp_pat
     assert fp32["rel_diff"] == 0.0 and bf16["rel_diff"] < 1e-2
 
 
+@pytest.mark.slow
 def test_bench_ab_runs_each_arm_in_its_own_process(glyph_shards):
     """`pixword bench ab` on a tiny model: both arms run (fresh processes, the malloc arm with
     glibc's defaults), every pair is reported, the ratio is of the best times."""

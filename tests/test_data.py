@@ -130,6 +130,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 def test_workers_end_when_the_training_process_is_killed(glyph_shards):
     """A fork-server worker is the server's child, so torch's own parent check cannot see the
     training process die; after a SIGKILL of it the workers must still end, not linger."""

@@ -186,6 +186,7 @@ def test_compare_draws_reading_by_height_and_shows_eval_columns(mixed_ckpt, tmp_
     assert "eval/exact_match" in md and "eval/cer" in md
 
 
+@pytest.mark.slow
 def test_sample_and_complete_from_a_dense_checkpoint(glyph_shards, plate, mixed_ckpt, tmp_path, capsys):
     fit(tiny_config(glyph_shards, tmp_path, "model.objective.name=dense", "trainer.max_steps=2",
                     "trainer.val_check_interval=2", "data.val_limit=4", mode="image_only"))

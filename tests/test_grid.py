@@ -120,6 +120,7 @@ def test_nan_or_unfinished_summary_is_not_finished():
     assert summary_problem({"status": "finished", "val/loss": 1.0}) is None
 
 
+@pytest.mark.slow
 def test_tiny_grid_with_a_broken_run(glyph_shards, tmp_path):
     tiny = {
         "data.train": f"{glyph_shards}/train", "data.val": f"{glyph_shards}/val",

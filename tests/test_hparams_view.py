@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import TINY_GRID
 
 from pixword_lit.fit.hparams_view import GRID_FILE
@@ -39,6 +40,7 @@ def shown_by_default(experiment) -> list[str]:
     return [h.name for h in infos[:5]]
 
 
+@pytest.mark.slow
 def test_grid_runs_declare_the_axis_and_metrics(glyph_shards, tmp_path):
     fixed = {**TINY, "data.train": f"{glyph_shards}/train", "data.val": f"{glyph_shards}/val"}
     body = "\n".join(f"  {k}: {json.dumps(v)}" for k, v in fixed.items())

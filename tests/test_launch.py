@@ -62,6 +62,7 @@ def final(root: Path, name: str) -> dict:
     return json.loads((root / name / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_local_parallel_failure_paths_skip_and_same_numbers_as_sequential(glyph_shards, tmp_path,
                                                                            monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")  # submitit's local jobs would see ""
@@ -179,6 +180,7 @@ def fit_processes(marker: str) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").exists(), reason="reads live processes from /proc")
 def test_ctrl_c_leaves_cells_interrupted_and_the_next_launch_resumes_them(glyph_shards, tmp_path):
     axes = "  optim:\n    - {lr: 0.003, label: a}\n    - {lr: 0.002, label: b}\n"

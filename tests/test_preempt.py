@@ -153,6 +153,7 @@ def test_slurm_preemption_checkpoints_requeues_and_resumes_exactly(
     assert not list(run.rglob("hpc_ckpt*"))
 
 
+@pytest.mark.slow
 def test_sigterm_without_slurm_checkpoints_and_stops(glyph_shards, tmp_path):
     run = tmp_path / "run"
     _, requeues = stand_in_scontrol(tmp_path)

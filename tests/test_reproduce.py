@@ -39,6 +39,7 @@ def test_pick_run_defaults_to_the_first_cell_at_the_first_seed(tmp_path):
         pick_run(grid, "lr-9")
 
 
+@pytest.mark.slow
 def test_reproduce_against_a_committed_table(glyph_shards, tmp_path):
     grid = tiny_grid(tmp_path, glyph_shards)
     results, lines = tmp_path / "results", []

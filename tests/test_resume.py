@@ -37,6 +37,7 @@ def test_resume_is_exact_for_the_dense_objective_full_causal_and_a_palette(matri
     assert f"name: {name}" in config
 
 
+@pytest.mark.slow
 def test_partial_checkpoint_writes_are_ignored_and_cleared(glyph_shards, tmp_path, capsys):
     """What a kill during a checkpoint write leaves (planted, so it does not depend on when a
     kill lands): a partial single-file write (NAME.tmp), a half-written sharded folder

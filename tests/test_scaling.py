@@ -37,6 +37,7 @@ def draws(seeds=(0, 1), noise=0.003, rng_seed=1):
     return rows, n, d, true_loss(n, d) * np.exp(rng.normal(0, noise, len(rows)))
 
 
+@pytest.mark.slow
 def test_the_fit_recovers_a_known_surface_within_its_intervals():
     _, n, d, loss = draws()
     fit = scaling.fit_scaling(n, d, loss, STARTS)
@@ -106,6 +107,7 @@ def test_held_out_and_isoflop_views():
     assert params == sorted(params) and params[-1] > params[0]
 
 
+@pytest.mark.slow
 def test_compare_writes_the_scaling_report(tmp_path, monkeypatch):
     from pixword_lit.grid import scaling_report
 

@@ -91,6 +91,7 @@ def test_job_script_carries_resources_signal_requeue_and_one_task_per_gpu(fake_s
     assert cell.threads == 8 and cell.resume is False
 
 
+@pytest.mark.slow
 def test_preempted_cell_is_resubmitted_and_resumes(fake_slurm, tmp_path, glyph_shards, capsys):
     path = write_grid(tmp_path / "g.yaml", glyph_shards, "  optim:\n    - {lr: 0.003, label: ok}\n")
     path.write_text(path.read_text() + "launcher: {name: slurm}\n")
