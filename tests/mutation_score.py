@@ -23,7 +23,7 @@ from collections import Counter
 
 # The lowest share of detected mutants a module may have; `make mutation` fails below it.
 # Set from the recorded run (results/mutation.csv): a little below its lowest module score.
-THRESHOLD = 0.85
+THRESHOLD = 0.88
 
 SCOPE = {  # module -> the functions in scope (None: all of them)
     "pixword_lit.data.elements": None,

@@ -36,7 +36,17 @@ from pixword_lit.model.components.folding import (
     psnr,
 )
 from pixword_lit.model.pixword import ModelOutput, loss_terms
-from pixword_lit.model.tokens import BOS, EOS, IGNORE, IMG_END, IMG_START, PAD, SPECIAL_TOKENS, Vocab
+from pixword_lit.model.tokens import (
+    BOS,
+    EOS,
+    IGNORE,
+    IMG_END,
+    IMG_START,
+    PAD,
+    SPECIAL_TOKENS,
+    Vocab,
+    special_tokens_problem,
+)
 
 IG = IGNORE
 
@@ -49,6 +59,32 @@ def test_vocab_layout():
     assert [v.word_name(i) for i in range(7)] == [*SPECIAL_TOKENS, "w6"]
     assert SPECIAL_TOKENS == ["<unk>", "<s>", "</s>", "<pad>", "<|image|>", "<|/image|>"]
     assert (BOS, EOS, PAD, IMG_START, IMG_END, IGNORE) == (1, 2, 3, 4, 5, -100)
+
+
+class _Tokenizer:
+    """What special_tokens_problem reads of a `tokenizers.Tokenizer`: token_to_id (None when absent)."""
+
+    def __init__(self, ids: dict):
+        self.ids = ids
+
+    def token_to_id(self, token):
+        return self.ids.get(token)
+
+
+def test_special_tokens_problem_by_hand():
+    good = dict(zip(SPECIAL_TOKENS, range(6)))
+    assert special_tokens_problem(_Tokenizer(good)) is None
+    assert special_tokens_problem(_Tokenizer({**good, "w": 6})) is None  # words after them: fine
+    swapped = {**good, "<s>": 2, "</s>": 1}
+    assert special_tokens_problem(_Tokenizer(swapped)) == (
+        "does not have the special tokens <unk> <s> </s> <pad> <|image|> <|/image|> at ids 0-5 "
+        "(found <unk>=0, <s>=2, </s>=1, <pad>=3, <|image|>=4, <|/image|>=5)")
+    no_image = {t: i for t, i in good.items() if "image" not in t}
+    assert special_tokens_problem(_Tokenizer(no_image)).endswith(
+        "(found <unk>=0, <s>=1, </s>=2, <pad>=3, <|image|>=None, <|/image|>=None)")
+    shifted = {t: i + 1 for t, i in good.items()}  # the right order one id up
+    assert "(found <unk>=1, <s>=2, </s>=3, <pad>=4, <|image|>=5, <|/image|>=6)" in (
+        special_tokens_problem(_Tokenizer(shifted)))
 
 
 # ---- folding --------------------------------------------------------------------------------
@@ -167,6 +203,17 @@ def test_fit_palette_rounds_and_uses_lloyd_steps():
     # with no Lloyd step the centres are sampled pixels, not means
     assert fit_palette(pix, 2, iters=0).tolist()[1] == [250, 250, 250]
     assert fit_palette(pix, 2, iters=0).tolist()[0] in ([0, 0, 0], [3, 3, 3])
+
+
+def test_fit_palette_moves_a_centre_left_with_one_pixel():
+    """Greys 0, 30, 40, k = 2, seed 1: k-means++ starts at 30 and 40 (iters=0 below). Step 1:
+    {0, 30} -> 15, {40} -> 40; step 2: 30 is nearer 40 (10) than 15 (15), so {0} -> 0 and
+    {30, 40} -> 35; step 3 moves nothing. A cluster left with one pixel moves onto it."""
+    pix = np.repeat(np.array([[0], [30], [40]], np.uint8), 3, 1)
+    assert fit_palette(pix, 2, iters=0, seed=1).tolist() == [[30] * 3, [40] * 3]
+    assert fit_palette(pix, 2, iters=1, seed=1).tolist() == [[15] * 3, [40] * 3]
+    assert fit_palette(pix, 2, iters=2, seed=1).tolist() == [[0] * 3, [35] * 3]
+    assert fit_palette(pix, 2, seed=1).tolist() == [[0] * 3, [35] * 3]
 
 
 def test_psnr_by_hand():
@@ -425,34 +472,36 @@ def test_loss_terms_dense_branch_by_hand():
     targets = torch.tensor([[0, 4, IG]])
     dl = torch.tensor([[[0.0, 4.0, 0.0, 1.0], [0.0, 0.0, 2.0, 0.5]],   # window 0: pixel 0 hit (1)
                        [[3.0, 0.0, 1.0, 0.0], [9.0, 9.0, 9.0, 9.0]],   # window 1: pixel 0 missed (3)
-                       [[0.0, 0.0, 5.0, 0.0], [1.0, 0.0, 0.0, 2.0]]])  # window 2: pixel 0 pad
-    dt = torch.tensor([[1, 2], [3, IG], [IG, 0]])
+                       [[0.0, 0.0, 5.0, 0.0], [1.0, 0.0, 0.0, 2.0]],   # window 2: pixel 0 pad
+                       [[0.0, 1.0, 6.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])  # window 3: pixel 0 hit (2)
+    # pixel 0 is valid in windows 0, 1, 3 and pixel 1 in windows 0, 2: the counts differ
+    dt = torch.tensor([[1, 2], [3, IG], [IG, 0], [2, IG]])
     out = ModelOutput(logits, dense_logits=dl, dense_targets=dt)
     word = _ce(logits[0, 0], 0)
     tok_pix = _ce(logits[0, 1], 4)
-    first = [_ce(dl[0, 0], 1), _ce(dl[1, 0], 3)]
+    first = [_ce(dl[0, 0], 1), _ce(dl[1, 0], 3), _ce(dl[3, 0], 2)]
     every = first + [_ce(dl[0, 1], 2), _ce(dl[2, 1], 0)]
     t = loss_terms(out, targets, n_words, dense=True)
     assert float(t.sum) == pytest.approx(word + sum(every), rel=1e-6)
     assert float(t.pix_sum) == pytest.approx(sum(first), rel=1e-6)
     assert float(t.word_sum) == pytest.approx(word, rel=1e-6)
     assert float(t.pixel_all_sum) == pytest.approx(sum(every), rel=1e-6)
-    assert _ints(t) == [5, 2, 1, 1, 4]  # n = 1 word + 4 valid pixels; 1 of 2 pixel 0s right
+    assert _ints(t) == [6, 3, 1, 2, 5]  # n = 1 word + 5 valid pixels; 2 of 3 pixel 0s right
     # not dense (the flag, not the output, decides what trains): the token targets' mean
     f = loss_terms(out, targets, n_words)
     assert float(f.sum) == pytest.approx(word + tok_pix, rel=1e-6)
     assert float(f.pix_sum) == pytest.approx(sum(first), rel=1e-6)
     assert float(f.pixel_all_sum) == pytest.approx(sum(every), rel=1e-6)
-    assert _ints(f) == [2, 2, 1, 1, 4]
+    assert _ints(f) == [2, 3, 1, 2, 5]
     # pix_weight: every pixel weighs w (dense), the token pixel targets w (not dense)
     w = loss_terms(out, targets, n_words, True, 0.5)
     assert float(w.sum) == pytest.approx(word + 0.5 * sum(every), rel=1e-6)
-    assert float(w.n) == 1 + 0.5 * 4
+    assert float(w.n) == 1 + 0.5 * 5
     w = loss_terms(out, targets, n_words, False, 0.25)
     assert float(w.sum) == pytest.approx(word + 0.25 * tok_pix, rel=1e-6)
     assert float(w.n) == 1 + 0.25 * 1
     assert float(w.pix_sum) == pytest.approx(sum(first), rel=1e-6)  # the reported terms stay
-    assert _ints(loss_terms(out, targets, n_words, True, 1.0)) == [5, 2, 1, 1, 4]
+    assert _ints(loss_terms(out, targets, n_words, True, 1.0)) == [6, 3, 1, 2, 5]
 
 
 def test_loss_terms_full_causal_branch_by_hand():
