@@ -1,6 +1,8 @@
-"""Exact, hand-derived checks of the modules where a silent error corrupts results: image.py
-(what the model sees), tokens.py, components/folding.py and model.loss_terms. Pure numpy and
-small tensors, so `make mutation` can run them for every mutant in well under a second.
+"""Exact, hand-derived checks of the modules where a silent error corrupts results:
+data/elements.py (what the model sees, the `authors` short-side rounding included), tokens.py,
+components/folding.py (`folding_from_state` included) and model.loss_terms (its first-pixel,
+dense and full_causal branches and pix_weight). Pure numpy and small tensors, so `make
+mutation` can run them for every mutant in well under a second.
 """
 
 from __future__ import annotations
@@ -22,16 +24,29 @@ from pixword_lit.data.elements import (
     image_windows,
     resize_longer_side,
 )
+from pixword_lit.errors import ConfigError
 from pixword_lit.model.components.folding import (
+    FOLDINGS,
     PaletteFolding,
     UniformFolding,
     fit_palette,
     fold_psnr,
+    folding_from_state,
     nearest,
     psnr,
 )
 from pixword_lit.model.pixword import ModelOutput, loss_terms
-from pixword_lit.model.tokens import BOS, EOS, IGNORE, IMG_END, IMG_START, PAD, SPECIAL_TOKENS, Vocab
+from pixword_lit.model.tokens import (
+    BOS,
+    EOS,
+    IGNORE,
+    IMG_END,
+    IMG_START,
+    PAD,
+    SPECIAL_TOKENS,
+    Vocab,
+    special_tokens_problem,
+)
 
 IG = IGNORE
 
@@ -44,6 +59,32 @@ def test_vocab_layout():
     assert [v.word_name(i) for i in range(7)] == [*SPECIAL_TOKENS, "w6"]
     assert SPECIAL_TOKENS == ["<unk>", "<s>", "</s>", "<pad>", "<|image|>", "<|/image|>"]
     assert (BOS, EOS, PAD, IMG_START, IMG_END, IGNORE) == (1, 2, 3, 4, 5, -100)
+
+
+class _Tokenizer:
+    """What special_tokens_problem reads of a `tokenizers.Tokenizer`: token_to_id (None when absent)."""
+
+    def __init__(self, ids: dict):
+        self.ids = ids
+
+    def token_to_id(self, token):
+        return self.ids.get(token)
+
+
+def test_special_tokens_problem_by_hand():
+    good = dict(zip(SPECIAL_TOKENS, range(6)))
+    assert special_tokens_problem(_Tokenizer(good)) is None
+    assert special_tokens_problem(_Tokenizer({**good, "w": 6})) is None  # words after them: fine
+    swapped = {**good, "<s>": 2, "</s>": 1}
+    assert special_tokens_problem(_Tokenizer(swapped)) == (
+        "does not have the special tokens <unk> <s> </s> <pad> <|image|> <|/image|> at ids 0-5 "
+        "(found <unk>=0, <s>=2, </s>=1, <pad>=3, <|image|>=4, <|/image|>=5)")
+    no_image = {t: i for t, i in good.items() if "image" not in t}
+    assert special_tokens_problem(_Tokenizer(no_image)).endswith(
+        "(found <unk>=0, <s>=1, </s>=2, <pad>=3, <|image|>=None, <|/image|>=None)")
+    shifted = {t: i + 1 for t, i in good.items()}  # the right order one id up
+    assert "(found <unk>=1, <s>=2, </s>=3, <pad>=4, <|image|>=5, <|/image|>=6)" in (
+        special_tokens_problem(_Tokenizer(shifted)))
 
 
 # ---- folding --------------------------------------------------------------------------------
@@ -86,6 +127,26 @@ def test_palette_folding_by_hand():
     assert f.n_pix == 4 and f.colors() is f.palette and f.colors().dtype == np.uint8
     assert f.unfold(np.array([3, 1])).tolist() == [[255, 255, 255], [250, 0, 0]]
     assert f.state() == {"name": "palette", "palette": pal.tolist()}
+
+
+def test_folding_from_state_rebuilds_each_folding():
+    """What checkpoints keep (`state()`) rebuilds the same folding, by name."""
+    assert set(FOLDINGS) == {"uniform", "palette"}
+    assert FOLDINGS["uniform"] is UniformFolding and FOLDINGS["palette"] is PaletteFolding
+    u = folding_from_state({"name": "uniform", "factor": 64})
+    assert type(u) is UniformFolding and (u.factor, u.levels, u.n_pix) == (64, 4, 64)
+    assert UniformFolding.from_state({"name": "uniform", "factor": 128}).factor == 128
+    pal = [[0, 0, 0], [250, 0, 0], [0, 0, 250]]
+    p = folding_from_state({"name": "palette", "palette": pal})
+    assert type(p) is PaletteFolding and p.palette.tolist() == pal and p.n_pix == 3
+    assert PaletteFolding.from_state({"palette": pal[:2]}).palette.tolist() == pal[:2]
+    for f in (UniformFolding(16), PaletteFolding(pal)):  # state() -> from_state: the same tokens
+        g = folding_from_state(f.state())
+        rgb = np.array([[240, 10, 5], [3, 3, 200], [90, 90, 90]], np.uint8)
+        assert g.state() == f.state() and g.fold(rgb).tolist() == f.fold(rgb).tolist()
+    with pytest.raises(ConfigError) as e:
+        folding_from_state({"name": "median_cut", "factor": 16})
+    assert str(e.value) == "model.folding.name: unknown folding 'median_cut'"
 
 
 def test_fit_palette_recovers_clusters_sorted():
@@ -144,6 +205,17 @@ def test_fit_palette_rounds_and_uses_lloyd_steps():
     assert fit_palette(pix, 2, iters=0).tolist()[0] in ([0, 0, 0], [3, 3, 3])
 
 
+def test_fit_palette_moves_a_centre_left_with_one_pixel():
+    """Greys 0, 30, 40, k = 2, seed 1: k-means++ starts at 30 and 40 (iters=0 below). Step 1:
+    {0, 30} -> 15, {40} -> 40; step 2: 30 is nearer 40 (10) than 15 (15), so {0} -> 0 and
+    {30, 40} -> 35; step 3 moves nothing. A cluster left with one pixel moves onto it."""
+    pix = np.repeat(np.array([[0], [30], [40]], np.uint8), 3, 1)
+    assert fit_palette(pix, 2, iters=0, seed=1).tolist() == [[30] * 3, [40] * 3]
+    assert fit_palette(pix, 2, iters=1, seed=1).tolist() == [[15] * 3, [40] * 3]
+    assert fit_palette(pix, 2, iters=2, seed=1).tolist() == [[0] * 3, [35] * 3]
+    assert fit_palette(pix, 2, seed=1).tolist() == [[0] * 3, [35] * 3]
+
+
 def test_psnr_by_hand():
     assert psnr(0.0) == float("inf") and psnr(-1.0) == float("inf")
     assert psnr(255.0**2) == pytest.approx(0.0, abs=1e-12)
@@ -178,6 +250,24 @@ def test_resize_edges():
         resize_longer_side(Image.new("RGB", (5, 3)), 16, "skip", "box")
     with pytest.raises(SkipImage):
         resize_longer_side(Image.new("RGB", (15, 15)), 16, "skip", "box")
+
+
+def test_resize_authors_rounding_by_hand():
+    """data.short_side_rounding: 61/112 is stored just below 0.544642857..., so the authors'
+    int((short / long) * S) gives int(121.99999999999999) = 121 at S = 224, where the default
+    int(S * short / long) = int(13664 / 112) = 122 exactly; both sides of a portrait image too."""
+    img = Image.new("RGB", (112, 61))
+    assert resize_longer_side(img, 224, "upscale", "box").size == (224, 122)
+    assert resize_longer_side(img, 224, "upscale", "box", "floor").size == (224, 122)
+    assert resize_longer_side(img, 224, "upscale", "box", "authors").size == (224, 121)
+    portrait = Image.new("RGB", (61, 112))
+    assert resize_longer_side(portrait, 224, "upscale", "box", "authors").size == (121, 224)
+    # where the two agree: 30/100 * 16 = 4.8 either way -> 4; a side of 0 is kept at 1 px
+    assert resize_longer_side(Image.new("RGB", (100, 30)), 16, "upscale", "box", "authors").size == (16, 4)
+    assert resize_longer_side(Image.new("RGB", (40, 1)), 16, "upscale", "box", "authors").size == (16, 1)
+    # an image already S on its longer side is returned as is under either rounding
+    same = Image.new("RGB", (224, 121))
+    assert resize_longer_side(same, 224, "skip", "box", "authors") is same
 
 
 def _windows(h, w, fold=None, size=4, window=2):
@@ -359,3 +449,103 @@ def test_loss_terms_computes_in_float32_from_bf16_logits():
     t = loss_terms(ModelOutput(logits), targets, 20)
     assert t.sum.dtype == torch.float32
     assert float(t.sum) == pytest.approx(float(want), rel=1e-5)
+
+
+def _ce(logits: torch.Tensor, target: int) -> float:
+    """One cross-entropy in float64, from log-softmax: the reference the by-hand sums use."""
+    return -float(torch.log_softmax(logits.double(), -1)[target])
+
+
+def _ints(t, keys=("n", "pix_n", "word_n", "pix_correct", "pixel_all_n")):
+    for k in keys:
+        assert getattr(t, k).dtype == torch.int64, k  # counts stay integers (pix_weight 1)
+    return [int(getattr(t, k)) for k in keys]
+
+
+def test_loss_terms_dense_branch_by_hand():
+    """The local decoder's logits (dense objective): the paper's target is each window's pixel
+    0, every valid pixel is in pixel_all_*, and `dense` trains words + every pixel."""
+    n_words = 3  # token classes 0-2 words, 3-6 pix (4 pix ids)
+    logits = torch.tensor([[[3.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0],    # word target 0
+                            [0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 1.0],    # pix target 4 (id 1)
+                            [7.0, 7.0, 7.0, 7.0, 7.0, 7.0, 7.0]]])  # IGNORE
+    targets = torch.tensor([[0, 4, IG]])
+    dl = torch.tensor([[[0.0, 4.0, 0.0, 1.0], [0.0, 0.0, 2.0, 0.5]],   # window 0: pixel 0 hit (1)
+                       [[3.0, 0.0, 1.0, 0.0], [9.0, 9.0, 9.0, 9.0]],   # window 1: pixel 0 missed (3)
+                       [[0.0, 0.0, 5.0, 0.0], [1.0, 0.0, 0.0, 2.0]],   # window 2: pixel 0 pad
+                       [[0.0, 1.0, 6.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])  # window 3: pixel 0 hit (2)
+    # pixel 0 is valid in windows 0, 1, 3 and pixel 1 in windows 0, 2: the counts differ
+    dt = torch.tensor([[1, 2], [3, IG], [IG, 0], [2, IG]])
+    out = ModelOutput(logits, dense_logits=dl, dense_targets=dt)
+    word = _ce(logits[0, 0], 0)
+    tok_pix = _ce(logits[0, 1], 4)
+    first = [_ce(dl[0, 0], 1), _ce(dl[1, 0], 3), _ce(dl[3, 0], 2)]
+    every = first + [_ce(dl[0, 1], 2), _ce(dl[2, 1], 0)]
+    t = loss_terms(out, targets, n_words, dense=True)
+    assert float(t.sum) == pytest.approx(word + sum(every), rel=1e-6)
+    assert float(t.pix_sum) == pytest.approx(sum(first), rel=1e-6)
+    assert float(t.word_sum) == pytest.approx(word, rel=1e-6)
+    assert float(t.pixel_all_sum) == pytest.approx(sum(every), rel=1e-6)
+    assert _ints(t) == [6, 3, 1, 2, 5]  # n = 1 word + 5 valid pixels; 2 of 3 pixel 0s right
+    # not dense (the flag, not the output, decides what trains): the token targets' mean
+    f = loss_terms(out, targets, n_words)
+    assert float(f.sum) == pytest.approx(word + tok_pix, rel=1e-6)
+    assert float(f.pix_sum) == pytest.approx(sum(first), rel=1e-6)
+    assert float(f.pixel_all_sum) == pytest.approx(sum(every), rel=1e-6)
+    assert _ints(f) == [2, 3, 1, 2, 5]
+    # pix_weight: every pixel weighs w (dense), the token pixel targets w (not dense)
+    w = loss_terms(out, targets, n_words, True, 0.5)
+    assert float(w.sum) == pytest.approx(word + 0.5 * sum(every), rel=1e-6)
+    assert float(w.n) == 1 + 0.5 * 5
+    w = loss_terms(out, targets, n_words, False, 0.25)
+    assert float(w.sum) == pytest.approx(word + 0.25 * tok_pix, rel=1e-6)
+    assert float(w.n) == 1 + 0.25 * 1
+    assert float(w.pix_sum) == pytest.approx(sum(first), rel=1e-6)  # the reported terms stay
+    assert _ints(loss_terms(out, targets, n_words, True, 1.0)) == [6, 3, 1, 2, 5]
+
+
+def test_loss_terms_full_causal_branch_by_hand():
+    """full_causal's every-pixel logits: each pixel token predicts the next pixel (class ids,
+    IGNORE elsewhere); pixel_all_* sums them, and `dense` trains words + those pixels."""
+    n_words = 3
+    logits = torch.tensor([[[1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0],    # word target 2
+                            [0.0, 0.0, 0.0, 0.0, 0.0, 3.0, 0.0],    # pix target 5: hit
+                            [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]]])  # pix target 6: missed
+    targets = torch.tensor([[2, 5, 6]])
+    pl = torch.tensor([[[0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0],
+                        [5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0],
+                        [0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 3.0],
+                        [0.0, 0.0, 0.0, 2.0, 1.0, 0.0, 0.0]]])
+    pt = torch.tensor([[4, IG, 6, 3]])
+    out = ModelOutput(logits, pixel_logits=pl, pixel_targets=pt)
+    word = _ce(logits[0, 0], 2)
+    tok_pix = [_ce(logits[0, 1], 5), _ce(logits[0, 2], 6)]
+    every = [_ce(pl[0, 0], 4), _ce(pl[0, 2], 6), _ce(pl[0, 3], 3)]
+    t = loss_terms(out, targets, n_words, dense=True)
+    assert float(t.sum) == pytest.approx(word + sum(every), rel=1e-6)
+    assert float(t.pixel_all_sum) == pytest.approx(sum(every), rel=1e-6)
+    assert float(t.pix_sum) == pytest.approx(sum(tok_pix), rel=1e-6)  # the paper's targets
+    assert float(t.word_sum) == pytest.approx(word, rel=1e-6)
+    assert _ints(t) == [4, 2, 1, 1, 3]
+    f = loss_terms(out, targets, n_words)  # evaluation: reported, not trained
+    assert float(f.sum) == pytest.approx(word + sum(tok_pix), rel=1e-6)
+    assert float(f.pixel_all_sum) == pytest.approx(sum(every), rel=1e-6)
+    assert _ints(f) == [3, 2, 1, 1, 3]
+    w = loss_terms(out, targets, n_words, True, 2.0)
+    assert float(w.sum) == pytest.approx(word + 2 * sum(every), rel=1e-6)
+    assert float(w.n) == 1 + 2 * 3
+
+
+def test_loss_terms_without_pixel_logits_reports_no_pixels():
+    """The paper's model: pixel_all_* are zeros, the default is the plain mean (pix_weight 1,
+    not dense), and every count an integer."""
+    logits = torch.tensor([[[0.0, 2.0, 0.0, 1.0], [0.0, 0.0, 1.0, 3.0]]])
+    targets = torch.tensor([[1, 3]])  # a word, then pix class 3 (n_words 3)
+    t = loss_terms(ModelOutput(logits), targets, 3)
+    assert float(t.pixel_all_sum) == 0.0 and t.pixel_all_sum.dtype == torch.float32
+    assert _ints(t) == [2, 1, 1, 1, 0]
+    assert float(t.sum) == pytest.approx(_ce(logits[0, 0], 1) + _ce(logits[0, 1], 3), rel=1e-6)
+    # dense without a local decoder or pixel logits: words + (no) pixels
+    d = loss_terms(ModelOutput(logits), targets, 3, dense=True)
+    assert float(d.sum) == pytest.approx(_ce(logits[0, 0], 1), rel=1e-6)
+    assert _ints(d) == [1, 1, 1, 1, 0]
