@@ -48,7 +48,7 @@ motivating case for pixel tokens. Deterministic for a given --seed; sample i doe
 depend on the counts. Also trains OUT/tokenizer.json on the train captions. --task reading
 draws digit strings at exact ink heights for the reading study (every digit its own token);
 with --strings words, 2-4 letter capital words from a closed list of 56, 8 of them never in
-train (every letter its own token)."""
+train (every word one token)."""
 
 
 def _fraction(s: str) -> float:

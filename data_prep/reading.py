@@ -10,7 +10,7 @@ reading task"):
 - `strings="words"`: one of the WORDS (56 common English words of 2-4 capital letters, a
   closed set); WORDS_HELD_OUT of them, picked by a seeded permutation, never appear in train,
   and val draws a quarter (VAL_UNSEEN_WORDS) of its strings from them. Its tokenizer makes
-  every capital letter its own token (word_tokenizer), as the digit task does for digits;
+  every word of the list one token (word_tokenizer): a closed set, read as a whole;
 - the image is a fixed canvas (default 48x24) of one flat colour with the string in one
   contrasting colour; the ink height is drawn uniformly per image from `heights`;
 - the ink is exactly `height` pixel rows tall: the string is drawn with Pillow's built-in font
@@ -191,25 +191,13 @@ def train_texts(seed: int, num_train: int, length: int, strings: str = "digits")
 
 
 def word_tokenizer(texts, vocab_size: int):
-    """Byte-level BPE (as data_prep/tokenizer.py) in which every capital letter and digit is its
-    own pre-token: a word answer of n letters is exactly n tokens, held-out words included."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    """The usual byte-level BPE (tokenizer.train_tokenizer) with every word of WORDS added as one
+    token, held-out words included: a word answer is exactly one token, then the closing `".`.
+    (Every letter its own token, tried first, was not read: results/reading_small/pilot_words.)"""
+    from .tokenizer import train_tokenizer
 
-    from pixword_lit.model.tokens import SPECIAL_TOKENS, special_tokens_problem
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex("[A-Z]"), behavior="isolated"),
-        pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False),
-    ])  # fmt: skip
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
-    tok.train_from_iterator(texts, trainer=trainer)
-    problem = special_tokens_problem(tok)
-    if problem:
-        raise RuntimeError(f"the trained tokenizer {problem}")
+    tok = train_tokenizer(texts, vocab_size)
+    tok.add_tokens(list(WORDS))
     return tok
 
 
