@@ -46,7 +46,9 @@ GLYPHS_HELP = """Generate the built-in offline dataset of small rendered strings
 plates, numbers, short words) with captions that state the text exactly: the paper's
 motivating case for pixel tokens. Deterministic for a given --seed; sample i does not
 depend on the counts. Also trains OUT/tokenizer.json on the train captions. --task reading
-draws digit strings at exact ink heights for the reading study (every digit its own token)."""
+draws digit strings at exact ink heights for the reading study (every digit its own token);
+with --strings words, 2-4 letter capital words from a closed list of 56, 8 of them never in
+train (every word one token)."""
 
 
 def _fraction(s: str) -> float:
@@ -165,21 +167,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("glyphs", GLYPHS_HELP)
     p.add_argument("--task", choices=TASKS, default="assorted",
                    help="assorted: plates, numbers and words at varied sizes; reading: digit "
-                   "strings at exact ink heights on a fixed canvas, some val strings never in "
-                   "train (data_prep/README.md)")  # fmt: skip
+                   "strings (or words, --strings) at exact ink heights on a fixed canvas, some "
+                   "val strings never in train (data_prep/README.md)")  # fmt: skip
     p.add_argument("--num-train", type=_at_least(1), default=None,
                    help="train samples (None: 4000; --task reading: 20000)")  # fmt: skip
     p.add_argument("--num-val", type=_at_least(0), default=None,
                    help="val samples (None: 256; --task reading: 1024)")  # fmt: skip
     p.add_argument("--vocab-size", type=_at_least(6), default=1000, help="BPE vocabulary")
     p.add_argument("--length", type=_at_least(1), default=None,
-                   help=f"--task reading: digits per string (None: {reading.LENGTH})")  # fmt: skip
+                   help=f"--task reading --strings digits: digits per string (None: "
+                   f"{reading.LENGTH})")  # fmt: skip
     p.add_argument("--heights", type=_heights, default=None,
                    help="--task reading: ink heights in pixels, comma-separated, one drawn "
-                   f"uniformly per image (None: {','.join(map(str, reading.HEIGHTS))})")  # fmt: skip
+                   f"uniformly per image (None: {','.join(map(str, reading.HEIGHTS))}; "
+                   f"--strings words: {','.join(map(str, reading.WORD_HEIGHTS))})")  # fmt: skip
     p.add_argument("--canvas", type=_canvas, default=None,
                    help="--task reading: WIDTHxHEIGHT of every image in pixels (None: "
                    f"{reading.CANVAS[0]}x{reading.CANVAS[1]})")  # fmt: skip
+    p.add_argument("--strings", choices=reading.STRINGS, default=None,
+                   help="--task reading: digits: --length random digits, 10%% of all strings "
+                   f"held out; words: one of {len(reading.WORDS)} common words of 2-4 capital "
+                   f"letters, {reading.WORDS_HELD_OUT} held out of train, a quarter of val from "
+                   "them, heights by default "
+                   f"{','.join(map(str, reading.WORD_HEIGHTS))} (None: digits)")  # fmt: skip
     return parser
 
 
@@ -189,7 +199,8 @@ def _run(a: argparse.Namespace) -> tuple[dict, object]:
     if a.command == "glyphs":
         report = build_glyphs(a.out, num_train=a.num_train, num_val=a.num_val, seed=a.seed,
                               vocab_size=a.vocab_size, task=a.task, length=a.length,
-                              heights=a.heights, canvas=a.canvas, **run)  # fmt: skip
+                              heights=a.heights, canvas=a.canvas, strings=a.strings,
+                              **run)  # fmt: skip
         return report, "the glyph generator"
     common = {
         "val_fraction": a.val_fraction, "shard_size": a.shard_size, "max_side": a.max_side,

@@ -171,21 +171,26 @@ def build_glyphs(
     length: int | None = None,
     heights: tuple[int, ...] | None = None,
     canvas: tuple[int, int] | None = None,
+    strings: str | None = None,
     workers: int = 1,
     progress: bool | None = None,
     overwrite: bool = False,
 ) -> dict:
     """Generate, tokenize and write the glyph dataset; return the report. `task`: "assorted"
-    (plates, numbers, words) or "reading" (digit strings at exact ink heights, reading.py;
-    `length`, `heights` and `canvas` apply to it alone; None: its defaults)."""
+    (plates, numbers, words) or "reading" (digit strings or words at exact ink heights,
+    reading.py; `length`, `heights`, `canvas` and `strings` apply to it alone; None: its
+    defaults, `heights` those of `strings`)."""
     from . import reading
 
     out = Path(out)
     if task not in TASKS:
         raise UsageError(f"--task {task}: choose one of {', '.join(TASKS)}")
-    task_args = (length, heights, canvas)
+    task_args = (length, heights, canvas, strings)
     if task != "reading" and any(a is not None for a in task_args):
-        raise UsageError("--length, --heights and --canvas apply to --task reading only")
+        raise UsageError("--length, --heights, --canvas and --strings apply to --task reading only")
+    strings = strings or "digits"
+    if strings == "words" and length is not None:
+        raise UsageError("--length applies to --strings digits only (words have their own lengths)")
     num_train = num_train if num_train is not None else NUM_DEFAULTS[task][0]
     num_val = num_val if num_val is not None else NUM_DEFAULTS[task][1]
     args = {
@@ -194,12 +199,14 @@ def build_glyphs(
     }  # fmt: skip
     if task == "reading":  # the assorted task keeps its old arguments (older builds resume)
         length = reading.LENGTH if length is None else length
-        heights = tuple(reading.HEIGHTS if heights is None else heights)
+        heights = tuple(reading.default_heights(strings) if heights is None else heights)
         canvas = tuple(reading.CANVAS if canvas is None else canvas)
-        reading.check_args(length, heights, canvas)
+        reading.check_args(length, heights, canvas, strings)
         args.update(task=task, length=length, heights=list(heights), canvas=list(canvas))
-        work, extra = reading.reading_work, (length, heights, canvas)
-        texts = reading.train_texts(seed, num_train, length)
+        if strings != "digits":  # digit builds keep their arguments (and bytes)
+            args.update(strings=strings, length=None)
+        work, extra = reading.reading_work, (length, heights, canvas, strings)
+        texts = reading.train_texts(seed, num_train, length, strings)
     else:
         work, extra, texts = glyph_work, (), _train_texts(seed, num_train)
     items = [(split, (seed, split, i, *extra)) for split, n in (("train", num_train), ("val", num_val))
@@ -208,7 +215,9 @@ def build_glyphs(
     if writer.complete:
         return writer.saved_report()
     if not (writer.resumed and (out / "tokenizer.json").is_file()):
-        save_tokenizer(train_tokenizer(texts, vocab_size, split_digits=task == "reading"), out)
+        tok = (reading.word_tokenizer(texts, vocab_size) if task == "reading" and strings == "words"
+               else train_tokenizer(texts, vocab_size, split_digits=task == "reading"))  # fmt: skip
+        save_tokenizer(tok, out)
     writer.tokenizer = "../tokenizer.json"
     return run_items(writer, items, work, {}, workers=workers, progress=progress,
                      label="prep glyphs")  # fmt: skip

@@ -1,12 +1,16 @@
-"""`prep glyphs --task reading`: digit strings at a controlled ink height (the reading study).
+"""`prep glyphs --task reading`: digit strings or words at a controlled ink height (the reading study).
 
 Each sample is the glyph document `["Read the text in the image.", <image>, 'The text says
 "407".']`, made so that what the image shows is under control (data_prep/README.md, "The
 reading task"):
 
-- the string is `length` random digits. A fixed share (HELD_OUT) of all 10**length strings,
-  picked by a seeded permutation, never appears in train; val draws half its strings from
-  them (`pool: "held_out"`) and half from the training pool (`pool: "train"`);
+- `strings="digits"` (default): `length` random digits. A fixed share (HELD_OUT) of all
+  10**length strings, picked by a seeded permutation, never appears in train; val draws half
+  its strings from them (`pool: "held_out"`) and half from the training pool (`pool: "train"`);
+- `strings="words"`: one of the WORDS (56 common English words of 2-4 capital letters, a
+  closed set); WORDS_HELD_OUT of them, picked by a seeded permutation, never appear in train,
+  and val draws a quarter (VAL_UNSEEN_WORDS) of its strings from them. Its tokenizer makes
+  every word of the list one token (word_tokenizer): a closed set, read as a whole;
 - the image is a fixed canvas (default 48x24) of one flat colour with the string in one
   contrasting colour; the ink height is drawn uniformly per image from `heights`;
 - the ink is exactly `height` pixel rows tall: the string is drawn with Pillow's built-in font
@@ -37,22 +41,51 @@ HELD_OUT = 0.1  # share of all strings never drawn for train
 VAL_UNSEEN = 0.5  # share of val strings drawn from the held-out ones
 RENDER_SCALE = 6  # points of the large render per pixel of target ink height
 MAX_LENGTH = 6
+STRINGS = ("digits", "words")  # --strings
+# fmt: off
+WORDS = (  # capitals: every letter spans the ink height (no ascenders or descenders)
+    "GO", "UP", "ON", "IN", "AT", "TO", "NO", "SO", "BY", "IF", "IT", "WE", "HE", "ME", "MY", "OR",
+    "BUS", "CAR", "CAT", "DOG", "SUN", "RED", "BIG", "HOT", "ONE", "TWO", "TEN", "YES", "MAP",
+    "ART", "AIR", "ICE", "SEA", "SKY", "BOX", "KEY",
+    "STOP", "EXIT", "OPEN", "PARK", "GATE", "TAXI", "ZONE", "LANE", "EAST", "CAFE", "BANK",
+    "ROAD", "CITY", "PUSH", "PULL", "SALE", "INFO", "HELP", "LEFT", "NEXT",
+)
+# fmt: on
+WORDS_HELD_OUT = 8  # of the 56 words, never drawn for train
+VAL_UNSEEN_WORDS = 0.25  # share of val words drawn from the held-out ones
+WORD_HEIGHTS = (4, 6, 8, 12)  # 4-letter capitals at 16 px are wider than the 48 px canvas
 
 
-def check_args(length: int, heights: tuple[int, ...], canvas: tuple[int, int]) -> None:
+def default_heights(strings: str = "digits") -> tuple[int, ...]:
+    return WORD_HEIGHTS if strings == "words" else HEIGHTS
+
+
+def check_args(length: int, heights: tuple[int, ...], canvas: tuple[int, int],
+               strings: str = "digits") -> None:  # fmt: skip
     """One UsageError naming the argument when the task cannot be drawn as asked."""
+    if strings not in STRINGS:
+        raise UsageError(f"--strings {strings}: choose one of {', '.join(STRINGS)}")
+    if strings == "words":
+        _check_size(heights, canvas, WORDS, "the widest word at {} px is")
+        return
     if not 1 <= length <= MAX_LENGTH:
         raise UsageError(f"--length {length}: must be between 1 and {MAX_LENGTH} digits")
+    _check_size(heights, canvas, [str(d) * length for d in range(10)],
+                f"{length} digits at {{}} px are up to")  # fmt: skip
+
+
+def _check_size(heights, canvas, texts, what: str) -> None:
+    """Every height fits the canvas's height and the widest of `texts` its width."""
     if not heights or min(heights) < 2:
         raise UsageError(f"--heights {_csv(heights)}: need at least one height, each at least 2 px")
     w, h = canvas
     if max(heights) > h:
         raise UsageError(f"--heights {_csv(heights)}: {max(heights)} px is taller than the "
                          f"--canvas {w}x{h}")  # fmt: skip
-    widest = max(_ink(str(d) * length, max(heights)).shape[1] for d in range(10))
+    widest = max(_ink(t, max(heights)).shape[1] for t in texts)
     if widest > w:
-        raise UsageError(f"--canvas {w}x{h}: {length} digits at {max(heights)} px are up to "
-                         f"{widest} px wide; widen the canvas or lower --heights/--length")  # fmt: skip
+        raise UsageError(f"--canvas {w}x{h}: {what.format(max(heights))} {widest} px wide; "
+                         "widen the canvas or lower --heights/--length")  # fmt: skip
 
 
 def _csv(heights) -> str:
@@ -68,8 +101,23 @@ def pools(seed: int, length: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[held:]), np.sort(perm[:held])
 
 
-def draw_string(rng: np.random.Generator, seed: int, split: str, length: int) -> tuple[str, str]:
-    """(digits, pool it came from): train only from the training pool, val half from each."""
+@cache
+def word_pools(seed: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(training words, held-out words), each in WORDS' order."""
+    perm = np.random.default_rng([seed, 3]).permutation(len(WORDS))
+    held = set(perm[:WORDS_HELD_OUT].tolist())
+    return (tuple(w for i, w in enumerate(WORDS) if i not in held),
+            tuple(w for i, w in enumerate(WORDS) if i in held))  # fmt: skip
+
+
+def draw_string(rng: np.random.Generator, seed: int, split: str, length: int,
+                strings: str = "digits") -> tuple[str, str]:  # fmt: skip
+    """(string, pool it came from): train only from the training pool, val from both."""
+    if strings == "words":
+        train_words, held_words = word_pools(seed)
+        pool = "held_out" if split == "val" and rng.random() < VAL_UNSEEN_WORDS else "train"
+        words = held_words if pool == "held_out" else train_words
+        return words[rng.integers(len(words))], pool
     train, held = pools(seed, length)
     pool = "held_out" if split == "val" and rng.random() < VAL_UNSEEN else "train"
     values = held if pool == "held_out" else train
@@ -120,29 +168,42 @@ def render(rng: np.random.Generator, text: str, height: int,
 
 
 def make_sample(seed: int, split: str, i: int, length: int = LENGTH, heights=HEIGHTS,
-                canvas=CANVAS) -> tuple[list[dict], Image.Image]:  # fmt: skip
+                canvas=CANVAS, strings: str = "digits") -> tuple[list[dict], Image.Image]:  # fmt: skip
     """Elements and image of sample i of `split`; depends only on (seed, split, i, task args)."""
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], i])
-    text, pool = draw_string(rng, seed, split, length)
+    text, pool = draw_string(rng, seed, split, length, strings)
     height = int(heights[rng.integers(len(heights))])
     img, glyph = render(rng, text, height, tuple(canvas))
     glyph["pool"] = pool
+    if strings != "digits":  # digit builds keep their bytes
+        glyph["strings"] = strings
     return _elements(split, i, text, glyph), img
 
 
-def train_texts(seed: int, num_train: int, length: int):
+def train_texts(seed: int, num_train: int, length: int, strings: str = "digits"):
     """The train split's text without rendering (the string is drawn first from each stream)."""
     for i in range(num_train):
         text, _ = draw_string(np.random.default_rng([seed, _SPLIT_IDS["train"], i]), seed,
-                              "train", length)  # fmt: skip
+                              "train", length, strings)  # fmt: skip
         for el in _elements("train", i, text):
             if el["type"] == "text":
                 yield el["text"]
 
 
+def word_tokenizer(texts, vocab_size: int):
+    """The usual byte-level BPE (tokenizer.train_tokenizer) with every word of WORDS added as one
+    token, held-out words included: a word answer is exactly one token, then the closing `".`.
+    (Every letter its own token, tried first, was not read: results/reading_small/pilot_words.)"""
+    from .tokenizer import train_tokenizer
+
+    tok = train_tokenizer(texts, vocab_size)
+    tok.add_tokens(list(WORDS))
+    return tok
+
+
 def reading_work(payload: tuple):
     """Worker: render sample i of a split of the reading task."""
-    seed, split, i, length, heights, canvas = payload
-    elements, img = make_sample(seed, split, i, length, heights, canvas)
+    seed, split, i, length, heights, canvas, strings = payload
+    elements, img = make_sample(seed, split, i, length, heights, canvas, strings)
     stored = StoredImage(png_bytes(img), img.width, img.height, "png")
     return [(elements, elements[1]["name"], [stored])], []

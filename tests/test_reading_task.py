@@ -260,3 +260,77 @@ def test_reading_shards_do_not_depend_on_workers(tmp_path):
         build_glyphs(tmp_path / f"w{w}", task="reading", num_train=24, num_val=8, workers=w)
     for f in ("train/shard-000000.tar", "val/shard-000000.tar", "tokenizer.json"):
         assert (tmp_path / "w1" / f).read_bytes() == (tmp_path / "w2" / f).read_bytes(), f
+
+
+# --- --strings words: a closed set of capital words --------------------------------------------
+
+WORD_CAPTION = re.compile(r'^The text says "([A-Z]+)"\.$')
+
+
+@pytest.fixture(scope="module")
+def word_shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reading_words")
+    build_glyphs(out, task="reading", strings="words", num_train=200, num_val=160, seed=5)
+    return out
+
+
+def _glyphs(folder):
+    for s in samples_of(folder):
+        _, image, caption = json.loads(s["json"])["elements"]
+        yield image["glyph"], caption["text"], s["img0.png"]
+
+
+def test_words_come_from_the_list_held_out_never_in_train_and_ink_height_exact(word_shards):
+    train_words, held_words = reading.word_pools(5)
+    assert len(held_words) == reading.WORDS_HELD_OUT and not set(train_words) & set(held_words)
+    assert set(train_words) | set(held_words) == set(reading.WORDS)
+    pools, heights = {"train": Counter(), "val": Counter()}, Counter()
+    for split in ("train", "val"):
+        for g, caption, png in _glyphs(word_shards / split):
+            word = WORD_CAPTION.match(caption).group(1)
+            assert g["drawn"] == word and g["strings"] == "words" and 2 <= len(word) <= 4
+            assert word in (held_words if g["pool"] == "held_out" else train_words)
+            pools[split][g["pool"]] += 1
+            px = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+            ink = (px != np.array(g["bg"])).any(-1)
+            rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+            assert rows[-1] - rows[0] + 1 == g["text_height"] and (rows[0], cols[0]) == (g["y"], g["x"])
+            assert cols[-1] - cols[0] + 1 == g["text_width"]
+            heights[g["text_height"]] += 1
+    assert set(pools["train"]) == {"train"}  # held-out words never in train
+    assert 20 < pools["val"]["held_out"] < 70 and pools["val"]["train"] > 90  # about 1/4 of 160
+    assert set(heights) == set(reading.WORD_HEIGHTS)
+
+
+def test_every_word_is_one_token_held_out_words_too(word_shards):
+    tok = Tokenizer.from_file(str(word_shards / "tokenizer.json"))
+    prefix = tok.encode('The text says "', add_special_tokens=False).tokens
+    assert tok.encode("Read the text in the image.", add_special_tokens=False).tokens[0] == "Read"
+    for word in reading.WORDS:  # IN, ON, HE... stay whole inside INFO, ONE, HELP
+        full = tok.encode(f'The text says "{word}".', add_special_tokens=False).tokens
+        assert full == [*prefix, word, '".'] and tok.decode(tok.encode(f'"{word}".').ids) == f'"{word}".'
+
+
+def test_word_samples_deterministic_and_digit_builds_unchanged(word_shards, reading_shards, tmp_path):
+    a = reading.make_sample(5, "val", 7, heights=reading.WORD_HEIGHTS, strings="words")
+    b = reading.make_sample(5, "val", 7, heights=reading.WORD_HEIGHTS, strings="words")
+    assert a[0] == b[0] and a[1].tobytes() == b[1].tobytes()
+    build_glyphs(tmp_path / "again", task="reading", strings="words", num_train=200, num_val=160, seed=5)
+    for f in ("train/shard-000000.tar", "val/shard-000000.tar", "tokenizer.json"):
+        assert (tmp_path / "again" / f).read_bytes() == (word_shards / f).read_bytes(), f
+    words_args = json.loads((word_shards / "val" / "index.json").read_text())["args"]
+    digit_args = json.loads((reading_shards / "val" / "index.json").read_text())["args"]
+    assert words_args["strings"] == "words" and words_args["heights"] == list(reading.WORD_HEIGHTS)
+    assert "strings" not in digit_args  # digit builds keep their arguments and bytes
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["--task", "reading", "--strings", "words", "--heights", "4,16"], "--canvas 48x24"),
+    (["--task", "reading", "--strings", "words", "--length", "3"], "--length"),
+    (["--strings", "words"], "--strings"),
+])
+def test_bad_word_arguments_one_line_exit_2(argv, names, tmp_path, capsys):
+    assert prep_main(["glyphs", "--out", str(tmp_path / "o"), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert names in err[-1] and err[-1].startswith("pixword prep glyphs: error:")
+    assert not (tmp_path / "o").exists()
