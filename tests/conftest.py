@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
 
 # numpy's OpenBLAS threads spin while they wait: on 2 shared cores (2 pytest-xdist workers, the
 # tests' own subprocesses) they made the scaling fits' small BLAS calls up to 4x slower (measured:
@@ -19,19 +23,42 @@ from pixword_lit.system.config import DEBUG_MODEL, load_config
 
 
 def pytest_collection_modifyitems(config, items):
-    """`make test` runs the suite on 2 pytest-xdist workers (--dist loadgroup): the tests that
-    read the resume matrix's runs (made once per session, minutes) share one worker, so the
-    matrix is made once; the rest spread over both."""
     for item in items:
         if "matrix_runs" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("matrix"))
             item.add_marker(pytest.mark.slow)  # real fits (make test-fast leaves them out)
+
+
+# `make test` runs the suite on pytest-xdist workers, a test file per worker at a time (--dist
+# loadfile: a module fixture is made once). The session fixtures below are made once for the
+# whole session, whichever worker asks first: in a folder every worker sees, under a lock.
+def _shared(tmp_path_factory) -> Path:
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextmanager
+def _made_once(folder: Path):
+    """Yields True to the one caller that must make `folder` (the others wait for it), then
+    marks it made; a folder left half-made by a crash is made again."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{folder}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        done = folder / ".made"
+        if done.exists():
+            yield False
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        yield True
+        done.touch()
 
 
 @pytest.fixture(scope="session")
 def glyph_shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("glyphs")
-    build_glyphs(out, num_train=96, num_val=16, seed=0)
+    out = _shared(tmp_path_factory) / "glyphs"
+    with _made_once(out) as make:
+        if make:
+            build_glyphs(out, num_train=96, num_val=16, seed=0)
     return out
 
 
@@ -77,8 +104,10 @@ def worked_example_shards(tmp_path):
 @pytest.fixture(scope="session")
 def small_shards(tmp_path_factory):
     """24 training units: 3 batches an epoch at 8 per step (runs cross epoch boundaries)."""
-    out = tmp_path_factory.mktemp("glyphs_small")
-    build_glyphs(out, num_train=24, num_val=8, seed=0)
+    out = _shared(tmp_path_factory) / "glyphs_small"
+    with _made_once(out) as make:
+        if make:
+            build_glyphs(out, num_train=24, num_val=8, seed=0)
     return out
 
 
@@ -87,13 +116,12 @@ def matrix_runs(tmp_path_factory, glyph_shards, small_shards):
     """strategy -> folder of the resume matrix's runs (resume_matrix.py), made once."""
     from resume_matrix import run_matrix
 
-    done = {}
-
     def get(strategy):
-        if strategy not in done:
-            root = tmp_path_factory.mktemp(f"resume-{strategy}")
-            done[strategy] = run_matrix(strategy, root, {"large": glyph_shards, "small": small_shards})
-        return done[strategy]
+        root = _shared(tmp_path_factory) / f"resume-{strategy}"
+        with _made_once(root) as make:
+            if make:
+                run_matrix(strategy, root, {"large": glyph_shards, "small": small_shards})
+        return root
 
     return get
 
