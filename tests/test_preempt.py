@@ -203,6 +203,12 @@ def test_preemption_during_validation_with_workers_resumes_exactly(glyph_shards,
     config = {name: load_config(QUICKSTART, [*overrides("single", glyph_shards, "large", workers,
                                                         tmp_path / name, STEPS), "data.val_limit=16"])
               for name, workers in (("reference", 0), ("run", 2))}  # validations of 2 batches
+    # a resource tracker that multiprocessing relaunched in this pytest process earlier (after an
+    # earlier test's helper died) runs without the job's signals blocked; a fit starts its own
+    # with them blocked (data/workers.py), as it would in a fresh process: stop the stray one
+    from multiprocessing import resource_tracker
+    if resource_tracker._resource_tracker._pid is not None:
+        resource_tracker._resource_tracker._stop()
     fit(config["reference"])  # in-process loading: the batches do not depend on the workers
 
     validation_step, sent = PixWordLit.validation_step, {"batches": []}
