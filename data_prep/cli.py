@@ -190,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
                    f"letters, {reading.WORDS_HELD_OUT} held out of train, a quarter of val from "
                    "them, heights by default "
                    f"{','.join(map(str, reading.WORD_HEIGHTS))} (None: digits)")  # fmt: skip
+    p.add_argument("--ink", choices=reading.INKS, default=None,
+                   help="--task reading: random: a random flat background and the text in a "
+                   "random contrasting colour; black: black text on white (None: random)")  # fmt: skip
+    p.add_argument("--place", choices=reading.PLACES, default=None,
+                   help="--task reading: random: the text anywhere it fits on the canvas; "
+                   "center: centred (None: random)")  # fmt: skip
     return parser
 
 
@@ -200,7 +206,7 @@ def _run(a: argparse.Namespace) -> tuple[dict, object]:
         report = build_glyphs(a.out, num_train=a.num_train, num_val=a.num_val, seed=a.seed,
                               vocab_size=a.vocab_size, task=a.task, length=a.length,
                               heights=a.heights, canvas=a.canvas, strings=a.strings,
-                              **run)  # fmt: skip
+                              ink=a.ink, place=a.place, **run)  # fmt: skip
         return report, "the glyph generator"
     common = {
         "val_fraction": a.val_fraction, "shard_size": a.shard_size, "max_side": a.max_side,

@@ -172,23 +172,26 @@ def build_glyphs(
     heights: tuple[int, ...] | None = None,
     canvas: tuple[int, int] | None = None,
     strings: str | None = None,
+    ink: str | None = None,
+    place: str | None = None,
     workers: int = 1,
     progress: bool | None = None,
     overwrite: bool = False,
 ) -> dict:
     """Generate, tokenize and write the glyph dataset; return the report. `task`: "assorted"
     (plates, numbers, words) or "reading" (digit strings or words at exact ink heights,
-    reading.py; `length`, `heights`, `canvas` and `strings` apply to it alone; None: its
-    defaults, `heights` those of `strings`)."""
+    reading.py; `length`, `heights`, `canvas`, `strings`, `ink` and `place` apply to it alone;
+    None: its defaults, `heights` those of `strings`)."""
     from . import reading
 
     out = Path(out)
     if task not in TASKS:
         raise UsageError(f"--task {task}: choose one of {', '.join(TASKS)}")
-    task_args = (length, heights, canvas, strings)
+    task_args = (length, heights, canvas, strings, ink, place)
     if task != "reading" and any(a is not None for a in task_args):
-        raise UsageError("--length, --heights, --canvas and --strings apply to --task reading only")
-    strings = strings or "digits"
+        raise UsageError("--length, --heights, --canvas, --strings, --ink and --place apply to "
+                         "--task reading only")  # fmt: skip
+    strings, ink, place = strings or "digits", ink or "random", place or "random"
     if strings == "words" and length is not None:
         raise UsageError("--length applies to --strings digits only (words have their own lengths)")
     num_train = num_train if num_train is not None else NUM_DEFAULTS[task][0]
@@ -201,11 +204,13 @@ def build_glyphs(
         length = reading.LENGTH if length is None else length
         heights = tuple(reading.default_heights(strings) if heights is None else heights)
         canvas = tuple(reading.CANVAS if canvas is None else canvas)
-        reading.check_args(length, heights, canvas, strings)
+        reading.check_args(length, heights, canvas, strings, ink, place)
         args.update(task=task, length=length, heights=list(heights), canvas=list(canvas))
         if strings != "digits":  # digit builds keep their arguments (and bytes)
             args.update(strings=strings, length=None)
-        work, extra = reading.reading_work, (length, heights, canvas, strings)
+        if (ink, place) != ("random", "random"):  # earlier builds keep their arguments
+            args.update(ink=ink, place=place)
+        work, extra = reading.reading_work, (length, heights, canvas, strings, ink, place)
         texts = reading.train_texts(seed, num_train, length, strings)
     else:
         work, extra, texts = glyph_work, (), _train_texts(seed, num_train)

@@ -42,6 +42,8 @@ VAL_UNSEEN = 0.5  # share of val strings drawn from the held-out ones
 RENDER_SCALE = 6  # points of the large render per pixel of target ink height
 MAX_LENGTH = 6
 STRINGS = ("digits", "words")  # --strings
+INKS = ("random", "black")  # --ink: random contrasting colours on a random flat colour, or black on white
+PLACES = ("random", "center")  # --place: the string at a random place, or centred
 # fmt: off
 WORDS = (  # capitals: every letter spans the ink height (no ascenders or descenders)
     "GO", "UP", "ON", "IN", "AT", "TO", "NO", "SO", "BY", "IF", "IT", "WE", "HE", "ME", "MY", "OR",
@@ -61,8 +63,12 @@ def default_heights(strings: str = "digits") -> tuple[int, ...]:
 
 
 def check_args(length: int, heights: tuple[int, ...], canvas: tuple[int, int],
-               strings: str = "digits") -> None:  # fmt: skip
+               strings: str = "digits", ink: str = "random", place: str = "random") -> None:  # fmt: skip
     """One UsageError naming the argument when the task cannot be drawn as asked."""
+    if ink not in INKS:
+        raise UsageError(f"--ink {ink}: choose one of {', '.join(INKS)}")
+    if place not in PLACES:
+        raise UsageError(f"--place {place}: choose one of {', '.join(PLACES)}")
     if strings not in STRINGS:
         raise UsageError(f"--strings {strings}: choose one of {', '.join(STRINGS)}")
     if strings == "words":
@@ -145,15 +151,23 @@ def _ink(text: str, height: int) -> np.ndarray:
     return np.clip(np.asarray(small), 0.0, 1.0)
 
 
-def render(rng: np.random.Generator, text: str, height: int,
-           canvas: tuple[int, int]) -> tuple[Image.Image, dict]:  # fmt: skip
-    """The canvas with `text` exactly `height` px tall at a random place -> image, glyph."""
+def render(rng: np.random.Generator, text: str, height: int, canvas: tuple[int, int],
+           ink: str = "random", place: str = "random") -> tuple[Image.Image, dict]:  # fmt: skip
+    """The canvas with `text` exactly `height` px tall -> image, glyph. `ink`: "random" (a random
+    flat background, the text in a random contrasting colour) or "black" (black on white);
+    `place`: "random" (anywhere it fits) or "center" (centred, rounded down)."""
     w, h = canvas
     cover = _ink(text, height)
     tw = cover.shape[1]
-    bg = rng.integers(0, 256, 3).astype(float)
-    fg = contrasting_colour(rng, _luma(bg), _luma(bg)).astype(float)
-    x, y = int(rng.integers(0, w - tw + 1)), int(rng.integers(0, h - height + 1))
+    if ink == "black":
+        bg, fg = np.full(3, 255.0), np.zeros(3)
+    else:
+        bg = rng.integers(0, 256, 3).astype(float)
+        fg = contrasting_colour(rng, _luma(bg), _luma(bg)).astype(float)
+    if place == "center":
+        x, y = (w - tw) // 2, (h - height) // 2
+    else:
+        x, y = int(rng.integers(0, w - tw + 1)), int(rng.integers(0, h - height + 1))
     alpha = np.zeros((h, w, 1))
     alpha[y : y + height, x : x + tw, 0] = cover
     pixels = np.broadcast_to(bg, (h, w, 3)) * (1 - alpha) + fg * alpha
@@ -168,15 +182,18 @@ def render(rng: np.random.Generator, text: str, height: int,
 
 
 def make_sample(seed: int, split: str, i: int, length: int = LENGTH, heights=HEIGHTS,
-                canvas=CANVAS, strings: str = "digits") -> tuple[list[dict], Image.Image]:  # fmt: skip
+                canvas=CANVAS, strings: str = "digits", ink: str = "random",
+                place: str = "random") -> tuple[list[dict], Image.Image]:  # fmt: skip
     """Elements and image of sample i of `split`; depends only on (seed, split, i, task args)."""
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], i])
     text, pool = draw_string(rng, seed, split, length, strings)
     height = int(heights[rng.integers(len(heights))])
-    img, glyph = render(rng, text, height, tuple(canvas))
+    img, glyph = render(rng, text, height, tuple(canvas), ink, place)
     glyph["pool"] = pool
     if strings != "digits":  # digit builds keep their bytes
         glyph["strings"] = strings
+    if (ink, place) != ("random", "random"):
+        glyph.update(ink=ink, place=place)
     return _elements(split, i, text, glyph), img
 
 
@@ -203,7 +220,7 @@ def word_tokenizer(texts, vocab_size: int):
 
 def reading_work(payload: tuple):
     """Worker: render sample i of a split of the reading task."""
-    seed, split, i, length, heights, canvas, strings = payload
-    elements, img = make_sample(seed, split, i, length, heights, canvas, strings)
+    seed, split, i, length, heights, canvas, strings, ink, place = payload
+    elements, img = make_sample(seed, split, i, length, heights, canvas, strings, ink, place)
     stored = StoredImage(png_bytes(img), img.width, img.height, "png")
     return [(elements, elements[1]["name"], [stored])], []

@@ -334,3 +334,31 @@ def test_bad_word_arguments_one_line_exit_2(argv, names, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert names in err[-1] and err[-1].startswith("pixword prep glyphs: error:")
     assert not (tmp_path / "o").exists()
+
+
+def test_black_ink_centred_words_are_black_on_white_in_the_middle(tmp_path):
+    """--ink black --place center: white background, black text (grey only at stroke edges),
+    the ink box centred (rounded down), the choice recorded in the build's args and glyphs."""
+    out = tmp_path / "plain"
+    assert prep_main(["glyphs", "--out", str(out), "--task", "reading", "--strings", "words",
+                      "--ink", "black", "--place", "center", "--num-train", "40",
+                      "--num-val", "8", "--seed", "3"]) == 0  # fmt: skip
+    w, h = reading.CANVAS
+    n = 0
+    for split in ("train", "val"):
+        for g, caption, png in _glyphs(out / split):
+            assert (g["ink"], g["place"], g["bg"], g["fg"]) == ("black", "center", [255] * 3, [0] * 3)
+            px = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+            assert (px[..., 0] == px[..., 1]).all() and (px[..., 1] == px[..., 2]).all()  # grey
+            ink = px[..., 0] < 255
+            rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+            assert rows[-1] - rows[0] + 1 == g["text_height"] and cols[-1] - cols[0] + 1 == g["text_width"]
+            assert (rows[0], cols[0]) == (g["y"], g["x"]) == ((h - g["text_height"]) // 2,
+                                                              (w - g["text_width"]) // 2)
+            assert g["text_height"] < 8 or (px[..., 0] == 0).any()  # black strokes
+            assert WORD_CAPTION.match(caption).group(1) == g["drawn"]
+            n += 1
+    assert n == 48
+    args = json.loads((out / "train" / "index.json").read_text())["args"]
+    assert (args["ink"], args["place"]) == ("black", "center")
+    assert prep_main(["glyphs", "--out", str(tmp_path / "o"), "--ink", "black"]) == 2  # reading only
