@@ -176,23 +176,32 @@ def test_bench_gpu_script_parses_and_its_bench_runs_on_cpu(glyph_shards, tmp_pat
     assert fp32["rel_diff"] == 0.0 and bf16["rel_diff"] < 1e-2
 
 
+_CONFIG = "experiments/quickstart.yaml"
+
+
 @pytest.mark.slow
-def test_bench_ab_runs_each_arm_in_its_own_process(glyph_shards):
+def test_bench_ab_runs_each_arm_in_its_own_process(glyph_shards, monkeypatch):
     """`pixword bench ab` on a tiny model: both arms run (fresh processes, the malloc arm with
     glibc's defaults), every pair is reported, the ratio is of the best times."""
-    from pixword_lit.bench.ab import ab
+    from pixword_lit.bench import ab as ab_mod
 
-    (row,) = ab("experiments/quickstart.yaml", _tiny(glyph_shards), changes=("malloc_defaults",),
-                pairs=1, n_batches=1, threads=1)
+    arms, run_arm = {}, ab_mod._run_arm  # what each arm's process reported, by its change
+
+    def recorded(config, overrides, change, *rest):
+        arms[change] = run_arm(config, overrides, change, *rest)
+        return arms[change]
+
+    monkeypatch.setattr(ab_mod, "_run_arm", recorded)
+    (row,) = ab_mod.ab(_CONFIG, _tiny(glyph_shards),
+                       changes=("malloc_defaults",), pairs=1, n_batches=1, threads=1)
     base = [float(x) for x in row["base_step_s"].split(" / ")]
     changed = [float(x) for x in row["changed_step_s"].split(" / ")]
     assert len(base) == len(changed) == 1 and min(base) > 0
     assert row["changed_over_base"] == pytest.approx(min(changed) / min(base), abs=2e-3)
+    assert (float(row["base_step_s"]), float(row["changed_step_s"])) == pytest.approx(
+        (arms[None]["step_s"], arms["malloc_defaults"]["step_s"]), rel=1e-3)
     # each arm is a process of its own, with its setting and only that one
-    from pixword_lit.bench.ab import _run_arm
-
-    arms = {c: _run_arm("experiments/quickstart.yaml", _tiny(glyph_shards), c, "fp32", 1, 1)
-            for c in (None, "malloc_defaults", "sdpa_attention")}
+    recorded(_CONFIG, _tiny(glyph_shards), "sdpa_attention", "fp32", 1, 1)
     pids = {a["pid"] for a in arms.values()}
     assert len(pids) == 3 and os.getpid() not in pids
     assert [arms[c]["malloc_tuned"] for c in arms] == [True, False, True]
