@@ -24,11 +24,11 @@ $(GLYPHS)/train/index.json: $(STAMP)
 quickstart: $(STAMP) $(GLYPHS)/train/index.json
 	$(BIN)/pixword fit experiments/quickstart.yaml --overwrite
 
-# The suite runs on WORKERS pytest-xdist processes, a test file per worker at a time, in the
-# order tests/conftest.py gives (FIRST: the long files first); the shards and the resume
-# matrix's runs are made once for all of them. WORKERS=0 runs it in this process.
+# The suite runs on WORKERS pytest-xdist processes, a test file per worker at a time; the shards
+# and the resume matrix's runs are made once for all of them (tests/conftest.py). WORKERS=0
+# runs it in this process, in file order.
 WORKERS ?= 2
-XDIST := $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile --no-loadscope-reorder)
+XDIST := $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(XDIST)

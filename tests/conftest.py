@@ -22,21 +22,7 @@ from data_prep.images import build_images
 from pixword_lit.system.config import DEBUG_MODEL, load_config
 
 
-# The order make test hands files to its 2 workers (Makefile: --no-loadscope-reorder; a worker
-# takes the next file when it is nearly done with its own): the file that builds the resume
-# matrix (matrix_runs, about 3 minutes) first, the long files that do not need it next, those
-# that read the matrix's runs after them, then the rest in file order, the short ones filling
-# the end. Measured per file with `--durations`; only the wall time depends on it.
-FIRST = [
-    "test_resume.py", "test_launch.py", "test_grid.py", "test_bench.py", "test_reproduce.py",
-    "test_fidelity.py", "test_hparams_view.py", "test_preempt.py", "test_elastic.py",
-    "test_dist.py", "test_dist_uneven.py", "test_slurm_launch.py", "test_scaling.py",
-]
-
-
 def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: file order after
     for item in items:
         if "matrix_runs" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)  # real fits (make test-fast leaves them out)
