@@ -73,36 +73,3 @@ def test_the_check_sees_imports_inside_functions(tmp_path):
 def test_no_module_is_above_the_line_limit():
     long = {name: n for name, path in modules() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert long == {}
-
-
-def module_level_imports(path) -> set[str]:
-    """Top-level package names and pixword_lit modules a file imports when it loads (not
-    inside functions)."""
-    out = set()
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            out.add(node.module if node.module.startswith("pixword_lit") else node.module.split(".")[0])
-        elif isinstance(node, ast.Import):
-            out |= {a.name if a.name.startswith("pixword_lit") else a.name.split(".")[0]
-                    for a in node.names}  # fmt: skip
-    return out
-
-
-def test_loader_workers_start_without_lightning():
-    """The fork server preloads data/stream.py and every worker unpickles its stream from it
-    (data/workers.py): nothing it loads imports Lightning or torchmetrics (seconds of start-up
-    each server)."""
-    paths = {name: path for name, path in modules()}
-    seen, todo, heavy = set(), ["pixword_lit.data.stream", "pixword_lit.data.workers"], []
-    while todo:
-        name = todo.pop()
-        if name in seen or name not in paths:
-            continue
-        seen.add(name)
-        for dep in module_level_imports(paths[name]):
-            if dep in ("lightning", "torchmetrics"):
-                heavy.append(f"{name} imports {dep}")
-            todo.append(dep)
-    assert heavy == [] and "pixword_lit.data.elements" in seen
-    # the check can fail: the DataModule next to it imports Lightning
-    assert "lightning" in module_level_imports(paths["pixword_lit.data.module"])
