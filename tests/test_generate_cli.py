@@ -179,6 +179,32 @@ def test_eval_captions_numbers_by_hand_on_three_documents(mixed_ckpt, glyph_shar
     assert sum(b["n"] for b in r["by_glyph_height_windows"].values()) == 3
 
 
+def test_eval_of_an_earlier_checkpoint_or_a_part_leaves_the_summary(mixed_ckpt, tmp_path, capsys):
+    """summary.json holds the run's own eval: evaluating a checkpoint older than the run's last
+    step, or fewer documents than its eval.limit, must not overwrite it (`pixword compare`
+    would show those numbers as the run's); the eval of its last checkpoint made as fit made
+    it does."""
+    import shutil
+
+    from pixword_lit.infer.captions import eval_captions
+
+    run = tmp_path / "run"
+    shutil.copytree(mixed_ckpt.parent.parent, run)
+    path, ckpt = run / "summary.json", run / "checkpoints" / "last.ckpt"  # step 4, eval.limit 3
+    base = json.loads(path.read_text())
+    base["eval/exact_match"] = -1.0  # a marker no eval writes
+    path.write_text(json.dumps({**base, "steps": 9}))  # as if the run had gone on to step 9
+    eval_captions(str(ckpt), out_dir=str(tmp_path / "e1"), limit=3)
+    assert json.loads(path.read_text())["eval/exact_match"] == -1.0
+    assert "not updated (step 4 is not the run's last step 9)" in capsys.readouterr().out
+    path.write_text(json.dumps(base))  # step 4 is the last step now, but only 2 documents
+    eval_captions(str(ckpt), out_dir=str(tmp_path / "e2"), limit=2)
+    assert json.loads(path.read_text())["eval/exact_match"] == -1.0
+    assert "not updated (--data, --limit or --train other than the run's eval)" in capsys.readouterr().out
+    r = eval_captions(str(ckpt), out_dir=str(tmp_path / "e3"), limit=3)  # as the fit's eval
+    assert json.loads(path.read_text())["eval/exact_match"] == r["eval/exact_match"] != -1.0
+
+
 def test_compare_draws_reading_by_height_and_shows_eval_columns(mixed_ckpt, tmp_path):
     from pixword_lit.grid.compare import collect, write_results
 

@@ -21,7 +21,8 @@ Glyph shards say what was drawn (`glyph.text_height` etc., data_prep/README.md),
 and CER are also broken down by the glyph height in pixels after the resize to image_size,
 relative to the window size: in fixed buckets, or, for `--task reading` shards (exact ink
 heights), one row per height. Outputs: RUN/eval/captions.json, captions.md, captions.png; the
-numbers of SUMMARY_KEYS are added to RUN/summary.json so `pixword compare` shows them.
+numbers of SUMMARY_KEYS are added to RUN/summary.json so `pixword compare` shows them, when the
+eval is of the run's last checkpoint made as its fit's eval would be (not an earlier one's).
 """
 
 from __future__ import annotations
@@ -150,7 +151,9 @@ def eval_captions(ckpt: str, data: str | None = None, prefix: str | None = None,
     result = evaluate_run(run, data or run.cfg.data.val, e.prefix if prefix is None else prefix,
                           e.end if end is None else end, out, batch_size, limit, max_new_tokens,
                           label=str(ckpt), train=train)
-    _update_summary(_run_dir(ckpt) / "summary.json", result)
+    d = run.cfg.data  # the eval describes the run when it is the one fit made with eval.captions
+    same = data in (None, d.val) and limit == e.limit and train in (None, d.train)
+    _update_summary(_run_dir(ckpt) / "summary.json", result, ckpt, same)
     return result
 
 
@@ -258,10 +261,22 @@ def picture(records: list[dict], docs: list[Doc], n: int = 24) -> Image.Image:
     return sheet
 
 
-def _update_summary(path: Path, result: dict) -> None:
+def _update_summary(path: Path, result: dict, ckpt, same: bool) -> None:
+    """The run's summary.json gets the eval's numbers only when they describe the run: the
+    checkpoint of its last step, evaluated as its fit would (eval.captions: the run's
+    data.val, eval.limit and data.train). An earlier checkpoint, or another --data, --limit or
+    --train, leave it as it is (the numbers are in the eval's own outputs), saying so."""
+    from pixword_lit.system.checkpoints import checkpoint_step
+
     if not path.exists():
         return
     summary = json.loads(path.read_text())
+    step = checkpoint_step(Path(ckpt))
+    if not same or step != summary.get("steps"):
+        why = (f"step {step} is not the run's last step {summary.get('steps')}" if same
+               else "--data, --limit or --train other than the run's eval")
+        print(f"{path} not updated ({why}): the eval's numbers are in its captions.json")
+        return
     summary.update({k: result[k] for k in SUMMARY_KEYS})
     write_json(path, summary)
 
