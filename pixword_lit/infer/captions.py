@@ -44,6 +44,7 @@ from pixword_lit.infer.controls import Prior, continuation, control_scores, fit_
 from pixword_lit.infer.generate import GenerateError, Sampling
 from pixword_lit.infer.load import TrainedModel, documents, load_run, run_prompts
 from pixword_lit.model.tokens import IGNORE
+from pixword_lit.system.checkpoints import checkpoint_step
 
 # glyph height after resize, in windows: edges of the breakdown's buckets
 HEIGHT_BUCKETS = [0.0, 0.5, 0.75, 1.0, 1.5, math.inf]
@@ -266,15 +267,16 @@ def _update_summary(path: Path, result: dict, ckpt, same: bool) -> None:
     checkpoint of its last step, evaluated as its fit would (eval.captions: the run's
     data.val, eval.limit and data.train). An earlier checkpoint, or another --data, --limit or
     --train, leave it as it is (the numbers are in the eval's own outputs), saying so."""
-    from pixword_lit.system.checkpoints import checkpoint_step
-
     if not path.exists():
         return
     summary = json.loads(path.read_text())
-    step = checkpoint_step(Path(ckpt))
-    if not same or step != summary.get("steps"):
-        why = (f"step {step} is not the run's last step {summary.get('steps')}" if same
-               else "--data, --limit or --train other than the run's eval")
+    if not same:
+        why = "--data, --limit or --train other than the run's eval"
+    elif (step := checkpoint_step(Path(ckpt))) != summary.get("steps"):
+        why = f"step {step} is not the run's last step {summary.get('steps')}"
+    else:
+        why = None
+    if why:
         print(f"{path} not updated ({why}): the eval's numbers are in its captions.json")
         return
     summary.update({k: result[k] for k in SUMMARY_KEYS})

@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "pilot_words"))
-from breakdown import edits  # noqa: E402
+from breakdown import edits, groups, px_per_window  # noqa: E402
 
 RUNS = ["pix_table", "patch_linear"]
 SUMMARY_KEYS = ["params", "steps", "train_s", "flops_per_batch", "train_flops", "val/pix_loss",
@@ -43,7 +43,7 @@ def write(name, rows):
 
 
 def evals(run):
-    """(step, documents, captions.json) of every eval of `run`, in step order."""
+    """(step, captions.json) of every eval of `run`, in step order."""
     out = []
     for p in sorted((HERE / run / "mid").glob("step*.json")):
         out.append((int(p.stem[4:]), json.loads(p.read_text())))
@@ -65,18 +65,15 @@ def main():
                         "exact_match_seen": r["eval/exact_match_seen"],
                         "exact_match_unseen": r["eval/exact_match_unseen"],
                         "distinct_predictions": len({x["prediction"] for x in recs})})
-            px = r["window_size"] * 48 / r["image_size"]  # stored px per window (48 px canvas side)
-            for b in sorted({x["bucket"] for x in recs}, key=float):
-                for group in ("seen", "unseen", "all"):
-                    sel = [x for x in recs if x["bucket"] == b
-                           and (group == "all" or x["seen"] == (group == "seen"))]
-                    chars, k = sum(len(x["answer"]) for x in sel), sum(x["exact"] for x in sel)
-                    lo, hi = wilson(k, len(sel))
-                    breakdown.append({
-                        "run": run, "step": step, "height_px": round(float(b) * px, 3),
-                        "answers": group, "n": len(sel), "exact_match": k / len(sel),
-                        "exact_low95": lo, "exact_high95": hi,
-                        "cer": sum(edits(x["prediction"], x["answer"]) for x in sel) / chars})
+            px = px_per_window(r)
+            for b, group, sel in groups(recs, with_all=False):
+                chars, k = sum(len(x["answer"]) for x in sel), sum(x["exact"] for x in sel)
+                lo, hi = wilson(k, len(sel))
+                breakdown.append({
+                    "run": run, "step": step, "height_px": round(float(b) * px, 3),
+                    "answers": group, "n": len(sel), "exact_match": k / len(sel),
+                    "exact_low95": lo, "exact_high95": hi,
+                    "cer": sum(edits(x["prediction"], x["answer"]) for x in sel) / chars})
     write("summary.csv", summary)
     write("mid_evals.csv", mid)
     write("breakdown.csv", breakdown)

@@ -21,25 +21,34 @@ def edits(a: str, b: str) -> int:
     return row[-1]
 
 
-def main(src: str, out: str, label: str = "") -> None:
-    r = json.loads(open(src).read())
-    recs = r["records"]
-    # bucket: the ink height after the resize to image_size, in windows; the canvas's longer
-    # side is 48 px (reading.CANVAS), so stored px = bucket * window * 48 / image_size
-    px = r["window_size"] * 48 / r["image_size"]
-    rows = []
+def px_per_window(r: dict) -> float:
+    """Stored pixels per window of an eval: its bucket is the ink height after the resize to
+    image_size, in windows; the canvas's longer side is 48 px (reading.CANVAS)."""
+    return r["window_size"] * 48 / r["image_size"]
+
+
+def groups(recs: list[dict], with_all: bool = True):
+    """(bucket, answers, records) of every non-empty group: each ink-height bucket (and, with
+    `with_all`, "all" of them) x seen, unseen and all answers."""
     buckets = sorted({x["bucket"] for x in recs}, key=float)
-    for b in [*buckets, "all"]:
+    for b in [*buckets, "all"] if with_all else buckets:
         for group in ("seen", "unseen", "all"):
             sel = [x for x in recs if (b == "all" or x["bucket"] == b)
                    and (group == "all" or x["seen"] == (group == "seen"))]
-            if not sel:
-                continue
-            chars = sum(len(x["answer"]) for x in sel)
-            rows.append({"run": label, "height_px": "all" if b == "all" else round(float(b) * px, 3),
-                         "height_windows": b, "answers": group, "n": len(sel),
-                         "exact_match": sum(x["exact"] for x in sel) / len(sel),
-                         "cer": sum(edits(x["prediction"], x["answer"]) for x in sel) / chars})
+            if sel:
+                yield b, group, sel
+
+
+def main(src: str, out: str, label: str = "") -> None:
+    r = json.loads(open(src).read())
+    px = px_per_window(r)
+    rows = []
+    for b, group, sel in groups(r["records"]):
+        chars = sum(len(x["answer"]) for x in sel)
+        rows.append({"run": label, "height_px": "all" if b == "all" else round(float(b) * px, 3),
+                     "height_windows": b, "answers": group, "n": len(sel),
+                     "exact_match": sum(x["exact"] for x in sel) / len(sel),
+                     "cer": sum(edits(x["prediction"], x["answer"]) for x in sel) / chars})
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
