@@ -134,3 +134,53 @@ def test_a_runs_csv_that_is_not_one_is_one_line(tmp_path, capsys):
     assert main(["compare", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "not a runs.csv" in err and str(bad) in err
+
+
+def test_reading_by_height_intervals_over_seeds_and_paired_by_hand(tmp_path):
+    """reading_by_height.csv from the runs' eval/captions.json records: per (cell, height,
+    seen/unseen) the share read exactly and the CER in each run, then the Student-t interval
+    over seeds and the paired difference to the reference cell, checked by hand."""
+    from pixword_lit.grid.reading import reading_rows
+
+    # (cell, seed) -> records: height bucket "0.5" and "2"; "12" seen, "34" unseen
+    def recs(small_right: list[bool], tall_right: bool) -> list[dict]:
+        out = []
+        for ok, seen in zip(small_right, (True, False)):
+            ans = "12" if seen else "34"
+            out.append({"bucket": "0.5", "seen": seen, "answer": ans, "exact": ok,
+                        "prediction": ans if ok else ans[0] + "x"})
+        out.append({"bucket": "2", "seen": True, "answer": "12", "exact": tall_right,
+                    "prediction": "12" if tall_right else "99"})
+        return out
+
+    runs_of = {("pix", 0): recs([True, False], True), ("pix", 1): recs([False, False], True),
+               ("pix", 2): recs([True, True], True), ("patch", 0): recs([False, False], True),
+               ("patch", 1): recs([False, False], False), ("patch", 2): recs([False, True], True)}
+    for (cell, seed), records in runs_of.items():
+        d = tmp_path / "g" / f"{cell}_s{seed}"
+        (d / "eval").mkdir(parents=True)
+        (d / "eval" / "captions.json").write_text(json.dumps({"records": records}))
+        (d / "summary.json").write_text(json.dumps({"status": "finished", "seed": seed, "val/loss": 1.0}))
+    col = collect([str(tmp_path / "g" / f"{c}_s{s}") for c, s in runs_of])
+    rows = {(r["cell"], r["height_windows"], r["answers"]): r for r in reading_rows(col.runs, "pix")}
+    small = rows[("pix", "0.5", "all")]
+    assert small["seeds"] == 3 and small["docs_per_seed"] == 2
+    ref = interval([0.5, 0.0, 1.0])  # pix read 1, 0 and 2 of its 2 small documents
+    assert small["exact_match_mean"] == pytest.approx(0.5)
+    assert small["exact_match_low95"] == pytest.approx(ref.low)
+    assert small["cer_mean"] == pytest.approx((1 / 4 + 2 / 4 + 0) / 3)  # one of 2 chars wrong per miss
+    assert rows[("pix", "0.5", "unseen")]["exact_match_mean"] == pytest.approx(1 / 3)
+    assert rows[("pix", "2", "all")]["exact_match_low95"] == 1.0  # the same in every seed: no width
+    assert ("pix", "2", "unseen") not in rows  # no unseen document at that height
+    diff = rows[("patch", "0.5", "all")]  # patch minus pix, seed by seed: -0.5, 0, -0.5
+    d = paired({0: 0.0, 1: 0.0, 2: 0.5}, {0: 0.5, 1: 0.0, 2: 1.0})
+    assert diff["exact_match_diff"] == pytest.approx(-1 / 3) == pytest.approx(d.mean)
+    assert diff["exact_match_diff_high95"] == pytest.approx(d.high)
+    assert diff["exact_match_verdict"] == "within noise"
+    assert "exact_match_diff" not in small  # the reference has no difference to itself
+    assert rows[("patch", "all", "all")]["exact_match_mean"] == pytest.approx((1 / 3 + 0 + 2 / 3) / 3)
+    out = tmp_path / "out"
+    write_results(col, out)
+    assert (out / "reading_by_height.png").exists()
+    md = (out / "summary.md").read_text()
+    assert "## Reading by glyph height" in md and "| 0.5 | 50.0 [" in md

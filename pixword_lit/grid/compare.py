@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pixword_lit.grid.plots import bar_metrics, plot_curves, plot_finals, plot_paired, plot_power_law, varies
+from pixword_lit.grid.reading import reading_markdown, write_reading
 from pixword_lit.grid.scaling_report import write_scaling
 from pixword_lit.grid.spec import load_grid, load_state, read_summary, summary_problem
 from pixword_lit.grid.stats import interval, paired
@@ -34,7 +35,6 @@ from pixword_lit.grid.tables import (
     run_rows,
     write_csv,
 )
-from pixword_lit.infer.captions import plot_by_height
 from pixword_lit.system.config import ConfigError
 
 __all__ = ["METRICS", "COUNTS", "collect", "write_results", "cell_rows", "paired_rows",
@@ -194,13 +194,14 @@ def paired_rows(col: Collection, ref: str, metrics: list[str] | None = None) -> 
     """Each cell minus the reference cell, seed by seed, per metric: the mean difference and
     its 95% Student-t interval; `verdict` says whether the interval covers 0."""
     cells = _cells(col)
+    metrics = METRICS if metrics is None else metrics  # [] (nothing varies): no rows
     by_seed = {c: {m: {r.seed: r.value(m) for r in runs if r.error is None}
-                   for m in metrics or METRICS} for c, runs in cells.items()}
+                   for m in metrics} for c, runs in cells.items()}
     out = []
     for cell in cells:
         if cell == ref:
             continue
-        for m in metrics or METRICS:
+        for m in metrics:
             i = paired(by_seed[cell][m], by_seed[ref][m])
             if i.n == 0:
                 continue
@@ -255,9 +256,10 @@ def write_results(col: Collection, out: Path, power_law: str | None = None,
         plots.append(plot_power_law(col.name, col.runs, fit, out / "power_law.png"))
     scaling = scaling or (col.spec or {}).get("scaling")
     extra = write_scaling(col, scaling, out) if scaling else []
-    reading = plot_by_height(col.runs, out)  # runs evaluated with eval.captions
-    if reading:
-        plots.append(reading)
-    (out / "summary.md").write_text(markdown(col, rows, pairs, ref, fit, [p.name for p in plots], varying))
+    reading_rows, reading = write_reading(col.runs, ref, out, col.name)  # runs with eval.captions
+    plots += [p for p in reading if p.suffix == ".png"]
+    files += [p for p in reading if p.suffix == ".csv"]
+    md = markdown(col, rows, pairs, ref, fit, [p.name for p in plots], varying)
+    (out / "summary.md").write_text(md + reading_markdown(reading_rows))
     return {"rows": rows, "pairs": pairs, "ref": ref, "fit": fit,
             "files": [*files, out / "summary.md", *plots, *extra]}
