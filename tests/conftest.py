@@ -29,8 +29,27 @@ def pytest_collection_modifyitems(config, items):
 
 
 # `make test` runs the suite on pytest-xdist workers, a test file per worker at a time (--dist
-# loadfile: a module fixture is made once). The session fixtures below are made once for the
-# whole session, whichever worker asks first: in a folder every worker sees, under a lock.
+# loadfile: a module fixture is made once). One exception, below: test_elastic and test_resume are
+# one unit on one worker, so neither waits while the other worker builds the resume matrix that
+# both read (measured: test_elastic waited ~90 s for it on the other worker, its worker idle).
+SAME_WORKER = {"tests/test_elastic.py": "tests/test_resume.py"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadfile":
+        return None  # xdist's own
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return SAME_WORKER.get(scope, scope)
+
+    return Scheduling(config, log)
+
+
+# The session fixtures below are made once for the whole session, whichever worker asks first:
+# in a folder every worker sees, under a lock.
 def _shared(tmp_path_factory) -> Path:
     base = tmp_path_factory.getbasetemp()
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base

@@ -158,11 +158,8 @@ seeds: [0]
     ckpt = torch.load(root / good.name / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["folding_state"]["palette"] == palette
 
-    # second pass: the finished run is skipped, the failed one is tried again
-    mtime = (root / good.name / "summary.json").stat().st_mtime
-    assert run_grid(grid, root, allow_dirty=True, echo=lambda *a: None) == {"skipped": 1, "failed": 1}
-    assert (root / good.name / "summary.json").stat().st_mtime == mtime
-    assert run_status(grid, good, root, load_state(root)) == "finished"
+    assert run_status(grid, good, root, load_state(root)) == "finished"  # a second launch skips it
+    # (test_launch launches twice: the finished run skipped, the failed ones tried again)
 
     # compare: one row per cell, the failed one with its error; plots written
     out = tmp_path / "results"

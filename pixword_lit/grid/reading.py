@@ -139,16 +139,16 @@ def write_reading(runs, ref: str | None, out: Path, title: str = "") -> tuple[li
 
 
 def reading_markdown(rows: list[dict]) -> str:
-    """Exact match per height (rows) and cell (columns), all answers and unseen ones: the mean
-    over seeds and its 95% interval, in percent; "" without rows."""
+    """Exact match per height (rows) and cell (columns), for all, seen and unseen answers: the
+    mean over seeds and its 95% interval, in percent; "" without rows."""
     if not rows:
         return ""
     cells = list(dict.fromkeys(r["cell"] for r in rows))
     lines = ["", "## Reading by glyph height", "",
              "Exact match in %, mean over seeds [95% Student-t interval over seeds]; height: ink "
-             "height after the resize, in windows (reading_by_height.csv: CER, seen strings, paired "
+             "height after the resize, in windows (reading_by_height.csv: CER and paired "
              "differences).", ""]
-    for g in ("all", "unseen"):
+    for g in GROUPS:
         sel = [r for r in rows if r["answers"] == g]
         if not sel:
             continue
