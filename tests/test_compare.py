@@ -184,3 +184,21 @@ def test_reading_by_height_intervals_over_seeds_and_paired_by_hand(tmp_path):
     assert (out / "reading_by_height.png").exists()
     md = (out / "summary.md").read_text()
     assert "## Reading by glyph height" in md and "| 0.5 | 50.0 [" in md
+
+
+def test_the_committed_reading_table_is_what_its_kept_records_give(tmp_path):
+    """results/reading_small/reading_by_height.csv (issue 23's study) comes out again, row for
+    row, from the records kept in results/reading_small/runs (keep_runs.py)."""
+    from pixword_lit.grid.reading import reading_rows
+    from pixword_lit.grid.tables import write_csv
+    from pixword_lit.system.config import REPO_ROOT
+
+    study = REPO_ROOT / "results" / "reading_small"
+    runs = sorted(p for p in (study / "runs").glob("*") if p.is_dir())
+    assert len(runs) == 15  # 5 cells x 3 seeds
+    write_csv(reading_rows(collect([str(p) for p in runs]).runs, "arm-patch_linear"), tmp_path / "t.csv")
+
+    def rows(path):
+        return sorted(tuple(r.items()) for r in csv.DictReader(open(path)))
+
+    assert rows(tmp_path / "t.csv") == rows(study / "reading_by_height.csv")
