@@ -32,19 +32,7 @@ def pytest_collection_modifyitems(config, items):
 # loadfile: a module fixture is made once). One exception, below: test_elastic and test_resume are
 # one unit on one worker, so neither waits while the other worker builds the resume matrix that
 # both read (measured: test_elastic waited ~90 s for it on the other worker, its worker idle).
-# Units are handed out longest first (xdist orders them by test count, which put test_preempt's
-# 105 s last on one worker while the other sat idle); the files below, in this order, before the
-# rest (by test count). Wall times of a fresh-clone run at a6f7be8, idle 2-core machine: the
-# resume unit 222 s, test_launch 103, test_bench 45, test_preempt 106, test_dist 40, test_grid 39,
-# test_fidelity 29, test_reproduce 24, test_hparams_view 21, test_dist_uneven 20, test_data 19,
-# test_slurm_launch 19, test_fit 16; test_preempt and test_dist come after test_launch and
-# test_bench because they read the resume matrix the first unit is building.
 SAME_WORKER = {"tests/test_elastic.py": "tests/test_resume.py"}
-LONGEST_FIRST = ["tests/test_resume.py", "tests/test_launch.py", "tests/test_bench.py",
-                 "tests/test_preempt.py", "tests/test_dist.py", "tests/test_grid.py",
-                 "tests/test_fidelity.py", "tests/test_reproduce.py", "tests/test_hparams_view.py",
-                 "tests/test_dist_uneven.py", "tests/test_data.py", "tests/test_slurm_launch.py",
-                 "tests/test_fit.py"]
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -53,24 +41,9 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadFileScheduling
 
     class Scheduling(LoadFileScheduling):
-        ordered = False
-
         def _split_scope(self, nodeid: str) -> str:
             scope = super()._split_scope(nodeid)
             return SAME_WORKER.get(scope, scope)
-
-        def _assign_work_unit(self, node) -> None:
-            if not self.ordered:  # once, before the first unit leaves the queue
-                def rank(item):
-                    scope, tests = item
-                    first = scope in LONGEST_FIRST
-                    return (0, LONGEST_FIRST.index(scope)) if first else (1, -len(tests))
-
-                units = sorted(self.workqueue.items(), key=rank)
-                self.workqueue.clear()
-                self.workqueue.update(units)
-                self.ordered = True
-            super()._assign_work_unit(node)
 
     return Scheduling(config, log)
 
