@@ -17,28 +17,17 @@ import json
 import math
 from pathlib import Path
 
-from torchmetrics.text import CharErrorRate
-
 from pixword_lit.grid.stats import interval, paired
 from pixword_lit.grid.tables import write_csv
+from pixword_lit.infer.captions import bucket_order, scores
 
 GROUPS = ("all", "seen", "unseen")
 METRICS = ("exact_match", "cer")
 
 
 def _bucket_order(b: str) -> float:
-    if b in ("unknown", "all"):
-        return math.inf
-    return float(b.lstrip(">=").split("-")[0])
-
-
-def group_scores(records: list[dict]) -> dict:
-    """{"n", "exact_match", "cer"} of one group of a run's eval records."""
-    if not records:
-        return {"n": 0, "exact_match": float("nan"), "cer": float("nan")}
-    cer = CharErrorRate()
-    return {"n": len(records), "exact_match": sum(bool(r["exact"]) for r in records) / len(records),
-            "cer": float(cer([r["prediction"] for r in records], [r["answer"] for r in records]))}
+    """captions' bucket order, with the row of all heights last."""
+    return math.inf if b == "all" else bucket_order(b)
 
 
 def run_scores(records: list[dict]) -> dict[tuple[str, str], dict]:
@@ -50,7 +39,7 @@ def run_scores(records: list[dict]) -> dict[tuple[str, str], dict]:
         for g in GROUPS:
             sel = [r for r in in_b if g == "all" or bool(r["seen"]) == (g == "seen")]
             if sel:
-                out[(b, g)] = group_scores(sel)
+                out[(b, g)] = scores([(r["prediction"], r["answer"]) for r in sel])
     return out
 
 

@@ -125,11 +125,11 @@ def _bucket(h: float | None, exact: bool = False) -> str:
 def _group(records: list[dict], prior: Prior) -> dict:
     """Exact match, CER, answer NLL and the controls of a group of records."""
     nats, tokens = sum(r["nll"] for r in records), sum(len(r["ids"]) for r in records)
-    return {**_scores([(r["prediction"], r["answer"]) for r in records]),
+    return {**scores([(r["prediction"], r["answer"]) for r in records]),
             "answer_nll": nats / tokens if tokens else float("nan"), **control_scores(prior, records)}
 
 
-def _scores(pairs: list[tuple[str, str]]) -> dict:
+def scores(pairs: list[tuple[str, str]]) -> dict:
     if not pairs:
         return {"n": 0, "exact_match": float("nan"), "cer": float("nan")}
     cer = CharErrorRate()
@@ -181,8 +181,8 @@ def evaluate_run(run: TrainedModel, spec: str, prefix: str, end: str, out: Path,
     groups = {"all": records, "seen": [r for r in records if r["seen"]],
               "unseen": [r for r in records if not r["seen"]]}
     by_seen = {k: _group(v, prior) for k, v in groups.items()}
-    by_height = {b: _scores([(r["prediction"], r["answer"]) for r in records if r["bucket"] == b])
-                 for b in sorted({r["bucket"] for r in records}, key=_bucket_order)}
+    by_height = {b: scores([(r["prediction"], r["answer"]) for r in records if r["bucket"] == b])
+                 for b in sorted({r["bucket"] for r in records}, key=bucket_order)}
     a = by_seen["all"]
     result = {
         "checkpoint": label, "data": spec, "train": train, "prefix": prefix, "end": end,
@@ -200,7 +200,7 @@ def evaluate_run(run: TrainedModel, spec: str, prefix: str, end: str, out: Path,
     return result
 
 
-def _bucket_order(b: str) -> float:
+def bucket_order(b: str) -> float:
     if b == "unknown":
         return math.inf
     return float(b.lstrip(">=").split("-")[0])
