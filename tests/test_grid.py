@@ -27,7 +27,7 @@ from pixword_lit.grid.spec import (
 )
 from pixword_lit.system.config import REPO_ROOT, ConfigError, load_config
 
-PREDEFINED = ["attention", "embedding", "fold", "objective", "reading", "reading_small", "scaling",
+PREDEFINED = ["attention", "embedding", "fold", "reading_small", "scaling",
               "scaling_lr", "window"]
 QUICKSTART = REPO_ROOT / "experiments" / "quickstart.yaml"
 
