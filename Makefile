@@ -9,11 +9,14 @@ GLYPHS := data/glyphs
 
 # torch is pinned and installed first: on a CPU-only machine pip takes the CPU build on disk,
 # a user with GPUs gets the normal build; an unpinned torch would pull a multi-GB CUDA build.
+# transformers (tests/test_reference.py only) goes beside the venv, not in it (pyproject.toml:
+# the `reference` extra says why); its other requirements are the project's own.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/reference 'transformers>=5' regex
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,6 +1,8 @@
 """The decoder against an independent implementation of the same architecture: Hugging Face
-`transformers`' Llama (a dev dependency; built from a config, nothing downloaded), as litgpt's
-test_against_hf_llama_2_and_3 does.
+`transformers`' Llama (built from a config, nothing downloaded), as litgpt's
+test_against_hf_llama_2_and_3 does. `make install` puts transformers beside the venv, in
+<venv>/reference, which only this test puts on sys.path (pyproject.toml's `reference` extra says
+why); installed in the venv instead (`pip install -e '.[reference]'`) it is found there too.
 
 pixword's decoder (spec section 4: pre-norm RMSNorm blocks, grouped-query attention, SwiGLU,
 RoPE with LLaMA-3.1 frequency scaling, an untied head) is Llama's. Its RoPE rotates the two
@@ -11,10 +13,12 @@ checkpoint would permute the q/k rows, as HF's conversion script does).
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from pixword_lit.data.elements import build_sample, collate
 from pixword_lit.model.components.folding import UniformFolding
@@ -22,6 +26,11 @@ from pixword_lit.model.layers import ffn_hidden
 from pixword_lit.model.pixword import PixWordModel
 from pixword_lit.model.tokens import Vocab
 from pixword_lit.system.config import DEBUG_MODEL, load_config
+
+sys.path.append(str(Path(sys.prefix) / "reference"))
+transformers = pytest.importorskip(
+    "transformers", reason="make install puts it in <venv>/reference (pip install -e '.[reference]')")
+LlamaConfig, LlamaForCausalLM = transformers.LlamaConfig, transformers.LlamaForCausalLM
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 N_WORDS = 40
