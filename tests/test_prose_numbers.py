@@ -3,6 +3,7 @@ and a drift on either side is caught: shown on copies with one number or one tab
 
 from __future__ import annotations
 
+import csv
 import shutil
 
 from prose_numbers import REPO, check, documents, spans
@@ -34,11 +35,12 @@ def test_a_changed_number_in_the_prose_fails(tmp_path):
     at = text.index(span) + len(span)
     end = text.index("<!--/n-->", at)
     quoted = text[at:end]
-    doc.write_text(text[:at] + "4.8621" + text[end:])  # the figure the issue found, 1 digit off
-    assert quoted == "4.8622"
+    last = quoted[-1]
+    wrong = quoted[:-1] + ("1" if last != "1" else "2")  # one digit off, as the issue found
+    doc.write_text(text[:at] + wrong + text[end:])
     problems = check(root, [doc])
     assert len(problems) == 1 and "results/README.md:" in problems[0]
-    assert "'4.8621'" in problems[0] and "'4.8622'" in problems[0]
+    assert f"'{wrong}'" in problems[0] and f"'{quoted}'" in problems[0]
     assert not check(root, [doc], write=True) and not check(root, [doc])  # --write repairs it
     assert quoted in doc.read_text()[at - 5:end + 5]
 
@@ -79,7 +81,9 @@ def test_expressions_sums_and_headers(tmp_path):
     root = _copy(tmp_path)
     doc = root / "doc.md"
     rows = "{attention/summary:*:wall_s}*{attention/summary:*:runs}"
-    doc.write_text(f"t <!--n:.1f sum({rows})/60-->65.8<!--/n--> "
+    with open(root / "results" / "attention" / "summary.csv") as f:  # the sum, computed here
+        total = sum(float(r["wall_s"]) * int(r["runs"]) for r in csv.DictReader(f)) / 60
+    doc.write_text(f"t <!--n:.1f sum({rows})/60-->{total:.1f}<!--/n--> "
                    "<!--n:.7s {bench/utilization:@:commit}-->`40b09f1`<!--/n--> "
                    "<!--n:.2f {bench/utilization:@:load}-->1.10<!--/n--> "
                    "<!--n:.1f {bench/utilization:model=dim256,dtype=bf16:utilization_pct}-->53.2<!--/n-->")
@@ -87,7 +91,7 @@ def test_expressions_sums_and_headers(tmp_path):
 
 
 def test_the_completion_samples_window_rows_are_what_the_readme_says():
-    """results/objective/samples/README.md: validation glyphs 0-3 at 24 px in 4 px windows."""
+    """results/attention/samples/README.md: validation glyphs 0-3 at 24 px in 4 px windows."""
     import math
 
     from data_prep.glyphs import make_sample
@@ -99,7 +103,7 @@ def test_the_completion_samples_window_rows_are_what_the_readme_says():
         img = resize_longer_side(img, 24, "upscale", "bilinear_antialias")
         rows.append(math.ceil(img.size[1] / 4))
     assert rows == [2, 3, 3, 3]
-    text = (REPO / "results" / "objective" / "samples" / "README.md").read_text()
+    text = (REPO / "results" / "attention" / "samples" / "README.md").read_text()
     assert '"NEXT" has 2 window rows, the other three images 3' in text
 
 

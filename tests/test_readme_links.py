@@ -51,4 +51,4 @@ def test_the_anchor_rule_is_githubs():
     doc = REPO / "experiments" / "README.md"
     assert {"the-papers-configs-on-gpus", "several-gpus-several-nodes-and-resuming",
             "fidelity-to-the-authors-code"} <= _slugs(doc)
-    assert "reading-study-reading-issue-7" in _slugs(REPO / "results" / "README.md")
+    assert "reading-studies-issue-7-then-issue-23" in _slugs(REPO / "results" / "README.md")
