@@ -31,7 +31,7 @@ def test_a_changed_number_in_the_prose_fails(tmp_path):
     root = _copy(tmp_path)
     doc = root / "results" / "README.md"
     text = doc.read_text()
-    span = "{fold/summary.md:folding-palette512:val/pix_loss}-->"
+    span = "{fold/summary:folding-uniform-factor32:val/pix_loss_mean}-->"
     at = text.index(span) + len(span)
     end = text.index("<!--/n-->", at)
     quoted = text[at:end]
@@ -64,7 +64,7 @@ def test_a_bad_reference_is_one_line_naming_it(tmp_path):
                    "c <!--n:.4f {nothing:x:y}-->1<!--/n-->\n"
                    "d <!--n:.4f __import__('os')-->1<!--/n-->\n"
                    "e <!--n:.4f {fold/summary:folding-palette512:val/loss_mean}-->1\n"
-                   "<!--n:.4f {fold/summary.md:folding-palette512:val/pix_loss}-->4.8622<!--/n-->\n\n"
+                   "<!--n:.2f {fold/summary.md:folding-uniform-factor64:val/fold_psnr}-->22.69<!--/n-->\n\n"
                    "g `<!--n:.7s {bench/utilization:@:commit}-->40b09f1<!--/n-->`\n")
     problems = check(root, [doc])
     assert len(problems) == 7, problems
