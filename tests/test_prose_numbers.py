@@ -135,3 +135,34 @@ def test_shorthand_becomes_a_span_on_write(tmp_path):
     assert doc.read_text() == ("decoding ran at <!--n:.1f {bench/decoding:cached:tokens_per_s}-->"
                                "902.6<!--/n--> tokens/s\n")
     assert not check(root, [doc])
+
+
+def _reproduced(log: str) -> dict:
+    """grid -> (metrics same, metrics compared, the printout) from a `--reproduce` log."""
+    out, grid, lines = {}, None, []
+    for line in (REPO / "results" / "reproduce" / log).read_text().splitlines():
+        if " vs now at " in line and "[results/" in line:
+            grid, lines = line.split("[results/")[1].split("/")[0], []
+        lines.append(line)
+        if grid and " reproduce to the printed digit" in line:
+            same, _, total = line.split(" reproduce")[0].partition(" of ")
+            out[grid] = (int(same), int(total), "\n".join(lines))
+    return out
+
+
+def test_the_reproduce_counts_in_results_readme_are_the_logs():
+    """results/README.md's "Do the tables still come out of HEAD?" quotes counts from the
+    `--reproduce` printouts (logs, not tables): checked against them here."""
+    text = (REPO / "results" / "README.md").read_text()
+    at = _reproduced("497991a.log")
+    full = [at[g] for g in ("scaling_lr", "scaling", "reading_small")]
+    assert all(same == total for same, total, _ in full)
+    assert f"({full[0][0]}, {full[1][0]} and {full[2][0]} of them)" in text
+    assert at["window"][:2] == (8, 10) and "moved" not in at["window"][2].split("metric ")[-1]
+    fold = [ln for ln in at["fold"][2].splitlines() if " moved" in ln and not ln[0].isdigit()]
+    assert len(fold) == 1 and fold[0].startswith("val/word_loss")
+    assert "+4e-06 from the nearer seed" in fold[0]
+    assert "fold the same except `val/word_loss`, 4e-06 from the nearer seed" in text
+    head = _reproduced("8a73714.log")
+    assert head["attention"][:2] == head["embedding"][:2] == (10, 10)
+    assert "(10 of 10 each:" in text
