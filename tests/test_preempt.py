@@ -53,7 +53,7 @@ def launch(strategy, shards, run_dir, tmp, resume=None, slurm=True):
     bin_dir, _ = stand_in_scontrol(tmp)
     n = 1 if strategy == "single" else 2
     cmd = [sys.executable, "-m", "pixword_lit.cli", "fit", QUICKSTART,
-           *overrides(strategy, shards, "large", 0, run_dir, STEPS)]
+           *overrides(strategy, shards, "small", 0, run_dir, STEPS)]
     cmd += ["--resume", resume] if resume else []
     port = _free_port()
     procs = []
@@ -124,13 +124,13 @@ def assert_preempted(run_dir: Path, seen: int, signame: str) -> int:
     pytest.param("fsdp", marks=pytest.mark.multiproc),
 ])
 def test_slurm_preemption_checkpoints_requeues_and_resumes_exactly(
-        strategy, matrix_runs, glyph_shards, tmp_path):
-    ref = matrix_runs(strategy) / "large-w0" / "reference"
+        strategy, matrix_runs, small_shards, tmp_path):
+    ref = matrix_runs(strategy) / "small-w0" / "reference"
     run = tmp_path / "run"
     ranks = [0] if strategy == "single" else [0, 1]
     _, requeues = stand_in_scontrol(tmp_path)
 
-    procs = launch(strategy, glyph_shards, run, tmp_path)
+    procs = launch(strategy, small_shards, run, tmp_path)
     seen = signal_after_step(procs, run, 2, signal.SIGUSR1, ranks)  # SLURM signals every task
     assert wait(procs, tmp_path) == [PREEMPTED_EXIT] * len(ranks)
     first = assert_preempted(run, seen, "SIGUSR1")
@@ -139,7 +139,7 @@ def test_slurm_preemption_checkpoints_requeues_and_resumes_exactly(
 
     again = strategy != "fsdp"  # one rank only: the ranks agree as under ddp (same callback)
     if again:
-        procs = launch(strategy, glyph_shards, run, tmp_path, resume="last")
+        procs = launch(strategy, small_shards, run, tmp_path, resume="last")
         seen = signal_after_step(procs, run, first + 1, signal.SIGTERM, ranks[-1:])  # one rank only
         assert wait(procs, tmp_path) == [PREEMPTED_EXIT] * len(ranks)
         # rank 0 (which writes summary.json) got no signal under ddp: it followed rank 1
@@ -147,7 +147,7 @@ def test_slurm_preemption_checkpoints_requeues_and_resumes_exactly(
         assert first < second < STEPS
         assert len(requeues.read_text().splitlines()) == 2
 
-    procs = launch(strategy, glyph_shards, run, tmp_path, resume="last")
+    procs = launch(strategy, small_shards, run, tmp_path, resume="last")
     assert wait(procs, tmp_path) == [0] * len(ranks)
     assert_same_run(ref, run, list(range(1, STEPS + 1)), rng=False)
     resumed = summary(run)["resumed_from"]
@@ -157,10 +157,10 @@ def test_slurm_preemption_checkpoints_requeues_and_resumes_exactly(
 
 
 @pytest.mark.slow
-def test_sigterm_without_slurm_checkpoints_and_stops(glyph_shards, tmp_path):
+def test_sigterm_without_slurm_checkpoints_and_stops(small_shards, tmp_path):
     run = tmp_path / "run"
     _, requeues = stand_in_scontrol(tmp_path)
-    procs = launch("single", glyph_shards, run, tmp_path, slurm=False)
+    procs = launch("single", small_shards, run, tmp_path, slurm=False)
     seen = signal_after_step(procs, run, 2, signal.SIGTERM, [0])
     assert wait(procs, tmp_path) == [PREEMPTED_EXIT]
     assert_preempted(run, seen, "SIGTERM")
