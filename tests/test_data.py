@@ -116,6 +116,25 @@ def test_real_workers_start_from_a_fork_server_and_give_the_in_process_batches(p
             assert torch.equal(a[key], b[key]) if torch.is_tensor(a[key]) else a[key] == b[key]
 
 
+def test_a_worker_reads_the_stream_without_lightning(parts, tmp_path):
+    """What a DataLoader worker does first, unpickle the stream (the fork server preloads
+    torch and data/stream.py), imports no Lightning, torchmetrics, scipy or matplotlib: each
+    would cost every training process's fork server seconds of CPU (~4 s here for Lightning)."""
+    import pickle
+    import subprocess
+    import sys
+
+    path = tmp_path / "stream.pkl"
+    path.write_bytes(pickle.dumps(ShardStream(parts.train, parts.builder, 4, 3, True)))
+    code = ("import pickle, sys; import torch, pixword_lit.data.stream; "
+            f"s = pickle.loads(open({str(path)!r}, 'rb').read()); next(iter(s)); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'lightning', 'lightning_utilities', 'torchmetrics', 'scipy', 'matplotlib'}))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == "[]"
+
+
 _HOLD_WORKERS = """
 import sys, time
 from pixword_lit.system.build import build_parts

@@ -1,4 +1,6 @@
-"""Shards -> batches: a deterministic, resumable WebDataset stream and the DataModule.
+"""Shards -> batches: a deterministic, resumable WebDataset stream (the Lightning DataModule
+that serves it is data/module.py: DataLoader workers unpickle this module's stream, so it
+does not import Lightning, ~4 s of CPU per fork server).
 
 Data order (documented guarantee, tested): for epoch e the unit order is a function of
 (seed, e) alone: shards are permuted, then the units inside each shard (a unit is an image
@@ -24,12 +26,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -290,45 +290,3 @@ def palette_pixels(shards: ShardSet, builder: SampleBuilder, n: int, seed: int) 
     if not pixels:
         raise DataError(f"no readable images in {shards.urls[0]} to fit a palette")
     return np.concatenate(pixels)
-
-
-class PixDataModule(L.LightningDataModule):
-    def __init__(self, cfg, builder: SampleBuilder, train: ShardSet, val: ShardSet):
-        super().__init__()
-        self.cfg, self.builder, self.train_set, self.val_set = cfg, builder, train, val
-
-    def _rank(self) -> tuple[int, int]:
-        t = self.trainer
-        return (t.global_rank, t.world_size) if t is not None else (0, 1)
-
-    def _trained(self) -> DataPosition:
-        """The trainer's epoch and the batches of it trained on (Lightning's batch progress,
-        which its own checkpoints restore), for PixLoader's checkpoint state."""
-        t = self.trainer
-        return DataPosition(t.current_epoch, t.fit_loop.epoch_loop.batch_progress.current.processed)
-
-    def _rescale_progress(self, old_accum: int, new_accum: int) -> None:
-        """Lightning's batch counters (per-rank micro-batches) after a resume with another
-        accumulation: the same global batches done, counted in this run's micro-batches."""
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress
-        for c in (progress.current, progress.total):
-            delta = c.processed // old_accum * new_accum - c.processed
-            c.ready, c.started = c.ready + delta, c.started + delta
-            c.processed, c.completed = c.processed + delta, c.completed + delta
-
-    def train_dataloader(self):
-        d = self.cfg.data
-        rank, world = self._rank()
-        accum = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
-        stream = ShardStream(self.train_set, self.builder, d.batch_size, self.cfg.run.seed,
-                             d.shuffle, rank, world, accumulate=accum)
-        loader = PixLoader(stream, d.num_workers, self._trained, self.cfg.run.seed)
-        loader.rescale_progress = self._rescale_progress
-        return loader
-
-    def val_dataloader(self):
-        d = self.cfg.data
-        rank, world = self._rank()
-        stream = ShardStream(self.val_set, self.builder, d.batch_size, self.cfg.run.seed,
-                             False, rank, world, limit=d.val_limit)
-        return PixLoader(stream, min(d.num_workers, os.cpu_count() or 1), seed=self.cfg.run.seed)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from pixword_lit.data.module import PixDataModule
 from pixword_lit.data.shards import ShardSet, prep_resize_problem, resolve_shards
-from pixword_lit.data.stream import PixDataModule, SampleBuilder, palette_pixels
+from pixword_lit.data.stream import SampleBuilder, palette_pixels
 from pixword_lit.files import atomic_write
 from pixword_lit.model.components import component_params
 from pixword_lit.model.components.folding import (
