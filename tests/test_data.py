@@ -135,6 +135,35 @@ def test_a_worker_reads_the_stream_without_lightning(parts, tmp_path):
     assert res.stdout.strip() == "[]"
 
 
+_COUNTED_SCRIPT = """
+import pickle, sys
+with open(sys.argv[1] + ".runs", "a") as f:  # one line each time this script's body runs
+    f.write(__name__ + "\\n")
+if __name__ == "__main__":
+    from pixword_lit.data.stream import PixLoader
+    stream = pickle.loads(open(sys.argv[1], "rb").read())
+    for _ in range(2):  # two iterators: 4 workers
+        assert len(list(PixLoader(stream, 2))) > 0
+"""
+
+
+def test_the_started_script_runs_once_in_the_fork_server_not_in_every_worker(parts, tmp_path):
+    """multiprocessing runs the started script again in each worker it starts from a fork
+    server (to unpickle what the script defines), unless the server has it: here it runs in
+    the training process and once in the server (data/server_main.py), for 4 workers."""
+    import pickle
+    import subprocess
+    import sys
+
+    stream, script = tmp_path / "stream.pkl", tmp_path / "train.py"
+    stream.write_bytes(pickle.dumps(ShardStream(parts.train, parts.builder, 4, 3, True)))
+    script.write_text(_COUNTED_SCRIPT)
+    res = subprocess.run([sys.executable, str(script), str(stream)], capture_output=True, text=True,
+                         timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "stream.pkl.runs").read_text().split() == ["__main__", "__mp_main__"]
+
+
 _HOLD_WORKERS = """
 import sys, time
 from pixword_lit.system.build import build_parts

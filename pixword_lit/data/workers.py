@@ -1,7 +1,9 @@
 """How DataLoader workers start and end.
 
-Workers start from a fork server that imported torch and pixword_lit.data.stream once, not by
-forking the training process: a fork copies locks that the process's other threads (gloo's,
+Workers start from a fork server that imported the started script, torch and
+pixword_lit.data.stream once (data/server_main.py: multiprocessing otherwise runs the script
+again in every worker, ~4 s of CPU each for a script that imports Lightning), not by forking
+the training process: a fork copies locks that the process's other threads (gloo's,
 torch's pools) may hold into a worker that can then wait on them forever (pytorch#130610).
 The server starts once per training process; `spawn` would re-import torch for every
 iterator. Batches do not depend on the start method: workers build them from seeds alone.
@@ -26,7 +28,7 @@ def worker_start(num_workers: int) -> dict:
     if not num_workers or "forkserver" not in multiprocessing.get_all_start_methods():
         return {}  # in-process, or Windows (spawn, its only method, has the worker's parent right)
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "pixword_lit.data.stream"])
+    ctx.set_forkserver_preload(["pixword_lit.data.server_main", "torch", "pixword_lit.data.stream"])
     start_helpers_deaf()
     return {"multiprocessing_context": ctx,
             "worker_init_fn": functools.partial(watch_trainer, os.getpid())}
@@ -47,18 +49,26 @@ def start_helpers_deaf() -> None:
     are unblocked. A no-op when they already run (the first loader of the process started them)."""
     from multiprocessing import forkserver
 
-    if threading.current_thread() is not threading.main_thread():
-        forkserver.ensure_running()
-        return
-    from multiprocessing import resource_tracker
+    from pixword_lit.data.server_main import MAIN_ENV, script_env
 
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, JOB_SIGNALS)
+    script = script_env() if forkserver._forkserver._forkserver_pid is None else None
+    if script:  # the server starts now: read (and removed) by it, data/server_main.py
+        os.environ[MAIN_ENV] = script
     try:
-        resource_tracker.ensure_running()  # it unblocks SIGINT and SIGTERM here when it returns
-        signal.pthread_sigmask(signal.SIG_BLOCK, JOB_SIGNALS)
-        forkserver.ensure_running()
+        if threading.current_thread() is not threading.main_thread():
+            forkserver.ensure_running()
+            return
+        from multiprocessing import resource_tracker
+
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, JOB_SIGNALS)
+        try:
+            resource_tracker.ensure_running()  # it unblocks SIGINT and SIGTERM here when it returns
+            signal.pthread_sigmask(signal.SIG_BLOCK, JOB_SIGNALS)
+            forkserver.ensure_running()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        os.environ.pop(MAIN_ENV, None)
 
 
 def watch_trainer(trainer_pid: int, worker_id: int) -> None:
