@@ -17,15 +17,24 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from multiprocessing import process, spawn
 
 MAIN_ENV = "PIXWORD_FORKSERVER_MAIN"
 
 
-def script_env() -> str | None:
-    """What the server needs to run the started script (None: there is none to run)."""
-    path = spawn.get_preparation_data("pixword").get("init_main_from_path")
-    return json.dumps({"path": path, "argv": sys.argv}) if path else None
+@contextmanager
+def script_for_server(starting: bool):
+    """In the training process, around starting the server (`starting`: it is not running
+    yet): the started script's path and command line in the environment the server inherits,
+    removed again after."""
+    path = spawn.get_preparation_data("pixword").get("init_main_from_path") if starting else None
+    if path:
+        os.environ[MAIN_ENV] = json.dumps({"path": path, "argv": sys.argv})
+    try:
+        yield
+    finally:
+        os.environ.pop(MAIN_ENV, None)
 
 
 def _import_main(env: str) -> None:

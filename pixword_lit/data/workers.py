@@ -49,12 +49,9 @@ def start_helpers_deaf() -> None:
     are unblocked. A no-op when they already run (the first loader of the process started them)."""
     from multiprocessing import forkserver
 
-    from pixword_lit.data.server_main import MAIN_ENV, script_env
+    from pixword_lit.data.server_main import script_for_server
 
-    script = script_env() if forkserver._forkserver._forkserver_pid is None else None
-    if script:  # the server starts now: read (and removed) by it, data/server_main.py
-        os.environ[MAIN_ENV] = script
-    try:
+    with script_for_server(starting=forkserver._forkserver._forkserver_pid is None):
         if threading.current_thread() is not threading.main_thread():
             forkserver.ensure_running()
             return
@@ -67,8 +64,6 @@ def start_helpers_deaf() -> None:
             forkserver.ensure_running()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
-    finally:
-        os.environ.pop(MAIN_ENV, None)
 
 
 def watch_trainer(trainer_pid: int, worker_id: int) -> None:
