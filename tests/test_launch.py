@@ -250,6 +250,26 @@ def test_ctrl_c_leaves_cells_interrupted_and_the_next_launch_resumes_them(glyph_
         assert final(root, n)["resumed_from"] and final(root, n)["steps"] == steps
 
 
+def test_a_cell_job_runs_fit_without_loading_torch(tmp_path):
+    """A cell's job process (submitit's _submit.py: unpickle the Cell, call it) only starts
+    `pixword fit` as a child: it loads no torch, which cost every cell ~2 s of start-up."""
+    import cloudpickle  # how submitit pickles the job
+
+    from pixword_lit.grid.cell import Cell
+
+    job = tmp_path / "job.pkl"
+    job.write_bytes(cloudpickle.dumps(Cell(name="r", root=str(tmp_path), cwd=str(tmp_path),
+                                           args=["--help"], threads=1)))
+    code = (f"import pickle, sys; out = pickle.loads(open({str(job)!r}, 'rb').read())(); "
+            "print(out['returncode'], sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'torch', 'numpy', 'lightning', 'omegaconf'}))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == "0 []"  # fit ran (its --help) and the job loaded none of them
+    log = (tmp_path / "logs" / "r.log").read_text()
+    assert "OMP_NUM_THREADS=1" in log and "usage: pixword fit" in log
+
+
 def test_a_preempted_summary_counts_only_for_the_attempt_that_wrote_it(tmp_path):
     from pixword_lit.grid.status import record_end
 

@@ -8,12 +8,13 @@ import sys
 
 
 def cmd_fit(a) -> int:
+    from pixword_lit.system.config import load_config
+
+    cfg = load_config(a.config, a.overrides)  # a bad config fails before Lightning loads (~5 s)
     from pixword_lit.fit.preempt import PREEMPTED_EXIT, Preempted
     from pixword_lit.fit.report import print_table
     from pixword_lit.fit.train import fit
-    from pixword_lit.system.config import load_config
 
-    cfg = load_config(a.config, a.overrides)
     try:
         summary = fit(cfg, resume=a.resume, overwrite=a.overwrite, anyway=a.resume_anyway)
     except Preempted as e:

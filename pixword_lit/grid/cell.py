@@ -22,9 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pixword_lit.grid.spec import fit_command
-from pixword_lit.system.checkpoints import find_resume_checkpoint
-from pixword_lit.system.config import ConfigError
+from pixword_lit.errors import ConfigError
 
 
 @dataclass
@@ -96,7 +94,15 @@ def log_path(name: str, rank: int = 0) -> str:
     return f"logs/{name}.log" if rank == 0 else f"logs/{name}.rank{rank}.log"
 
 
+def fit_command(args: list[str], run_dir: Path | str, resume: bool = False) -> list[str]:
+    """The process of one run: a fresh start (`--overwrite`) or `--resume last`."""
+    return [sys.executable, "-m", "pixword_lit.cli", "fit", *args, f"run.dir={run_dir}",
+            *(["--resume", "last"] if resume else ["--overwrite"])]
+
+
 def has_checkpoint(run_dir: Path) -> bool:
+    from pixword_lit.system.checkpoints import find_resume_checkpoint  # torch: only when asked
+
     try:
         find_resume_checkpoint(run_dir, "last")
         return True

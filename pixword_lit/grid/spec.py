@@ -41,7 +41,6 @@ import math
 import os
 import re
 import shlex
-import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +48,7 @@ from pathlib import Path
 import yaml
 
 from pixword_lit.files import write_json
+from pixword_lit.grid.cell import fit_command
 from pixword_lit.system.config import REPO_ROOT, ConfigError, load_config
 
 GRID_DIR = REPO_ROOT / "experiments" / "grids"
@@ -190,12 +190,6 @@ def cell_args(grid: Grid, run: GridRun) -> list[str]:
     """What makes a run what it is: `fit`'s config and overrides (the run folder excluded, so
     the record is the same whichever machine or grid root runs it)."""
     return [os.path.relpath(grid.base), *run.overrides, f"run.name={run.name}", f"run.seed={run.seed}"]
-
-
-def fit_command(args: list[str], run_dir: Path | str, resume: bool = False) -> list[str]:
-    """The process of one run: a fresh start (`--overwrite`) or `--resume last`."""
-    return [sys.executable, "-m", "pixword_lit.cli", "fit", *args, f"run.dir={run_dir}",
-            *(["--resume", "last"] if resume else ["--overwrite"])]
 
 
 def run_overrides(run: GridRun, root: Path) -> list[str]:
