@@ -253,13 +253,13 @@ def test_ctrl_c_leaves_cells_interrupted_and_the_next_launch_resumes_them(glyph_
 def test_a_cell_job_runs_fit_without_loading_torch(tmp_path):
     """A cell's job process (submitit's _submit.py: unpickle the Cell, call it) only starts
     `pixword fit` as a child: it loads no torch, which cost every cell ~2 s of start-up."""
-    import cloudpickle  # how submitit pickles the job
+    from submitit.core.utils import cloudpickle_dump  # how submitit writes the job
 
     from pixword_lit.grid.cell import Cell
 
     job = tmp_path / "job.pkl"
-    job.write_bytes(cloudpickle.dumps(Cell(name="r", root=str(tmp_path), cwd=str(tmp_path),
-                                           args=["--help"], threads=1)))
+    cloudpickle_dump(Cell(name="r", root=str(tmp_path), cwd=str(tmp_path), args=["--help"],
+                          threads=1), job)
     code = (f"import pickle, sys; out = pickle.loads(open({str(job)!r}, 'rb').read())(); "
             "print(out['returncode'], sorted({m.split('.')[0] for m in sys.modules} & "
             "{'torch', 'numpy', 'lightning', 'omegaconf'}))")
