@@ -3,6 +3,7 @@ bench` on tiny settings (the measurements themselves are in results/bench/)."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -180,6 +181,21 @@ def test_bench_gpu_script_parses_and_its_bench_runs_on_cpu(glyph_shards, tmp_pat
 
 
 _CONFIG = "experiments/quickstart.yaml"
+
+
+def test_an_arm_builds_and_steps_the_model_without_lightning(glyph_shards):
+    """The bare step (an ab arm, a fresh process each) builds its model through system/build.py
+    without loading Lightning (~4 s of start-up per arm on a 2-core machine)."""
+    import subprocess
+    import sys
+
+    args = json.dumps([_CONFIG, _tiny(glyph_shards), None, "fp32", 1, 1])
+    code = ("import json, sys; from pixword_lit.bench.ab import arm; r = arm(*json.loads(sys.argv[1])); "
+            "print(r['step_s'] > 0, sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'lightning', 'pytorch_lightning', 'torchmetrics'}))")
+    res = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().splitlines()[-1] == "True []"
 
 
 @pytest.mark.slow
