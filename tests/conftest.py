@@ -12,6 +12,15 @@ from pathlib import Path
 # tests' own subprocesses) they made the scaling fits' small BLAS calls up to 4x slower (measured:
 # test_scaling's known-surface test 44 s with them, 12 s without). Set before numpy loads.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Each pytest-xdist worker gets its share of the cores, as a grid launcher gives each cell
+# (grid/launch.py): torch's OpenMP threads read it at start-up here, and every fit, rank and grid
+# cell the tests start inherits it. With 2 threads in each of 2 workers and their subprocesses,
+# the idle threads spin on cores that others need (measured on 2 cores: the same tests took
+# ~20% more CPU and wall time).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 import numpy as np  # noqa: E402
 import pytest
@@ -26,18 +35,44 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "matrix_runs" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)  # real fits (make test-fast leaves them out)
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker collects the same order
+        items.sort(key=_file_order({item.nodeid.split("::")[0] for item in items}, items))
 
 
 # `make test` runs the suite on pytest-xdist workers, a test file per worker at a time (--dist
-# loadfile: a module fixture is made once). One exception, below: test_elastic and test_resume are
-# one unit on one worker, so neither waits while the other worker builds the resume matrix that
-# both read (measured: test_elastic waited ~90 s for it on the other worker, its worker idle).
+# loadfile: a module fixture is made once), handed out in the order below: the longest files
+# first (their time in a full run on the project's 2-core machine, longest first), then the
+# rest by their number of tests as xdist orders them. Longest first, both workers end within a
+# short file of each other; in xdist's own order (most tests first) one worker ran a 2-minute
+# file last while the other had finished (measured: 36 s apart, the machine half idle).
+LONGEST_FIRST = [
+    "tests/test_elastic.py", "tests/test_resume.py",  # one unit: see SAME_WORKER
+    "tests/test_launch.py",
+    "tests/test_preempt.py",  # after the resume matrix it reads has been started
+    "tests/test_bench.py", "tests/test_grid.py", "tests/test_reproduce.py", "tests/test_scaling.py",
+    "tests/test_hparams_view.py", "tests/test_dist_uneven.py", "tests/test_slurm_launch.py",
+    "tests/test_data.py", "tests/test_fidelity.py", "tests/test_dist.py", "tests/test_fit.py",
+    "tests/test_generate_cli.py",
+]
+
+
+def _file_order(files: set, items):
+    counts = {f: sum(item.nodeid.startswith(f + "::") for item in items) for f in files}
+    rank = {f: (LONGEST_FIRST.index(f) if f in LONGEST_FIRST else len(LONGEST_FIRST), -counts[f], f)
+            for f in files}
+    return lambda item: rank[item.nodeid.split("::")[0]]
+
+
+# One exception to a file per worker: test_elastic and test_resume are one unit on one worker,
+# so neither waits while the other worker builds the resume matrix that both read (measured:
+# test_elastic waited ~90 s for it on the other worker, its worker idle).
 SAME_WORKER = {"tests/test_elastic.py": "tests/test_resume.py"}
 
 
 def pytest_xdist_make_scheduler(config, log):
     if config.getoption("dist") != "loadfile":
         return None  # xdist's own
+    config.option.loadscopereorder = False  # the workers' collection order: LONGEST_FIRST
     from xdist.scheduler import LoadFileScheduling
 
     class Scheduling(LoadFileScheduling):
