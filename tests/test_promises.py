@@ -270,3 +270,22 @@ def test_cpu_processes_share_the_runs_cores_not_the_machines(monkeypatch):
     assert [threads_per_process(n) for n in (1, 2, 3)] == [4, 2, 1]
     monkeypatch.setenv("OMP_NUM_THREADS", "")  # empty: not set
     assert threads_per_process(2) == 2
+
+
+def test_each_load_gets_its_own_config_and_sees_base_yaml_edits(tmp_path, monkeypatch):
+    """load_config keeps schema <- base.yaml made once (config.py): a config changed by its
+    caller leaves the next load alone, and an edited base.yaml is read again."""
+    from pixword_lit.system import config as config_mod
+
+    first = load_config(None, ["model.attention=full_causal", "model.image_size=32"])
+    first.model.dim = 4
+    first.model.folding = {"name": "palette"}
+    again = load_config(None, [])
+    assert again.model.dim == Config().model.dim and again.model.attention.name != "full_causal"
+    assert again.model.folding.name == OmegaConf.load(BASE_YAML).model.folding.name
+    base = tmp_path / "base.yaml"
+    base.write_text(BASE_YAML.read_text())
+    monkeypatch.setattr(config_mod, "BASE_YAML", base)
+    assert load_config(None, []).optim.lr == 6.0e-4  # as base.yaml says
+    base.write_text(BASE_YAML.read_text().replace("  lr: 6.0e-4 ", "  lr: 1.5e-3 ", 1))
+    assert load_config(None, []).optim.lr == 1.5e-3
