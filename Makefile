@@ -27,9 +27,10 @@ $(GLYPHS)/train/index.json: $(STAMP)
 quickstart: $(STAMP) $(GLYPHS)/train/index.json
 	$(BIN)/pixword fit experiments/quickstart.yaml --overwrite
 
-# The suite runs on WORKERS pytest-xdist processes, a test file per worker at a time; the shards
-# and the resume matrix's runs are made once for all of them (tests/conftest.py). WORKERS=0
-# runs it in this process, in file order.
+# The suite runs on WORKERS pytest-xdist processes, a test file per worker at a time, longest
+# files first, each worker with its share of the cores as torch threads; the shards and the
+# resume matrix's runs are made once for all of them (tests/conftest.py). WORKERS=0 runs it in
+# this process, in file order.
 WORKERS ?= 2
 XDIST := $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile)
 
