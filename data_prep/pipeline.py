@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 from PIL import Image
 
+from pixword_lit.provenance import usable_cores
+
 from .shards import DatasetWriter
 
 # Per-process settings of the current build (tokenizer, image source, ...), set by
@@ -28,10 +30,7 @@ WORKER: dict = {}
 
 def default_workers() -> int:
     """All cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return usable_cores()
 
 
 def init_worker(config: dict) -> None:

@@ -51,6 +51,15 @@ def require_clean(allow_dirty: bool, what: str = "results", exclude: str | None 
     return label(sha, dirty)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its affinity (a cgroup, taskset or SLURM), else the
+    machine's. Loads no torch (the test harness asks before torch starts its threads)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def machine() -> str:
     """Architecture, cores, device and torch version, e.g. "x86_64 2 cpus, cpu, torch 2.13.0"."""
     import torch

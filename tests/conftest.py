@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import os
 import shutil
@@ -18,9 +19,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # the idle threads spin on cores that others need (measured on 2 cores: the same tests took
 # ~20% more CPU and wall time).
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from pixword_lit.provenance import usable_cores  # no torch
+
     os.environ.setdefault("OMP_NUM_THREADS",
-                          str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+                          str(max(1, usable_cores() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 import numpy as np  # noqa: E402
 import pytest
@@ -36,7 +38,7 @@ def pytest_collection_modifyitems(config, items):
         if "matrix_runs" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)  # real fits (make test-fast leaves them out)
     if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker collects the same order
-        items.sort(key=_file_order({item.nodeid.split("::")[0] for item in items}, items))
+        items.sort(key=_file_order(items))
 
 
 # `make test` runs the suite on pytest-xdist workers, a test file per worker at a time (--dist
@@ -56,10 +58,11 @@ LONGEST_FIRST = [
 ]
 
 
-def _file_order(files: set, items):
-    counts = {f: sum(item.nodeid.startswith(f + "::") for item in items) for f in files}
-    rank = {f: (LONGEST_FIRST.index(f) if f in LONGEST_FIRST else len(LONGEST_FIRST), -counts[f], f)
-            for f in files}
+def _file_order(items):
+    """Sort key: LONGEST_FIRST's files in its order, then the others by their number of tests."""
+    counts = collections.Counter(item.nodeid.split("::")[0] for item in items)
+    rank = {f: (LONGEST_FIRST.index(f) if f in LONGEST_FIRST else len(LONGEST_FIRST), -n, f)
+            for f, n in counts.items()}
     return lambda item: rank[item.nodeid.split("::")[0]]
 
 

@@ -34,7 +34,7 @@ from pixword_lit.grid.spec import (
     summary_problem,
 )
 from pixword_lit.grid.status import IN_FLIGHT, GridLock, record_end, refresh
-from pixword_lit.provenance import require_clean
+from pixword_lit.provenance import require_clean, usable_cores
 from pixword_lit.system.config import ConfigError
 
 LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # submitit's local jobs time out; cells should not
@@ -106,8 +106,7 @@ def cell_threads(grid: Grid, spec: Launcher) -> int | None:
         return grid.threads
     if spec.name == "slurm":
         return spec.cpus_per_task
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // spec.parallel - 1)
+    return max(1, usable_cores() // spec.parallel - 1)
 
 
 def launcher_args(spec: Launcher) -> list[str]:

@@ -22,6 +22,7 @@ from torchmetrics import SumMetric
 from pixword_lit.model.components.folding import folding_from_state, psnr
 from pixword_lit.model.pixword import LossTerms, PixWordModel, loss_terms
 from pixword_lit.model.tokens import Vocab
+from pixword_lit.provenance import usable_cores
 from pixword_lit.system import checkpoints
 from pixword_lit.system.parallel import apply_fsdp, is_sharded
 
@@ -262,15 +263,8 @@ def threads_per_process(processes: int) -> int:
     run's cores, which are OMP_NUM_THREADS where set (a grid launcher's share of the machine)
     or else the cores this process may run on (its affinity: a cgroup, taskset or SLURM)."""
     budget = os.environ.get("OMP_NUM_THREADS", "").strip()
-    cores = int(budget) if budget.isdigit() and int(budget) > 0 else _usable_cores()
+    cores = int(budget) if budget.isdigit() and int(budget) > 0 else usable_cores()
     return max(1, cores // max(processes, 1))
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float):
