@@ -168,17 +168,26 @@ def small_shards(tmp_path_factory):
     return out
 
 
+# The resume matrix's worlds (resume_matrix.py): ddp's and fsdp's runs share one world of 2
+# processes, which runs them in turn (2 processes fewer to start than a world each).
+MATRIX_WORLDS = {"single": ("single",), "ddp": ("ddp", "fsdp"), "fsdp": ("ddp", "fsdp")}
+
+
 @pytest.fixture(scope="session")
 def matrix_runs(tmp_path_factory, glyph_shards, small_shards):
     """strategy -> folder of the resume matrix's runs (resume_matrix.py), made once."""
-    from resume_matrix import run_matrix
+    from resume_matrix import matrix_fits, run_fits
 
     def get(strategy):
-        root = _shared(tmp_path_factory) / f"resume-{strategy}"
+        world = MATRIX_WORLDS[strategy]
+        root = _shared(tmp_path_factory) / f"resume-{'-'.join(world)}"
         with _made_once(root) as make:
             if make:
-                run_matrix(strategy, root, {"large": glyph_shards, "small": small_shards})
-        return root
+                fits = []
+                for s in world:
+                    fits += matrix_fits(s, root / s, {"large": glyph_shards, "small": small_shards})
+                run_fits(fits, root, "+".join(world))
+        return root / strategy
 
     return get
 

@@ -5,7 +5,9 @@ runs cross ("small": 24 units, 3 global batches an epoch: its checkpoints are mi
 at an epoch end) and, on 1 process without data workers, also one the runs stay inside one
 epoch of ("large": 96 units, 12 batches an epoch; combos()).
 
-One process per strategy runs every fit in turn (resume_driver.py): for each dataset an
+One process runs every fit of the 1-process matrix in turn, and one world of 2 processes every
+fit of the ddp matrix and then of the fsdp one (resume_driver.py; a world started once: ~6 s of
+CPU per process to start): for each dataset an
 uninterrupted reference to step 10, without data workers (batches do not depend on the workers:
 data/workers.py; so the runs with workers are held to the same reference, a stronger check
 than a reference of their own); for each (dataset, workers) a run stopped at step 7, whose
@@ -95,7 +97,8 @@ def overrides(strategy, shards, dataset, workers, run_dir, steps, variant=None) 
     ]
 
 
-def run_matrix(strategy: str, root: Path, shards: dict) -> Path:
+def matrix_fits(strategy: str, root: Path, shards: dict) -> list[dict]:
+    """The fits of a strategy's matrix, its runs in folders under `root` (for run_fits)."""
     fits = []
 
     def fit(dataset, workers, name, steps, resume=None, variant=None):
@@ -120,7 +123,7 @@ def run_matrix(strategy: str, root: Path, shards: dict) -> Path:
         fit("small", 0, "stopped", STOP, variant=variant)
         fit("small", 0, "periodic", STEPS, str(stopped / source("small", "periodic")), variant)
         fit("small", 0, "stopped", STEPS, "last", variant)
-    return run_fits(fits, root, strategy)
+    return fits
 
 
 def folder(dataset: str, workers: int, variant: str | None = None) -> str:
