@@ -24,13 +24,11 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ.setdefault("OMP_NUM_THREADS",
                           str(max(1, usable_cores() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
-import numpy as np  # noqa: E402
-import pytest
-from PIL import Image
+import pytest  # noqa: E402
 
-from data_prep.glyphs import build_glyphs
-from data_prep.images import build_images
-from pixword_lit.system.config import DEBUG_MODEL, load_config
+# numpy, PIL, data_prep and pixword_lit (torch) are imported where used: pytest's main process
+# loads this file before it starts the workers, and with them at the top it spent ~2.5 s of the
+# suite's start importing torch, which it never uses.
 
 
 def pytest_collection_modifyitems(config, items):
@@ -115,6 +113,8 @@ def glyph_shards(tmp_path_factory):
     out = _shared(tmp_path_factory) / "glyphs"
     with _made_once(out) as make:
         if make:
+            from data_prep.glyphs import build_glyphs
+
             build_glyphs(out, num_train=96, num_val=16, seed=0)
     return out
 
@@ -130,6 +130,8 @@ TINY_GRID = {
 
 
 def tiny_config(shards, tmp_path, *extra, mode="mixed"):
+    from pixword_lit.system.config import DEBUG_MODEL, load_config
+
     return load_config(None, [
         *DEBUG_MODEL, f"data.train={shards}/train", f"data.val={shards}/val", f"data.mode={mode}",
         "data.batch_size=4", "data.num_workers=0", "data.max_seq_len=64",
@@ -139,8 +141,11 @@ def tiny_config(shards, tmp_path, *extra, mode="mixed"):
     ])
 
 
-def worked_example_rgb(rows: int = 4) -> np.ndarray:
-    """Spec section 5: pixel (r, c) has pix token (4r + c) % 8 under fold 128."""
+def worked_example_rgb(rows: int = 4):
+    """Spec section 5: pixel (r, c) has pix token (4r + c) % 8 under fold 128 -> (rows, 4, 3)
+    uint8 array."""
+    import numpy as np
+
     r, c = np.mgrid[0:rows, 0:4]
     t = (4 * r + c) % 8
     rgb = np.stack([(t & 1) * 128 + 17, ((t >> 1) & 1) * 128 + 3, ((t >> 2) & 1) * 128 + 90], -1)
@@ -149,6 +154,10 @@ def worked_example_rgb(rows: int = 4) -> np.ndarray:
 
 @pytest.fixture
 def worked_example_shards(tmp_path):
+    from PIL import Image
+
+    from data_prep.images import build_images
+
     src = tmp_path / "imgs"
     src.mkdir()
     Image.fromarray(worked_example_rgb(4)).save(src / "square.png")
@@ -164,6 +173,8 @@ def small_shards(tmp_path_factory):
     out = _shared(tmp_path_factory) / "glyphs_small"
     with _made_once(out) as make:
         if make:
+            from data_prep.glyphs import build_glyphs
+
             build_glyphs(out, num_train=24, num_val=8, seed=0)
     return out
 
