@@ -14,8 +14,10 @@ GLYPHS := data/glyphs
 # uv does not read pip's configuration, so pip's find-links (where a machine keeps that wheel) are
 # handed to it; if uv cannot be had or fails, pip makes the same installs.
 # transformers (tests/test_reference.py only) goes beside the venv, not in it (pyproject.toml:
-# the `reference` extra says why); its other requirements are the project's own.
-UV          := $(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode
+# the `reference` extra says why); its other requirements are the project's own. It is not
+# byte-compiled: the test imports a few of its ~3000 modules (compiling them all took ~12 CPU-s
+# of the install; compiling those few when imported, well under 1 s).
+UV          := $(BIN)/uv pip install -q --python $(BIN)/python
 PIP         := $(BIN)/python -m pip install -q
 FIND_LINKS   = $$($(BIN)/python -m pip config list 2>/dev/null | sed -n "s/.*find-links='\(.*\)'/\1/p" \
                  | tr ' ' '\n' | sort -u | paste -sd, -)
@@ -23,9 +25,9 @@ REFERENCE   := --no-deps --target $(VENV)/reference 'transformers>=5' regex
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) uv || true
-	UV_FIND_LINKS="$(FIND_LINKS)" $(UV) torch==2.13.0 -e '.[dev]' \
+	UV_FIND_LINKS="$(FIND_LINKS)" $(UV) --compile-bytecode torch==2.13.0 -e '.[dev]' \
 	  || { $(PIP) torch==2.13.0 && $(PIP) -e '.[dev]'; }
-	$(UV) $(REFERENCE) || $(PIP) --upgrade $(REFERENCE)
+	$(UV) $(REFERENCE) || $(PIP) --upgrade --no-compile $(REFERENCE)
 	touch $(STAMP)
 
 install: $(STAMP)
