@@ -7,27 +7,29 @@ GLYPHS := data/glyphs
 
 .PHONY: install quickstart test test-fast lint prose mutation clean
 
-# uv (put in the venv first, by pip) installs everything: it downloads, unzips and byte-compiles
-# on every core, where pip works on one (on the project's 2-core machine: ~40 s instead of ~90 s,
-# the same versions). torch is pinned: on a CPU-only machine the installer takes the CPU build on
-# disk, a user with GPUs gets the normal build; an unpinned torch would pull a multi-GB CUDA build.
-# uv does not read pip's configuration, so pip's find-links (where a machine keeps that wheel) are
-# handed to it; if uv cannot be had or fails, pip makes the same installs.
+# uv installs everything: it downloads, unzips and byte-compiles on every core, where pip works on
+# one (on the project's 2-core machine: ~40 s instead of ~90 s, the same versions). The venv is
+# made without pip (making it with pip took ~5 s) and uv put in it by $(PYTHON)'s pip; if uv cannot
+# be had or fails, the venv gets pip and pip makes the same installs. torch is pinned: on a
+# CPU-only machine the installer takes the CPU build on disk, a user with GPUs gets the normal
+# build; an unpinned torch would pull a multi-GB CUDA build. uv does not read pip's
+# configuration, so pip's find-links (where a machine keeps that wheel) are handed to it.
 # transformers (tests/test_reference.py only) goes beside the venv, not in it (pyproject.toml:
 # the `reference` extra says why); its other requirements are the project's own. It is not
 # byte-compiled: the test imports a few of its ~3000 modules (compiling them all took ~12 CPU-s
 # of the install; compiling those few when imported, well under 1 s).
 UV          := $(BIN)/uv pip install -q --python $(BIN)/python
 PIP         := $(BIN)/python -m pip install -q
-FIND_LINKS   = $$($(BIN)/python -m pip config list 2>/dev/null | sed -n "s/.*find-links='\(.*\)'/\1/p" \
+WITH_PIP    := $(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip >/dev/null
+FIND_LINKS   = $$($(PYTHON) -m pip config list 2>/dev/null | sed -n "s/.*find-links='\(.*\)'/\1/p" \
                  | tr ' ' '\n' | sort -u | paste -sd, -)
 REFERENCE   := --no-deps --target $(VENV)/reference 'transformers>=5' regex
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) uv || true
+	test -x $(BIN)/python || $(PYTHON) -m venv --without-pip $(VENV)
+	test -x $(BIN)/uv || $(PYTHON) -m pip --python $(BIN)/python install -q uv || true
 	UV_FIND_LINKS="$(FIND_LINKS)" $(UV) --compile-bytecode torch==2.13.0 -e '.[dev]' \
-	  || { $(PIP) torch==2.13.0 && $(PIP) -e '.[dev]'; }
-	$(UV) $(REFERENCE) || $(PIP) --upgrade --no-compile $(REFERENCE)
+	  || { $(WITH_PIP); $(PIP) torch==2.13.0 && $(PIP) -e '.[dev]'; }
+	$(UV) $(REFERENCE) || { $(WITH_PIP); $(PIP) --upgrade --no-compile $(REFERENCE); }
 	touch $(STAMP)
 
 install: $(STAMP)
