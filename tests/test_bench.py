@@ -104,9 +104,14 @@ def test_bench_functions_on_a_tiny_model(glyph_shards):
     rows = bt.scaling(cfg, over, image_sizes=(16,), n_batches=1, batch_size=2)
     assert [r["variant"] for r in rows] == list(bt.VARIANTS)
     assert all(r["us_per_pixel"] > 0 and r["pixels_per_step"] > 0 for r in rows)
-    prof = bt.profile(cfg, over, n_batches=1, top=5)
-    assert len(prof) == 5 and 0 < sum(r["pct"] for r in prof) <= 100.1
+    # every op of the step (top large): which ops lead by self time depends on the machine's
+    # load (a busy 2-core machine once had no matmul in the top 5); the matmuls must be there
+    prof = bt.profile(cfg, over, n_batches=1, top=10_000)
+    assert 5 < len(prof) < 10_000  # each share rounded to 0.1: the sum is 100 to their rounding
+    assert abs(sum(r["pct"] for r in prof) - 100) <= 0.05 * len(prof) + 1e-6
+    assert [r["pct"] for r in prof] == sorted((r["pct"] for r in prof), reverse=True)
     assert any(r["op"] in ("aten::mm", "aten::addmm", "aten::bmm") for r in prof)
+    assert len(bt.profile(cfg, over, n_batches=1, top=3)) == 3  # top cuts the list
 
 
 def test_bench_cli_writes_tables_with_provenance(glyph_shards, tmp_path):
